@@ -1,0 +1,54 @@
+"""The `papaya-trio` command: serve, keygen, default-config, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from papaya_trio import SERVER_NAME
+from papaya_trio.chatlog import LogCorrupted
+from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
+from papaya_trio.keys import KeyFileError, generate_key, write_key
+from papaya_trio.service import ServiceError, run_service
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="papaya-trio", description="self-hosted chat on trio")
+    parser.add_argument("--version", action="version", version=SERVER_NAME)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the chat server")
+    add_flags(serve)
+    keygen = commands.add_parser("keygen", help="write a fresh random key file")
+    keygen.add_argument("path", type=Path, nargs="?", default=Path("papaya-data/key"))
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    commands.add_parser("default-config", help="print the default configuration as TOML")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            config = load_config(args)
+            logging.basicConfig(
+                stream=sys.stderr, level=config.log_level.upper(), format=LOG_FORMAT
+            )
+            trio.run(run_service, config)
+        elif args.command == "keygen":
+            write_key(args.path, generate_key(), replace=args.force)
+            print(f"wrote a new key to {args.path} (owner-only permissions)")
+        elif args.command == "default-config":
+            print(default_toml())
+    except (ConfigError, KeyFileError, ServiceError, LogCorrupted) as exc:
+        print(f"papaya-trio: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

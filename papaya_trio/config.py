@@ -1,0 +1,214 @@
+"""Server configuration: one table of options feeds the TOML loader, the flags and the docs.
+
+Precedence: built-in defaults, then the TOML file given with `--config`, then flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from papaya_trio.chatlog import FsyncPolicy
+
+
+class ConfigError(Exception):
+    """The configuration breaks a rule; the message says which."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One configuration option."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "listen",
+        list,
+        ["127.0.0.1"],
+        "addresses to listen on (IPv4 or IPv6); '*' means every interface, IPv4 and IPv6",
+    ),
+    Option("tcp_port", int, 7722, "TCP port for both dialects (0 picks a free port)", minimum=0),
+    Option("data_dir", str, "./papaya-data", "folder for the log, the key and the lock file"),
+    Option("key_file", str, "", "file holding the 128-character key (default: DATA_DIR/key)"),
+    Option("history", int, 50, "messages a native client gets on connect without since", minimum=0),
+    Option("max_message_bytes", int, 4096, "longest message text, in UTF-8 bytes", minimum=1),
+    Option(
+        "max_line_bytes",
+        int,
+        16384,
+        "longest input line, in bytes (at least 3 x max_message_bytes + 1024)",
+        minimum=1,
+    ),
+    Option("max_connections", int, 1024, "connections served at once", minimum=1),
+    Option(
+        "max_lag",
+        int,
+        1000,
+        "live messages a client may fall behind before it is dropped",
+        minimum=1,
+    ),
+    Option("auth_timeout", float, 10.0, "seconds a native client has to say hello", minimum=0.001),
+    Option(
+        "papaya_auth_timeout",
+        float,
+        1.0,
+        "seconds a papayaChat client has for its key",
+        minimum=0.001,
+    ),
+    Option(
+        "fsync",
+        str,
+        "always",
+        "when to force the log to disk",
+        choices=tuple(policy.value for policy in FsyncPolicy),
+    ),
+    Option(
+        "fsync_interval", float, 1.0, "seconds between syncs with fsync = interval", minimum=0.001
+    ),
+    Option(
+        "shutdown_deadline", float, 5.0, "seconds clients get to leave on shutdown", minimum=0.0
+    ),
+    Option(
+        "log_level",
+        str,
+        "info",
+        "server log verbosity",
+        choices=("debug", "info", "warning", "error"),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The effective configuration of one server run."""
+
+    listen: list[str]
+    tcp_port: int
+    data_dir: str
+    key_file: str
+    history: int
+    max_message_bytes: int
+    max_line_bytes: int
+    max_connections: int
+    max_lag: int
+    auth_timeout: float
+    papaya_auth_timeout: float
+    fsync: str
+    fsync_interval: float
+    shutdown_deadline: float
+    log_level: str
+
+    @property
+    def key_path(self) -> Path:
+        """Where the key lives."""
+        return Path(self.key_file) if self.key_file else Path(self.data_dir) / "key"
+
+
+assert [o.name for o in OPTIONS] == [f.name for f in fields(ServerConfig)]
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add `--config` and one flag per option (`--tcp-port`, `--listen` repeatable, ...)."""
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        if option.kind is list:
+            parser.add_argument(flag, action="append", metavar="HOST", help=option.help)
+        else:
+            parser.add_argument(
+                flag,
+                type=option.kind,
+                choices=option.choices or None,
+                help=f"{option.help} (default: {option.default})",
+            )
+
+
+def load_config(args: argparse.Namespace) -> ServerConfig:
+    """Merge defaults, the TOML file and the flags; raise ConfigError on any broken rule."""
+    values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    if args.config is not None:
+        values.update(read_toml(args.config))
+    for option in OPTIONS:
+        flag_value = getattr(args, option.name, None)
+        if flag_value is not None:
+            values[option.name] = flag_value
+    config = ServerConfig(**values)
+    check(config)
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The options set in a TOML file, type-checked."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {o.name: o for o in OPTIONS}
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        option = known.get(name)
+        if option is None:
+            raise ConfigError(f"{path}: unknown option {name!r}")
+        values[name] = _typed(path, option, value)
+    return values
+
+
+def _typed(path: Path, option: Option, value: Any) -> Any:
+    if option.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if option.kind is list:
+        ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    else:
+        ok = type(value) is option.kind
+    if not ok:
+        raise ConfigError(f"{path}: {option.name} must be a {option.kind.__name__}")
+    return value
+
+
+def check(config: ServerConfig) -> None:
+    """Raise ConfigError if any value is out of range."""
+    for option in OPTIONS:
+        value = getattr(config, option.name)
+        if option.minimum is not None and value < option.minimum:
+            raise ConfigError(f"{option.name} must be at least {option.minimum}, not {value}")
+        if option.choices and value not in option.choices:
+            choices = ", ".join(option.choices)
+            raise ConfigError(f"{option.name} must be one of {choices}, not {value!r}")
+    if not config.listen:
+        raise ConfigError("listen needs at least one address")
+    if config.tcp_port > 65535:
+        raise ConfigError(f"tcp_port must be at most 65535, not {config.tcp_port}")
+    if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
+        raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
+
+
+def default_toml() -> str:
+    """The documented default configuration, as TOML."""
+    lines = ["# papaya-trio server configuration (every option shown with its default)", ""]
+    for option in OPTIONS:
+        lines.append(f"# {option.help}")
+        if option.choices:
+            lines.append(f"# one of: {', '.join(option.choices)}")
+        lines.append(f"{option.name} = {_toml_value(option.default)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return repr(value)

@@ -1,0 +1,58 @@
+"""The rules every user name, message text and client message id must follow."""
+
+from __future__ import annotations
+
+import unicodedata
+
+MAX_USER_CHARS = 32
+MAX_CLIENT_ID_CHARS = 64
+KEY_CHARS = 128
+
+
+def user_problem(user: str) -> str | None:
+    """Return why `user` is not an acceptable user name, or None if it is."""
+    if not 1 <= len(user) <= MAX_USER_CHARS:
+        return f"user name must be 1 to {MAX_USER_CHARS} characters"
+    if not user.isprintable() or any(ch.isspace() for ch in user):
+        return "user name must not contain whitespace or control characters"
+    if not _encodable(user):
+        return "user name is not valid unicode"
+    return None
+
+
+def text_problem(text: str, max_bytes: int) -> tuple[str, str] | None:
+    """Return (error code, reason) if `text` is not an acceptable message, or None if it is."""
+    if not text:
+        return "bad_text", "message text is empty"
+    if not _encodable(text):
+        return "bad_text", "message text is not valid unicode"
+    if len(text.encode()) > max_bytes:
+        return "message_too_long", f"message text is longer than {max_bytes} bytes"
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        return "bad_text", "message text must not contain control characters (newlines included)"
+    return None
+
+
+def client_id_problem(client_id: str) -> str | None:
+    """Return why `client_id` is not an acceptable client message id, or None if it is."""
+    if not 1 <= len(client_id) <= MAX_CLIENT_ID_CHARS:
+        return f"id must be 1 to {MAX_CLIENT_ID_CHARS} characters"
+    if not all("!" <= ch <= "~" for ch in client_id):
+        return "id must be printable ASCII without spaces"
+    return None
+
+
+def key_problem(key: str) -> str | None:
+    """Return why `key` cannot be the shared key, or None if it can."""
+    if len(key) != KEY_CHARS or not all("!" <= ch <= "~" for ch in key):
+        return f"the key must be exactly {KEY_CHARS} printable ASCII characters without spaces"
+    return None
+
+
+def _encodable(s: str) -> bool:
+    # json.loads turns "\ud800" into a lone surrogate, which cannot be stored or sent on.
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,91 @@
+"""The room: what every session shares (log, broadcaster, settings, key, live sessions)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+
+from papaya_trio.broadcaster import Broadcaster
+from papaya_trio.chatlog import ChatLog
+
+if TYPE_CHECKING:
+    from papaya_trio.session import Session
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """Per-room limits, all from the server's configuration."""
+
+    history: int = 50
+    max_message_bytes: int = 4096
+    max_line_bytes: int = 16384
+    max_lag: int = 1000
+    auth_timeout: float = 10.0
+    papaya_auth_timeout: float = 1.0
+
+
+class Room:
+    """One chat room: the log, its broadcaster, and the sessions connected to it."""
+
+    def __init__(self, log: ChatLog, key: str, settings: RoomSettings) -> None:
+        self.log = log
+        self.settings = settings
+        self._key = key.encode()
+        self.broadcaster = Broadcaster(settings.max_lag)
+        log.on_visible = self.broadcaster.publish
+        self.sessions: set[Session] = set()
+        self.closed = False
+        self._handshakes: set[trio.CancelScope] = set()
+        self._empty = trio.Event()
+        self._empty.set()
+
+    def key_matches(self, candidate: str | bytes) -> bool:
+        """Compare a presented key with the room's in constant time."""
+        if isinstance(candidate, str):
+            try:
+                candidate = candidate.encode()
+            except UnicodeEncodeError:
+                return False
+        return hmac.compare_digest(candidate, self._key)
+
+    @contextmanager
+    def joined(self, session: Session) -> Iterator[None]:
+        """Count `session` as live for the duration of the `with` block."""
+        self.sessions.add(session)
+        self._empty = trio.Event() if self._empty.is_set() else self._empty
+        try:
+            yield
+        finally:
+            self.sessions.discard(session)
+            if not self.sessions:
+                self._empty.set()
+
+    @contextmanager
+    def handshaking(self) -> Iterator[trio.CancelScope]:
+        """A cancel scope for one authentication, cancelled if the room closes meanwhile."""
+        with trio.CancelScope() as scope:
+            if self.closed:
+                scope.cancel()
+            self._handshakes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._handshakes.discard(scope)
+
+    def close_all(self, code: str, message: str) -> None:
+        """Graceful shutdown: stop pending authentications, ask every session to say
+        `message` and close."""
+        self.closed = True
+        for scope in self._handshakes:
+            scope.cancel()
+        for session in list(self.sessions):
+            session.close(code, message)
+
+    async def wait_empty(self) -> None:
+        """Block until no session is live."""
+        await self._empty.wait()

@@ -1,0 +1,115 @@
+"""The accept loop and graceful shutdown, independent of real sockets.
+
+`ChatServer.serve` takes any trio listeners (real TCP, or `trio.testing` memory listeners) and
+runs each accepted connection in a handler task in its own nursery, apart from the accept
+loops (as hypercorn does), so that shutdown can stop accepting first, then give the sessions a
+deadline to say goodbye, then cancel whatever is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from papaya_trio.room import Room
+from papaya_trio.transports.tcp import handle_tcp_stream
+
+logger = logging.getLogger(__name__)
+
+# Accept errors that mean "out of resources for now": wait, then go on (as trio.serve_listeners).
+TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_RETRY_DELAY = 0.1
+
+
+class ChatServer:
+    """Serves one room on a set of listeners until `shutdown()` is called."""
+
+    def __init__(
+        self, room: Room, *, max_connections: int = 1024, shutdown_deadline: float = 5.0
+    ) -> None:
+        self.room = room
+        self.max_connections = max_connections
+        self.shutdown_deadline = shutdown_deadline
+        self.connections = 0
+        self._stop = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self._numbers = itertools.count(1)
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown; `serve` returns when it is done."""
+        self._stop.set()
+
+    async def serve(
+        self,
+        tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and serve until shutdown, then close everything within the deadline.
+
+        The listeners are closed on return. Returns after every connection handler has ended.
+        """
+        async with trio.open_nursery() as handlers:
+            try:
+                async with trio.open_nursery() as acceptors:
+                    for listener in tcp_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers)
+                    task_status.started()
+                    await self._stop.wait()
+                    acceptors.cancel_scope.cancel()
+            finally:
+                for listener in tcp_listeners:
+                    await trio.aclose_forcefully(listener)
+            logger.info("shutting down: %d connections to close", self.connections)
+            self.room.close_all("shutdown", "the server is shutting down")
+            with trio.move_on_after(self.shutdown_deadline) as deadline:
+                await self._idle.wait()
+            if deadline.cancelled_caught:
+                logger.warning("shutdown deadline passed: dropping %d", self.connections)
+            handlers.cancel_scope.cancel()
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
+                    raise
+                logger.error("accept failed, retrying shortly: %s", exc)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            handlers.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        self.connections += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
+            full = self.connections > self.max_connections
+            await handle_tcp_stream(stream, self.room, self._describe(stream), full)
+        finally:
+            self.connections -= 1
+            if not self.connections:
+                self._idle.set()
+
+    def _describe(self, stream: trio.abc.Stream) -> str:
+        if isinstance(stream, trio.SocketStream):
+            try:
+                return "tcp " + format_address(stream.socket.getpeername())
+            except OSError:
+                pass
+        return f"tcp #{next(self._numbers)}"
+
+
+def format_address(address: object) -> str:
+    """`127.0.0.1:7722` or `[::1]:7722` from a socket address tuple."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)

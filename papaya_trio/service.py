@@ -1,0 +1,135 @@
+"""The server as a real program: data folder, key, log file, TCP listeners, signals.
+
+Everything here touches the real world (files, sockets, wall clock, signals); the server
+underneath (`ChatServer`, `Room`, `ChatLog`) does not, so tests and the simulation run it
+without this module.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.config import ServerConfig
+from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
+from papaya_trio.room import Room, RoomSettings
+from papaya_trio.server import ChatServer, format_address
+from papaya_trio.storage import FileStorage
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "chat.log"
+LOCK_FILE = "server.lock"
+
+
+class ServiceError(Exception):
+    """The server cannot start; the message says why."""
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch, for record timestamps."""
+    return time.time_ns() // 1_000_000
+
+
+@contextmanager
+def locked_data_dir(data_dir: Path) -> Iterator[None]:
+    """Create the data folder and hold its lock file: one server per folder at a time."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServiceError(f"another server is using {data_dir}") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def load_or_create_key(path: Path) -> str:
+    """The room's key; on first start a fresh one is written and its path logged."""
+    if not path.exists():
+        write_key(path, generate_key())
+        logger.warning("generated a new key in %s (give it to your users)", path)
+    elif not key_is_private(path):
+        logger.warning("key file %s is readable by other users: chmod 600 it", path)
+    return read_key(path)
+
+
+def room_settings(config: ServerConfig) -> RoomSettings:
+    """The per-room part of the configuration."""
+    return RoomSettings(
+        history=config.history,
+        max_message_bytes=config.max_message_bytes,
+        max_line_bytes=config.max_line_bytes,
+        max_lag=config.max_lag,
+        auth_timeout=config.auth_timeout,
+        papaya_auth_timeout=config.papaya_auth_timeout,
+    )
+
+
+async def open_tcp_listeners(config: ServerConfig) -> list[trio.SocketListener]:
+    """Listen on every configured address ('*': all interfaces, IPv4 and IPv6)."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        for host in config.listen:
+            listeners += await trio.open_tcp_listeners(
+                config.tcp_port, host=None if host == "*" else host
+            )
+    except OSError as exc:
+        for listener in listeners:
+            await listener.aclose()
+        raise ServiceError(f"cannot listen on port {config.tcp_port}: {exc.strerror}") from None
+    return listeners
+
+
+async def run_service(config: ServerConfig) -> None:
+    """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully."""
+    data_dir = Path(config.data_dir)
+    with locked_data_dir(data_dir):
+        key = load_or_create_key(config.key_path)
+        storage = FileStorage(data_dir / LOG_FILE)
+        log, recovery = await ChatLog.open(
+            storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
+        )
+        logger.info("log %s: %d messages", storage.path, recovery.records)
+        try:
+            await _serve(config, log, key)
+        finally:
+            await log.aclose()
+        logger.info("stopped; log flushed")
+
+
+async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
+    room = Room(log, key, room_settings(config))
+    server = ChatServer(
+        room,
+        max_connections=config.max_connections,
+        shutdown_deadline=config.shutdown_deadline,
+    )
+    listeners = await open_tcp_listeners(config)
+    for listener in listeners:
+        logger.info("listening tcp %s", format_address(listener.socket.getsockname()))
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            if log.fsync is FsyncPolicy.INTERVAL:
+                nursery.start_soon(log.run_interval_sync, config.fsync_interval)
+            nursery.start_soon(_shutdown_on_signal, signals, server)
+            await server.serve(listeners)
+            nursery.cancel_scope.cancel()
+
+
+async def _shutdown_on_signal(signals: AsyncIterator[int], server: ChatServer) -> None:
+    async for signum in signals:
+        logger.info("%s received: shutting down", signal.Signals(signum).name)
+        server.shutdown()
+        return

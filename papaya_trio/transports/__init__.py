@@ -1,0 +1,1 @@
+"""Transports turn connections into Peers: raw TCP (both dialects) and WebSocket."""

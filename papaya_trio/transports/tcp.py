@@ -1,0 +1,132 @@
+"""Raw TCP: both dialects on one port, told apart by the first byte.
+
+`handle_tcp_stream` owns one accepted stream from sniffing to close: it reads the first bytes,
+builds the dialect's peer, authenticates, runs the session and closes the stream in `finally`.
+Stream exceptions become PeerGone here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import trio
+
+from papaya_trio.handshake import native_handshake, papaya_handshake, refuse
+from papaya_trio.peer import PeerGone
+from papaya_trio.protocol import native, papaya
+from papaya_trio.protocol.events import ClientEvent, Error, Message, ServerEvent
+from papaya_trio.protocol.native import NEED_DATA, NativeDecoder
+from papaya_trio.protocol.papaya import PapayaDecoder
+from papaya_trio.room import Room
+from papaya_trio.session import Session
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 64 * 1024
+
+
+@asynccontextmanager
+async def _stream_errors() -> AsyncIterator[None]:
+    """The one place where a stream's exceptions become PeerGone."""
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise PeerGone(str(exc) or type(exc).__name__) from exc
+
+
+class StreamPeer:
+    """A Peer over a byte stream, decoding with a sans-I/O decoder."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, decoder: NativeDecoder | PapayaDecoder, label: str
+    ) -> None:
+        self._stream = stream
+        self._decoder = decoder
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        return self._label
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """Give the decoder bytes that were read before this peer existed (the sniff)."""
+        self._decoder.receive_data(data)
+
+    async def receive(self) -> ClientEvent:
+        while (event := self._decoder.next_event()) is NEED_DATA:
+            async with _stream_errors():
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            self._decoder.receive_data(data)
+        assert not isinstance(event, native.NeedData)
+        return event
+
+    async def send(self, events: Sequence[ServerEvent]) -> None:
+        for chunk in self.render(events):
+            async with _stream_errors():
+                await self._stream.send_all(chunk)
+
+    def render(self, events: Sequence[ServerEvent]) -> list[bytes]:
+        """The writes that carry `events`, in order."""
+        raise NotImplementedError
+
+
+class NativePeer(StreamPeer):
+    """Native dialect: one JSON object per line; a batch of events goes out in one write."""
+
+    def render(self, events: Sequence[ServerEvent]) -> list[bytes]:
+        return [b"".join(native.encode_line(event) for event in events)]
+
+
+class PapayaPeer(StreamPeer):
+    """papayaChat dialect: history as raw lines in one write, each live message in its own
+    write ending in NUL; welcome, acks, pongs and errors have no form in this dialect."""
+
+    def render(self, events: Sequence[ServerEvent]) -> list[bytes]:
+        messages = [event for event in events if isinstance(event, Message)]
+        history = papaya.encode_history([m.record for m in messages if m.replay])
+        live = [papaya.encode_live(m.record) for m in messages if not m.replay]
+        return [history, *live] if history else live
+
+
+async def handle_tcp_stream(stream: trio.abc.Stream, room: Room, label: str, full: bool) -> None:
+    """Serve one TCP connection to the end; never raises for anything the client does."""
+    settings = room.settings
+    connected_at = trio.current_time()
+    peer: StreamPeer | None = None
+    try:
+        first: bytes | bytearray = b""
+        with trio.move_on_at(connected_at + settings.auth_timeout):
+            async with _stream_errors():
+                first = await stream.receive_some(RECEIVE_BYTES)
+        if not first:
+            logger.info("%s: closed before saying anything", label)
+            return
+        sizes = (settings.max_line_bytes, settings.max_message_bytes)
+        if first.startswith(b"{"):
+            peer = NativePeer(stream, NativeDecoder(*sizes), f"{label} native")
+            peer.feed(first)
+            if full:
+                logger.warning("%s: refused: server full", label)
+                await refuse(peer, Error("server_full", "the server is full", fatal=True))
+                return
+            identity = await native_handshake(peer, room, connected_at + settings.auth_timeout)
+        else:
+            peer = PapayaPeer(stream, PapayaDecoder(*sizes), f"{label} papaya")
+            peer.feed(first)
+            if full:
+                logger.warning("%s: refused: server full", label)
+                return
+            deadline = connected_at + settings.papaya_auth_timeout
+            identity = await papaya_handshake(peer, room, deadline)
+        if identity is None:
+            return
+        session = Session(room, peer, identity)
+        logger.info("%s: %s joined", peer.label, identity.user or "papayaChat client")
+        reason = await session.run()
+        logger.info("%s: %s left: %s", peer.label, identity.user or "papayaChat client", reason)
+    except PeerGone as exc:
+        logger.info("%s: connection lost during handshake: %s", label, exc)
+    finally:
+        await trio.aclose_forcefully(stream)
