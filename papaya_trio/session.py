@@ -32,6 +32,7 @@ from papaya_trio.chatlog import StorageFailed
 from papaya_trio.peer import Peer, PeerGone
 from papaya_trio.protocol.events import (
     Ack,
+    ClientEvent,
     EndOfStream,
     Error,
     Hello,
@@ -118,6 +119,7 @@ class Session:
                 self._subscription.wake()  # the send task checks _closing after each item
 
     def _on_lagging(self) -> None:
+        self._end("lagging")
         self.close("lagging", f"you fell more than {self.room.settings.max_lag} messages behind")
         if self._write_scope is not None:
             self._write_scope.cancel()  # stuck writing to a client that stopped reading
@@ -199,26 +201,31 @@ class Session:
 
     # --- the recv task ------------------------------------------------------------------
     async def _recv_task(self) -> None:
-        while True:
-            event = await self.peer.receive()
-            match event:
-                case SendText():
-                    await self._store(event)
-                case Ping(ping_id=ping_id):
-                    await self._send_side.send(Pong(ping_id))
-                case Violation(code=code, message=message, fatal=fatal, client_id=client_id):
-                    if self.identity.user is None:
-                        logger.info("%s: dropped a line: %s", self.peer.label, message)
-                    await self._send_side.send(Error(code, message, fatal, client_id))
-                    if fatal:
-                        return
-                case Hello() | KeyPresented():
-                    await self._send_side.send(
-                        Error("already_authenticated", "the session is already authenticated")
-                    )
-                case EndOfStream():
-                    await self._send_side.send(FINISH)
-                    return
+        while await self._handle(await self.peer.receive()):
+            pass
+        # Nothing more to read: the send task flushes what was queued, ends, and cancels us.
+        await trio.sleep_forever()
+
+    async def _handle(self, event: ClientEvent) -> bool:
+        """Act on one client event; False once the client has said its last word."""
+        match event:
+            case SendText():
+                await self._store(event)
+            case Ping(ping_id=ping_id):
+                await self._send_side.send(Pong(ping_id))
+            case Violation(code=code, message=message, fatal=fatal, client_id=client_id):
+                if self.identity.user is None:
+                    logger.info("%s: dropped a line: %s", self.peer.label, message)
+                await self._send_side.send(Error(code, message, fatal, client_id))
+                return not fatal
+            case Hello() | KeyPresented():
+                await self._send_side.send(
+                    Error("already_authenticated", "the session is already authenticated")
+                )
+            case EndOfStream():
+                await self._send_side.send(FINISH)
+                return False
+        return True
 
     async def _store(self, event: SendText) -> None:
         user = self.identity.user or event.user

@@ -1,0 +1,24 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from tests.real_server import ServerFactory
+
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci")
+
+SERVER_MODES = ["trio"]
+
+
+@pytest.fixture(params=SERVER_MODES)
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start real `papaya-trio serve` processes (one per mode the suite covers)."""
+    factory = ServerFactory(tmp_path, request.param)
+    yield factory
+    factory.cleanup()

@@ -1,0 +1,95 @@
+"""The papayaChat dialect, byte for byte as the original C server spoke it."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from papaya_trio.protocol.events import EndOfStream, KeyPresented, SendText, Violation
+from papaya_trio.protocol.native import NEED_DATA
+from papaya_trio.protocol.papaya import (
+    PapayaDecoder,
+    encode_history,
+    encode_live,
+    history_tail,
+)
+from papaya_trio.records import Record
+
+KEY = b"k" * 128
+
+
+def events_of(decoder: PapayaDecoder) -> list[object]:
+    found = []
+    while (event := decoder.next_event()) is not NEED_DATA:
+        found.append(event)
+    return found
+
+
+def test_key_then_lines() -> None:
+    decoder = PapayaDecoder(1000, 100)
+    decoder.receive_data(KEY[:100])
+    assert events_of(decoder) == []
+    decoder.receive_data(KEY[100:] + b"alice: hello\nbob: hi: there\n")
+    assert events_of(decoder) == [
+        KeyPresented(KEY),
+        SendText("hello", user="alice"),
+        SendText("hi: there", user="bob"),
+    ]
+    decoder.receive_data(b"carol: unfinished")
+    decoder.receive_data(b"")
+    assert events_of(decoder) == [EndOfStream()]
+
+
+def test_early_close_before_the_key() -> None:
+    decoder = PapayaDecoder(1000, 100)
+    decoder.receive_data(KEY[:5])
+    decoder.receive_data(b"")
+    assert events_of(decoder) == [EndOfStream()]
+
+
+def test_bad_lines_are_dropped_not_stored() -> None:
+    decoder = PapayaDecoder(1000, 5)
+    decoder.receive_data(KEY + b"no colon\n: empty user\na b: spaced user\nalice: \n")
+    decoder.receive_data(b"alice: toolong\nalice: \xff\nalice: ok\n")
+    events = events_of(decoder)
+    assert events[0] == KeyPresented(KEY)
+    assert all(isinstance(e, Violation) and e.code == "dropped" for e in events[1:-1])
+    assert len(events) == 8
+    assert events[-1] == SendText("ok", user="alice")
+
+
+def test_overlong_line_is_fatal() -> None:
+    decoder = PapayaDecoder(20, 10)
+    decoder.receive_data(KEY + b"a" * 21)
+    [_, violation] = events_of(decoder)
+    assert isinstance(violation, Violation) and violation.fatal
+
+
+def test_live_message_ends_in_nul_and_history_in_newlines() -> None:
+    records = [Record(1, 0, "alice", "hi"), Record(2, 0, "bob", "yo")]
+    assert encode_live(records[0]) == b"alice: hi\x00"
+    assert encode_history(records) == b"alice: hi\nbob: yo\n"
+
+
+def test_history_tail_is_seven_lines_at_most() -> None:
+    records = [Record(i, 0, "u", f"m{i}") for i in range(1, 11)]
+    assert [r.seq for r in history_tail(records)] == [4, 5, 6, 7, 8, 9, 10]
+
+
+def test_history_tail_fits_in_1050_bytes() -> None:
+    records = [Record(i, 0, "u", "x" * 297) for i in range(1, 8)]  # 301-byte lines
+    tail = history_tail(records)
+    assert [r.seq for r in tail] == [5, 6, 7]
+    assert len(encode_history(tail)) <= 1050
+    assert history_tail([]) == []
+
+
+@given(st.binary(max_size=2000), st.integers(min_value=1, max_value=300))
+def test_arbitrary_bytes_never_crash_the_decoder(data: bytes, chunk: int) -> None:
+    decoder = PapayaDecoder(256, 64)
+    for start in range(0, len(data), chunk):
+        decoder.receive_data(data[start : start + chunk])
+        for event in events_of(decoder):
+            assert isinstance(event, KeyPresented | SendText | Violation)
+            if isinstance(event, KeyPresented):
+                assert len(event.key) == 128
