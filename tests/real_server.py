@@ -28,7 +28,11 @@ class RunningServer:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
-        self.port = self._wait_for_port()
+        try:
+            self.port = self._wait_for_port()
+        except RuntimeError:
+            self.kill()
+            raise
 
     @property
     def key(self) -> str:
@@ -46,7 +50,6 @@ class RunningServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log}")
             time.sleep(0.02)
-        self.process.kill()
         raise RuntimeError(f"server did not start listening:\n{self.log}")
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -59,6 +62,7 @@ class RunningServer:
             self._log_file.close()
 
     def kill(self) -> None:
+        """Stop the server the hard way (test teardown)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()

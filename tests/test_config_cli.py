@@ -1,0 +1,111 @@
+"""Configuration precedence and errors, key files, and the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from papaya_trio.cli import build_parser, main
+from papaya_trio.config import ConfigError, ServerConfig, default_toml, load_config
+from papaya_trio.keys import KeyFileError, read_key
+from papaya_trio.service import ServiceError, locked_data_dir
+
+
+def config_from(argv: list[str]) -> ServerConfig:
+    return load_config(build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults_work_out_of_the_box() -> None:
+    config = config_from([])
+    assert config.listen == ["127.0.0.1"]
+    assert config.tcp_port == 7722
+    assert config.data_dir == "./papaya-data"
+    assert config.fsync == "always"
+
+
+def test_flags_override_the_file_which_overrides_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "papaya.toml"
+    path.write_text('tcp_port = 9000\nhistory = 5\nlisten = ["::1", "127.0.0.1"]\n')
+    config = config_from(["--config", str(path), "--history", "7"])
+    assert config.tcp_port == 9000
+    assert config.history == 7
+    assert config.listen == ["::1", "127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("tcp_prot = 1\n", "unknown option 'tcp_prot'"),
+        ('tcp_port = "7722"\n', "tcp_port must be a int"),
+        ("tcp_port = 70000\n", "at most 65535"),
+        ('fsync = "sometimes"\n', "fsync must be one of always, interval, never"),
+        ("history = -1\n", "history must be at least 0"),
+        ("max_message_bytes = 10000\n", "max_line_bytes must be at least"),
+        ("listen = []\n", "at least one address"),
+        ("= broken", "not valid TOML"),
+    ],
+)
+def test_bad_config_files_give_clear_errors(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "papaya.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        config_from(["--config", str(path)])
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config_from(["--config", str(tmp_path / "nope.toml")])
+
+
+def test_default_config_is_valid_toml_that_loads_to_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "default.toml"
+    path.write_text(default_toml())
+    assert tomllib.loads(path.read_text())["tcp_port"] == 7722
+    assert config_from(["--config", str(path)]) == config_from([])
+
+
+def test_keygen_writes_an_owner_only_key_and_never_clobbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sub" / "key"
+    assert main(["keygen", str(path)]) == 0
+    key = read_key(path)
+    assert len(key) == 128 and key.isalnum()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert main(["keygen", str(path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert read_key(path) == key
+    assert main(["keygen", "--force", str(path)]) == 0
+    assert read_key(path) != key
+
+
+def test_bad_key_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text("short\n")
+    with pytest.raises(KeyFileError, match="exactly 128"):
+        read_key(path)
+
+
+def test_serve_with_a_bad_key_file_exits_with_a_clear_error(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("too short")
+    result = subprocess.run(
+        [sys.executable, "-m", "papaya_trio", "serve", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert result.returncode == 2
+    assert "papaya-trio: error:" in result.stderr and "exactly 128" in result.stderr
+
+
+def test_one_server_per_data_folder(tmp_path: Path) -> None:
+    with locked_data_dir(tmp_path), pytest.raises(ServiceError, match="another server"):
+        with locked_data_dir(tmp_path):
+            pass
