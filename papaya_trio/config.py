@@ -129,7 +129,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                 flag,
                 type=option.kind,
                 choices=option.choices or None,
-                help=f"{option.help} (default: {option.default})",
+                help=f"{option.help} (default: {option.default})"
+                if option.default
+                else option.help,
             )
 
 

@@ -3,7 +3,7 @@
 A record is one line: eight lower-case hex digits of the CRC-32 of the JSON body, a space, the
 JSON body (UTF-8, no raw newline can occur inside it), and a newline::
 
-    1c291ca3 {"seq":1,"t":1764167305123,"user":"alice","text":"hello","id":"c-1"}
+    f98a0f49 {"seq":1,"t":1764167305123,"user":"alice","text":"hello","id":"c-1"}
 
 The newline makes records self-delimiting; a line without its newline is torn, a line whose CRC
 does not match or whose sequence number is not the previous one plus one is corrupt. This module

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from papaya_trio.cli import build_parser, main
-from papaya_trio.config import ConfigError, ServerConfig, default_toml, load_config
+from papaya_trio.config import OPTIONS, ConfigError, ServerConfig, default_toml, load_config
 from papaya_trio.keys import KeyFileError, read_key
 from papaya_trio.service import ServiceError, locked_data_dir
 
@@ -106,6 +106,16 @@ def test_serve_with_a_bad_key_file_exits_with_a_clear_error(tmp_path: Path) -> N
 
 
 def test_one_server_per_data_folder(tmp_path: Path) -> None:
-    with locked_data_dir(tmp_path), pytest.raises(ServiceError, match="another server"):
-        with locked_data_dir(tmp_path):
-            pass
+    with (
+        locked_data_dir(tmp_path),
+        pytest.raises(ServiceError, match="another server"),
+        locked_data_dir(tmp_path),
+    ):
+        pass
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for option in OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        assert f"| `{option.name}` | `{flag}` |" in readme, option.name
