@@ -27,6 +27,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Required, TypedDict, Unpack
 
 import trio
 
@@ -53,6 +54,15 @@ class StorageFailed(Exception):
 
 class LogCorrupted(Exception):
     """The log is damaged before its tail; truncating would destroy good records."""
+
+
+class LogOptions(TypedDict, total=False):
+    """ChatLog's keyword options, for `ChatLog.open`."""
+
+    clock_ms: Required[Callable[[], int]]
+    fsync: FsyncPolicy
+    cache_records: int
+    dedupe_entries: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,26 +114,14 @@ class ChatLog:
 
     @classmethod
     async def open(
-        cls,
-        storage: Storage,
-        *,
-        clock_ms: Callable[[], int],
-        fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
-        cache_records: int = 4096,
-        dedupe_entries: int = 65536,
+        cls, storage: Storage, **options: Unpack[LogOptions]
     ) -> tuple[ChatLog, Recovery]:
         """Scan the stored log, cut off a torn or corrupt tail, and return the ready log.
 
         Raises LogCorrupted if a bad record is followed by good ones (a damaged middle is
         never truncated away silently).
         """
-        log = cls(
-            storage,
-            clock_ms=clock_ms,
-            fsync=fsync,
-            cache_records=cache_records,
-            dedupe_entries=dedupe_entries,
-        )
+        log = cls(storage, **options)
         recovery = await log._scan()
         return log, recovery
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from papaya_trio.protocol.decoding import NEED_DATA
 from papaya_trio.protocol.events import (
     Ack,
     EndOfStream,
@@ -20,7 +21,7 @@ from papaya_trio.protocol.events import (
     Violation,
     Welcome,
 )
-from papaya_trio.protocol.native import NEED_DATA, NativeDecoder, encode_line
+from papaya_trio.protocol.native import NativeDecoder, encode_line
 from papaya_trio.records import Record
 
 KEY = "k" * 128

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from papaya_trio.protocol.decoding import NEED_DATA
 from papaya_trio.protocol.events import EndOfStream, KeyPresented, SendText, Violation
-from papaya_trio.protocol.native import NEED_DATA
 from papaya_trio.protocol.papaya import (
     PapayaDecoder,
     encode_history,

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from papaya_trio.protocol.decoding import LineDecoder
 from papaya_trio.protocol.events import (
     Ack,
     ClientEvent,
-    EndOfStream,
     Error,
     Hello,
     Message,
@@ -24,20 +24,9 @@ from papaya_trio.protocol.events import (
     Violation,
     Welcome,
 )
-from papaya_trio.protocol.lines import LineBuffer, LineTooLong
 from papaya_trio.protocol.rules import client_id_problem, text_problem, user_problem
 
 MAX_SEQ: Final = 2**63 - 1
-
-
-class NeedData:
-    """Returned by next_event when more bytes are needed."""
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData()
 
 
 def parse_object(raw: bytes | str, max_message_bytes: int) -> ClientEvent:
@@ -105,49 +94,12 @@ def _is_short_str(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 64 and value.isprintable()
 
 
-class NativeDecoder:
-    """Sans-I/O decoder for a native-dialect byte stream.
+class NativeDecoder(LineDecoder):
+    """Sans-I/O decoder for a native-dialect byte stream: one JSON object per line."""
 
-    Feed bytes with `receive_data` (b"" means the peer closed), then call `next_event` until it
-    returns NEED_DATA. A line longer than `max_line_bytes` yields a fatal Violation; after
-    EndOfStream or a fatal violation the decoder yields nothing more.
-    """
-
-    def __init__(self, max_line_bytes: int, max_message_bytes: int) -> None:
-        self._lines = LineBuffer(max_line_bytes)
-        self._max_message_bytes = max_message_bytes
-        self._max_line_bytes = max_line_bytes
-        self._eof = False
-        self._done = False
-
-    def receive_data(self, data: bytes | bytearray) -> None:
-        """Add bytes from the peer; empty bytes mean end of stream."""
-        if data:
-            self._lines.feed(data)
-        else:
-            self._eof = True
-
-    def next_event(self) -> ClientEvent | NeedData:
-        """Return the next event, or NEED_DATA."""
-        while not self._done:
-            try:
-                line = self._lines.next_line()
-            except LineTooLong:
-                self._done = True
-                return Violation(
-                    "line_too_long",
-                    f"line is longer than {self._max_line_bytes} bytes",
-                    fatal=True,
-                )
-            if line is None:
-                if self._eof:
-                    self._done = True
-                    return EndOfStream()
-                return NEED_DATA
-            line = line.rstrip(b"\r")
-            if line.strip():
-                return parse_object(line, self._max_message_bytes)
-        return NEED_DATA
+    def parse_line(self, line: bytes) -> ClientEvent | None:
+        line = line.rstrip(b"\r")
+        return parse_object(line, self._max_message_bytes) if line.strip() else None
 
 
 def event_to_object(event: ServerEvent) -> dict[str, object]:

@@ -10,15 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from papaya_trio.protocol.events import (
-    ClientEvent,
-    EndOfStream,
-    KeyPresented,
-    SendText,
-    Violation,
-)
-from papaya_trio.protocol.lines import LineBuffer, LineTooLong
-from papaya_trio.protocol.native import NEED_DATA, NeedData
+from papaya_trio.protocol.decoding import NEED_DATA, LineDecoder, NeedData
+from papaya_trio.protocol.events import ClientEvent, KeyPresented, SendText, Violation
 from papaya_trio.protocol.rules import KEY_CHARS, text_problem, user_problem
 from papaya_trio.records import Record
 
@@ -26,7 +19,7 @@ HISTORY_LINES: Final = 7
 HISTORY_BYTES: Final = 1050
 
 
-class PapayaDecoder:
+class PapayaDecoder(LineDecoder):
     """Sans-I/O decoder for the papayaChat dialect.
 
     Events: first KeyPresented (once 128 bytes arrived), then SendText for each good line and a
@@ -34,44 +27,19 @@ class PapayaDecoder:
     the peer closes (an unfinished line is discarded), and a fatal `line_too_long` Violation.
     """
 
-    def __init__(self, max_line_bytes: int, max_message_bytes: int) -> None:
-        self._lines = LineBuffer(max_line_bytes)
-        self._max_line_bytes = max_line_bytes
-        self._max_message_bytes = max_message_bytes
-        self._have_key = False
-        self._eof = False
-        self._done = False
-
-    def receive_data(self, data: bytes | bytearray) -> None:
-        """Add bytes from the peer; empty bytes mean end of stream."""
-        if data:
-            self._lines.feed(data)
-        else:
-            self._eof = True
+    _have_key = False
 
     def next_event(self) -> ClientEvent | NeedData:
         """Return the next event, or NEED_DATA."""
-        if self._done:
-            return NEED_DATA
-        if not self._have_key:
-            if self._lines.unfinished >= KEY_CHARS:
-                self._have_key = True
-                return KeyPresented(self._lines.take_rest(KEY_CHARS))
-            return self._end() if self._eof else NEED_DATA
-        try:
-            line = self._lines.next_line()
-        except LineTooLong:
-            self._done = True
-            return Violation(
-                "line_too_long", f"line is longer than {self._max_line_bytes} bytes", fatal=True
-            )
-        if line is None:
-            return self._end() if self._eof else NEED_DATA
-        return parse_line(line, self._max_message_bytes)
+        if self._done or self._have_key:
+            return super().next_event()
+        if self._lines.unfinished >= KEY_CHARS:
+            self._have_key = True
+            return KeyPresented(self._lines.take_rest(KEY_CHARS))
+        return self._end() if self._eof else NEED_DATA
 
-    def _end(self) -> EndOfStream:
-        self._done = True
-        return EndOfStream()
+    def parse_line(self, line: bytes) -> ClientEvent:
+        return parse_line(line, self._max_message_bytes)
 
 
 def parse_line(line: bytes, max_message_bytes: int) -> SendText | Violation:

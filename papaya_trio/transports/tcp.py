@@ -16,8 +16,9 @@ import trio
 from papaya_trio.handshake import native_handshake, papaya_handshake, refuse
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol import native, papaya
+from papaya_trio.protocol.decoding import NEED_DATA, NeedData
 from papaya_trio.protocol.events import ClientEvent, Error, Message, ServerEvent
-from papaya_trio.protocol.native import NEED_DATA, NativeDecoder
+from papaya_trio.protocol.native import NativeDecoder
 from papaya_trio.protocol.papaya import PapayaDecoder
 from papaya_trio.room import Room
 from papaya_trio.session import Session
@@ -59,7 +60,7 @@ class StreamPeer:
             async with _stream_errors():
                 data = await self._stream.receive_some(RECEIVE_BYTES)
             self._decoder.receive_data(data)
-        assert not isinstance(event, native.NeedData)
+        assert not isinstance(event, NeedData)
         return event
 
     async def send(self, events: Sequence[ServerEvent]) -> None:
