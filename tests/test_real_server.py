@@ -117,13 +117,16 @@ async def test_torn_log_tail_is_truncated_and_reported(
     assert server.stop() == 0
 
 
-async def test_sigterm_exits_zero_with_the_log_intact(servers: ServerFactory, dial: Dialer) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_exits_zero_with_the_log_intact(
+    servers: ServerFactory, dial: Dialer, signum: signal.Signals
+) -> None:
     server = servers.start()
     with trio.fail_after(RECEIVE_TIMEOUT):
         alice = await dial.native(server, "alice")
         for i in range(20):
             await alice.chat(f"m{i}")
-        assert server.stop(signal.SIGTERM) == 0
+        assert server.stop(signum) == 0
         error = await alice.expect("error")  # told before the connection closed
         assert error["code"] == "shutdown"
     log_lines = (server.data_dir / "chat.log").read_bytes().splitlines(keepends=True)
