@@ -84,10 +84,14 @@ def test_keygen_writes_an_owner_only_key_and_never_clobbers(
     assert read_key(path) != key
 
 
-def test_bad_key_file_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("key", "rule"),
+    [("short", "exactly 128"), ("a b" * 43, "exactly 128"), ("{" + "k" * 127, "start with")],
+)
+def test_bad_key_file_is_refused(tmp_path: Path, key: str, rule: str) -> None:
     path = tmp_path / "key"
-    path.write_text("short\n")
-    with pytest.raises(KeyFileError, match="exactly 128"):
+    path.write_text(key + "\n")
+    with pytest.raises(KeyFileError, match=rule):
         read_key(path)
 
 

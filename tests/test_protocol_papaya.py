@@ -40,6 +40,18 @@ def test_key_then_lines() -> None:
     assert events_of(decoder) == [EndOfStream()]
 
 
+def test_nul_after_each_line_from_old_original_clients_is_ignored() -> None:
+    decoder = PapayaDecoder(1000, 100)
+    decoder.receive_data(KEY + b"erin: one\n\x00erin: two\n\x00")
+    decoder.receive_data(b"")
+    assert events_of(decoder) == [
+        KeyPresented(KEY),
+        SendText("one", user="erin"),
+        SendText("two", user="erin"),
+        EndOfStream(),
+    ]
+
+
 def test_early_close_before_the_key() -> None:
     decoder = PapayaDecoder(1000, 100)
     decoder.receive_data(KEY[:5])

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from typing import Final
 
 from papaya_trio.protocol.decoding import NEED_DATA, LineDecoder, NeedData
-from papaya_trio.protocol.events import ClientEvent, KeyPresented, SendText, Violation
+from papaya_trio.protocol.events import (
+    ClientEvent,
+    KeyPresented,
+    Message,
+    SendText,
+    ServerEvent,
+    Violation,
+)
 from papaya_trio.protocol.rules import KEY_CHARS, text_problem, user_problem
 from papaya_trio.records import Record
 
@@ -43,9 +50,13 @@ class PapayaDecoder(LineDecoder):
 
 
 def parse_line(line: bytes, max_message_bytes: int) -> SendText | Violation:
-    """Parse one `user: text` line (without its newline)."""
+    """Parse one `user: text` line (without its newline).
+
+    NUL bytes around the line are ignored: some versions of the original client send the C
+    string's terminating NUL after each line, so it arrives at the start of the next one.
+    """
     try:
-        decoded = line.decode().removesuffix("\r")
+        decoded = line.strip(b"\x00").decode().removesuffix("\r")
     except UnicodeDecodeError:
         return Violation("dropped", "line is not valid UTF-8")
     user, sep, text = decoded.partition(": ")
@@ -66,6 +77,15 @@ def encode_live(record: Record) -> bytes:
 def encode_history(records: Sequence[Record]) -> bytes:
     """The history tail as raw newline-terminated lines."""
     return b"".join(r.raw_line.encode() + b"\n" for r in records)
+
+
+def encode_writes(events: Sequence[ServerEvent]) -> list[bytes]:
+    """The writes that carry `events`: replayed history as raw lines in one write, then each
+    live message in its own write; welcome, acks, pongs and errors have no form here."""
+    messages = [event for event in events if isinstance(event, Message)]
+    history = encode_history([m.record for m in messages if m.replay])
+    live = [encode_live(m.record) for m in messages if not m.replay]
+    return [history, *live] if history else live
 
 
 def history_tail(records: Sequence[Record]) -> Sequence[Record]:

@@ -46,6 +46,9 @@ def key_problem(key: str) -> str | None:
     """Return why `key` cannot be the shared key, or None if it can."""
     if len(key) != KEY_CHARS or not all("!" <= ch <= "~" for ch in key):
         return f"the key must be exactly {KEY_CHARS} printable ASCII characters without spaces"
+    if key.startswith("{"):
+        # A papayaChat client opens with the key, and a first byte "{" means the native dialect.
+        return "the key must not start with '{'"
     return None
 
 
