@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit clean
+.PHONY: serve test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ unit: $(STAMP)
 	$(BIN)/python -X dev -m pytest
 
 test: lint typecheck unit
+
+# The paper's experiment, both modes, default sweep (about 15 minutes; see docs/benchmarks.md).
+bench: $(STAMP)
+	$(BIN)/python -m papaya_trio.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,15 @@
+"""The bench of issue 7: the paper's experiment, trio tasks against forked processes.
+
+Theory of operation. A *sweep* runs one *trial* per (connections, mode, repeat). A trial
+starts the server under test in its own process group, pinned to one CPU; starts the load
+generator (`loadgen`) pinned to the other CPUs; waits until every connection is open and a
+warm-up has passed; then samples the CPU time of the server's whole process tree every
+500 ms (`sampler`). Per trial we keep the mean CPU % (of one core, like `top`) and its
+coefficient of variation (`stats`); per (connections, mode) we aggregate over repeats
+(`runner`), and `report` / `plot` render the table, JSON, CSV and the PNG figure.
+
+Modules: `stats` (pure statistics), `paper` (published figures), `sink_common`,
+`sink_trio` and `sink_fork` (the paper's two sink servers), `loadgen`, `sampler`,
+`servers` (how to start a mode's server), `runner`, `report`, `plot`, `progress`,
+`command` (the `papaya-trio bench` sub-command).
+"""
