@@ -77,10 +77,11 @@ class ServerFactory:
         self.mode = mode
         self.started: list[RunningServer] = []
 
-    def start(self, *args: str, data_dir: Path | None = None) -> RunningServer:
+    def start(self, *args: str, data_dir: Path | None = None, port: int = 0) -> RunningServer:
+        """Start a server; a port 0 picks a free one, another reuses e.g. a stopped server's."""
         data_dir = data_dir or self.tmp_path / "data"
         mode_args = ["--mode", self.mode] if self.mode != "trio" else []
-        listen = ["--listen", "127.0.0.1", "--tcp-port", "0"]
+        listen = ["--listen", "127.0.0.1", "--tcp-port", str(port)]
         server = RunningServer(data_dir, [*mode_args, *listen, *args])
         self.started.append(server)
         return server

@@ -1,0 +1,201 @@
+"""Client settings: flags, then environment variables, then the TOML file, then defaults.
+
+The TOML file is `$XDG_CONFIG_HOME/papaya/client.toml` (`~/.config/papaya/client.toml` when
+XDG_CONFIG_HOME is unset) or the file given with `--config`. It may hold these keys:
+
+    host = "chat.example.org"
+    port = 7722
+    user = "alice"
+    key_file = "~/.config/papaya/key"   # relative paths are relative to the TOML file
+    ws = "wss://chat.example.org/ws"    # use WebSocket instead of TCP
+
+The matching environment variables are PAPAYA_HOST, PAPAYA_PORT, PAPAYA_USER, PAPAYA_KEY_FILE
+and PAPAYA_WS. The key itself is read from the key file so that it never appears in the process
+list; `--key` exists for quick tests but any local user can read it from `ps`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7722
+#: Where `papaya-trio serve` keeps its key when started in the same directory.
+DEFAULT_KEY_FILE = Path("papaya-data") / "key"
+#: A key file larger than this is certainly not a key file.
+MAX_KEY_FILE_BYTES = 4096
+#: The protocol's limit on user names.
+MAX_USER_CHARS = 32
+
+SETTINGS = ("host", "port", "user", "key_file", "ws")
+ENVIRONMENT = {name: f"PAPAYA_{name.upper()}" for name in SETTINGS}
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message says which and where it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything needed to connect, resolved from all sources."""
+
+    host: str
+    port: int
+    user: str
+    key: str
+    ws_url: str | None
+
+    def __repr__(self) -> str:
+        # Never show the key, not even in a traceback.
+        return (
+            f"ClientConfig(host={self.host!r}, port={self.port}, user={self.user!r},"
+            f" ws_url={self.ws_url!r}, key=<{len(self.key)} chars>)"
+        )
+
+
+def default_config_path(environ: Mapping[str, str]) -> Path:
+    """The TOML file's place, following the XDG base directory rules."""
+    xdg = environ.get("XDG_CONFIG_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".config"
+    return base / "papaya" / "client.toml"
+
+
+def read_toml(path: Path, *, required: bool) -> dict[str, object]:
+    """Read the TOML file; a missing file is empty unless it was asked for explicitly.
+
+    Relative `key_file` paths are made relative to the file's directory.
+    """
+    try:
+        with path.open("rb") as f:
+            values = tomllib.load(f)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})"
+        )
+    key_file = values.get("key_file")
+    if isinstance(key_file, str):
+        values["key_file"] = str(path.parent / Path(key_file).expanduser())
+    return values
+
+
+def resolve(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, object],
+    *,
+    key: str | None = None,
+) -> ClientConfig:
+    """Merge the sources, highest precedence first: flags, environment, file, defaults.
+
+    `flags` maps setting names to flag values (None when the flag was not given). `key` is the
+    value of `--key`, which beats any key file.
+    """
+
+    def pick(name: str) -> tuple[object, str] | None:
+        if flags.get(name) is not None:
+            return flags[name], f"--{name.replace('_', '-')}"
+        if environ.get(ENVIRONMENT[name]):
+            return environ[ENVIRONMENT[name]], ENVIRONMENT[name]
+        if file_values.get(name) is not None:
+            return file_values[name], f"{name} in the config file"
+        return None
+
+    host_value = pick("host")
+    host = _text(host_value) if host_value else DEFAULT_HOST
+    port_value = pick("port")
+    port = _port(port_value) if port_value else DEFAULT_PORT
+    user_value = pick("user")
+    user = _user(user_value) if user_value else _user((getpass.getuser(), "the login name"))
+    ws_value = pick("ws")
+    ws_url = _ws_url(ws_value) if ws_value else None
+    if key is None:
+        key = read_key_file(_key_file(pick("key_file")))
+    return ClientConfig(host=host, port=port, user=user, key=key, ws_url=ws_url)
+
+
+def read_key_file(path: Path) -> str:
+    """Return the key held in `path`, without surrounding whitespace."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
+    try:
+        key = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"key file {path} is not ASCII text") from None
+    if not key:
+        raise ConfigError(f"key file {path} is empty")
+    return key
+
+
+def _key_file(value: tuple[object, str] | None) -> Path:
+    if value is None:
+        if DEFAULT_KEY_FILE.is_file():
+            return DEFAULT_KEY_FILE
+        raise ConfigError(
+            "no key: give --key-file, set PAPAYA_KEY_FILE, or set key_file in the config file"
+            f" (the default {DEFAULT_KEY_FILE} does not exist here)"
+        )
+    return Path(_text(value)).expanduser()
+
+
+def _text(value: tuple[object, str]) -> str:
+    raw, source = value
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{source} must be a non-empty string")
+    return raw
+
+
+def _port(value: tuple[object, str]) -> int:
+    raw, source = value
+    try:
+        port = int(raw) if isinstance(raw, str | int) and not isinstance(raw, bool) else -1
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{source} must be a port number from 1 to 65535, not {raw!r}")
+    return port
+
+
+def _user(value: tuple[object, str]) -> str:
+    user = _text(value)
+    if len(user) > MAX_USER_CHARS or not user.isprintable() or any(ch.isspace() for ch in user):
+        raise ConfigError(
+            f"{value[1]} gives user name {user!r}: it must be 1 to {MAX_USER_CHARS}"
+            " printable characters without spaces"
+        )
+    return user
+
+
+def _ws_url(value: tuple[object, str]) -> str:
+    url = _text(value)
+    if not url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"{value[1]} must be a ws:// or wss:// URL, not {url!r}")
+    return url
+
+
+def load(
+    flags: Mapping[str, object],
+    *,
+    config_path: Path | None,
+    key: str | None,
+    environ: Mapping[str, str] = os.environ,
+) -> ClientConfig:
+    """Resolve the configuration from flags, `environ` and the TOML file."""
+    path = config_path if config_path is not None else default_config_path(environ)
+    return resolve(flags, environ, read_toml(path, required=config_path is not None), key=key)

@@ -1,0 +1,86 @@
+"""Slash commands and how messages are shown."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from clients.terminal.commands import Mistake, Quit, Say, ShowHelp, parse_input
+from clients.terminal.formatting import event_line, message_markup, plain_line, printable
+from clients.terminal.protocol import ChatMessage
+from clients.terminal.session import (
+    Confirmed,
+    Connected,
+    Disconnected,
+    Notice,
+    Rejected,
+    SessionEvent,
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("hello", Say("hello")),
+        ("   ", None),
+        ("/quit", Quit()),
+        ("/EXIT", Quit()),
+        ("/help", ShowHelp()),
+        ("/me waves  ", Say("* alice waves")),
+        ("/me", Mistake("/me needs an action, e.g. /me waves")),
+        ("//etc/passwd is a path", Say("/etc/passwd is a path")),
+        ("/frobnicate", Mistake("unknown command /frobnicate; /help lists the commands")),
+    ],
+)
+def test_parse_input(line: str, command: object) -> None:
+    assert parse_input(line, "alice") == command
+
+
+@pytest.fixture
+def utc() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "UTC")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+MESSAGE = ChatMessage(7, datetime(2026, 11, 26, 14, 28, 25, tzinfo=UTC), "alice", "hi 漢字")
+
+
+@pytest.mark.usefixtures("utc")
+def test_plain_line_format() -> None:
+    assert plain_line(MESSAGE) == "2026-11-26 14:28 alice: hi 漢字"
+
+
+@pytest.mark.usefixtures("utc")
+def test_own_messages_are_highlighted() -> None:
+    assert message_markup(MESSAGE, "alice")[1] == ("own", "alice")
+    assert message_markup(MESSAGE, "bob")[1] == ("user", "alice")
+
+
+def test_printable_defuses_terminal_escapes() -> None:
+    assert printable("a\x1b[2Jb\x07") == "a\ufffd[2Jb\ufffd"
+
+
+@pytest.mark.usefixtures("utc")
+def test_actions_are_shown_without_the_name_prefix() -> None:
+    action = ChatMessage(8, MESSAGE.time, "alice", "* alice waves")
+    assert message_markup(action, "bob") == [("time", "14:28 "), ("user", "* alice waves")]
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        (Connected("papaya-trio\x1b[2J", 3), "connected to h:1 (papaya-trio\ufffd[2J)"),
+        (Disconnected("reset", 2.0), "disconnected: reset; retrying in 2.0 s"),
+        (Rejected("i-1", "bell\x07", "bad_text", "no"), "not sent (no): bell\ufffd"),
+        (Notice("server: odd (x)"), "server: odd (x)"),
+        (Confirmed("i-1", 4), None),
+    ],
+)
+def test_event_lines_are_printable(event: SessionEvent, line: str | None) -> None:
+    assert event_line(event, "h:1") == line

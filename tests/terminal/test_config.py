@@ -1,0 +1,129 @@
+"""Configuration precedence: flags > environment > TOML file > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clients.terminal import config
+from clients.terminal.config import ConfigError
+
+NO_FLAGS: dict[str, object] = {}
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "key"
+    path.write_text("k" * 128 + "\n")
+    return path
+
+
+def test_defaults(key_file: Path) -> None:
+    settings = config.resolve({"user": "alice", "key_file": str(key_file)}, {}, {})
+    assert (settings.host, settings.port, settings.ws_url) == ("127.0.0.1", 7722, None)
+    assert settings.key == "k" * 128
+
+
+def test_flags_beat_environment_beat_file(key_file: Path) -> None:
+    file_values = {"host": "file", "port": 1, "user": "file_user", "key_file": str(key_file)}
+    environ = {"PAPAYA_HOST": "env", "PAPAYA_PORT": "2"}
+    settings = config.resolve({"host": "flag"}, environ, file_values)
+    assert (settings.host, settings.port, settings.user) == ("flag", 2, "file_user")
+
+
+def test_key_flag_beats_every_key_file(tmp_path: Path) -> None:
+    settings = config.resolve(
+        {"user": "a"}, {"PAPAYA_KEY_FILE": str(tmp_path / "missing")}, {}, key="direct"
+    )
+    assert settings.key == "direct"
+
+
+def test_key_file_from_environment(key_file: Path) -> None:
+    settings = config.resolve({"user": "a"}, {"PAPAYA_KEY_FILE": str(key_file)}, {})
+    assert settings.key == "k" * 128
+
+
+def test_default_key_file_is_the_servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no key"):
+        config.resolve({"user": "a"}, {}, {})
+    (tmp_path / "papaya-data").mkdir()
+    (tmp_path / "papaya-data" / "key").write_text("serverkey\n")
+    assert config.resolve({"user": "a"}, {}, {}).key == "serverkey"
+
+
+def test_toml_file_under_xdg_config_home(tmp_path: Path, key_file: Path) -> None:
+    path = tmp_path / "xdg" / "papaya" / "client.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text(f'host = "example.org"\nport = 9000\nuser = "carol"\nkey_file = "{key_file}"\n')
+    environ = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    assert config.default_config_path(environ) == path
+    settings = config.load({}, config_path=None, key=None, environ=environ)
+    assert (settings.host, settings.port, settings.user) == ("example.org", 9000, "carol")
+
+
+def test_default_config_path_without_xdg() -> None:
+    assert config.default_config_path({}) == Path.home() / ".config" / "papaya" / "client.toml"
+
+
+def test_relative_key_file_in_toml_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "mykey").write_text("fromtoml")
+    path = tmp_path / "client.toml"
+    path.write_text('key_file = "mykey"\nuser = "a"\n')
+    settings = config.load({}, config_path=path, key=None, environ={})
+    assert settings.key == "fromtoml"
+
+
+def test_missing_default_toml_is_fine_but_missing_explicit_one_is_not(tmp_path: Path) -> None:
+    assert config.read_toml(tmp_path / "none.toml", required=False) == {}
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.read_toml(tmp_path / "none.toml", required=True)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ('hots = "x"\n', "unknown setting 'hots'"),
+        ("port = [\n", "cannot read"),
+    ],
+)
+def test_bad_toml_files(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "client.toml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        config.read_toml(path, required=True)
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        ({"port": "0"}, "from 1 to 65535"),
+        ({"port": "http"}, "from 1 to 65535"),
+        ({"user": "two words"}, "without spaces"),
+        ({"user": "x" * 33}, "1 to 32"),
+        ({"ws": "http://x"}, "ws:// or wss://"),
+    ],
+)
+def test_bad_values_name_their_source(flags: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as info:
+        config.resolve({"user": "a", **flags}, {}, {}, key="k")
+    assert "--" in str(info.value)
+
+
+def test_bad_value_from_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="PAPAYA_PORT"):
+        config.resolve({"user": "a"}, {"PAPAYA_PORT": "99999"}, {}, key="k")
+
+
+def test_key_file_problems(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read key file"):
+        config.read_key_file(tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        config.read_key_file(tmp_path / "empty")
+
+
+def test_repr_hides_the_key(key_file: Path) -> None:
+    settings = config.resolve({"user": "a", "key_file": str(key_file)}, {}, {})
+    assert "kkkk" not in repr(settings)
