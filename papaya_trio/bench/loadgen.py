@@ -129,22 +129,25 @@ async def _drive(
     tokens = 0.0
     last = start
     next_wake = start + phase
-    for _ in range(math.ceil(spec.duration / spec.tick) + 1):
-        await trio.sleep_until(min(next_wake, end))
-        now = trio.current_time()
-        if now >= end:
-            # Credit the tokens earned up to the end, so the last partial tick counts.
-            now = end
-        tokens = min(tokens + (now - last) * rate, burst)
-        last = now
-        whole = int(tokens) // len(MESSAGE) * len(MESSAGE)
-        if whole:
-            await stream.send_all(payload[:whole])
-            tokens -= whole
-            sent[index] += whole
-        if now >= end:
-            return
-        next_wake += spec.tick
+    # A server that stops reading must not hold the run past its duration: the blocked send
+    # is abandoned (and not counted), so the shortfall shows in the achieved rate.
+    with trio.move_on_at(end + spec.tick):
+        for _ in range(math.ceil(spec.duration / spec.tick) + 1):
+            await trio.sleep_until(min(next_wake, end))
+            now = trio.current_time()
+            if now >= end:
+                # Credit the tokens earned up to the end, so the last partial tick counts.
+                now = end
+            tokens = min(tokens + (now - last) * rate, burst)
+            last = now
+            whole = int(tokens) // len(MESSAGE) * len(MESSAGE)
+            if whole:
+                await stream.send_all(payload[:whole])
+                tokens -= whole
+                sent[index] += whole
+            if now >= end:
+                return
+            next_wake += spec.tick
 
 
 async def run_load(

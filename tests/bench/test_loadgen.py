@@ -37,13 +37,23 @@ def test_spec_is_bounded() -> None:
 
 
 async def test_a_generator_that_cannot_keep_up_is_flagged() -> None:
-    async with running_server(sink_spec("fork"), frozenset(os.sched_getaffinity(0))) as (
-        _pid,
-        port,
-    ):
-        # 8 Gbit/s per connection in 10 ms ticks is far beyond what Python can send.
-        spec = LoadSpec(port=port, connections=1, duration=0.5, rate_bits=8e9)
+    # A server that accepts and never reads: once the kernel's buffers (a few MB) are full the
+    # generator cannot send at all, far short of 1 Gbit/s (62.5 MB in the half second).
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listener.socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+
+    async def accept_and_hold() -> None:
+        while True:
+            accepted.append(await listener.accept())
+
+    async with listener, trio.open_nursery() as nursery:
+        nursery.start_soon(accept_and_hold)
+        spec = LoadSpec(port=port, connections=1, duration=0.5, rate_bits=1e9)
         with trio.fail_after(20):
             result = await run_load(spec)
+        nursery.cancel_scope.cancel()
+    for stream in accepted:
+        await trio.aclose_forcefully(stream)
     assert result.flagged
     assert "slowest connection" in result.flag_reason
