@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_STRIDE = 128
 READ_CHUNK = 64 * 1024
+DEDUPE_ENTRIES = 65536  # client ids remembered for resend detection (fork mode uses it too)
 
 
 class FsyncPolicy(enum.StrEnum):
@@ -92,7 +93,7 @@ class ChatLog:
         clock_ms: Callable[[], int],
         fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
         cache_records: int = 4096,
-        dedupe_entries: int = 65536,
+        dedupe_entries: int = DEDUPE_ENTRIES,
     ) -> None:
         self._storage = storage
         self._clock_ms = clock_ms

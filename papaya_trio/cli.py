@@ -13,6 +13,7 @@ import trio
 from papaya_trio import SERVER_NAME
 from papaya_trio.chatlog import LogCorrupted
 from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
+from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
 from papaya_trio.service import ServiceError, run_service
 
@@ -42,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 stream=sys.stderr, level=config.log_level.upper(), format=LOG_FORMAT
             )
-            trio.run(run_service, config)
+            if config.mode == "fork":
+                run_fork_service(config)
+            else:
+                trio.run(run_service, config)
         elif args.command == "keygen":
             write_key(args.path, generate_key(), replace=args.force)
             print(f"wrote a new key to {args.path} (owner-only permissions)")

@@ -28,9 +28,17 @@ class Option:
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    metavar: str = "HOST"
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option(
+        "mode",
+        str,
+        "trio",
+        "trio: a task pair per client; fork: a process pair per client (papayaChat's design)",
+        choices=("trio", "fork"),
+    ),
     Option(
         "listen",
         list,
@@ -38,6 +46,13 @@ OPTIONS: tuple[Option, ...] = (
         "addresses to listen on (IPv4 or IPv6); '*' means every interface, IPv4 and IPv6",
     ),
     Option("tcp_port", int, 7722, "TCP port for both dialects (0 picks a free port)", minimum=0),
+    Option(
+        "http_port",
+        int,
+        8080,
+        "HTTP port for the browser client and its WebSocket (0 picks a free port)",
+        minimum=0,
+    ),
     Option("data_dir", str, "./papaya-data", "folder for the log, the key and the lock file"),
     Option("key_file", str, "", "file holding the 128-character key (default: DATA_DIR/key)"),
     Option("history", int, 50, "messages a native client gets on connect without since", minimum=0),
@@ -66,6 +81,35 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0.001,
     ),
     Option(
+        "ws_max_message_bytes",
+        int,
+        16384,
+        "longest WebSocket message, in bytes (at least 3 x max_message_bytes + 1024)",
+        minimum=1,
+    ),
+    Option(
+        "ws_handshake_timeout",
+        float,
+        10.0,
+        "seconds a browser has to send its HTTP request and finish the WebSocket handshake",
+        minimum=0.001,
+    ),
+    Option("ws_ping_interval", float, 30.0, "seconds between WebSocket pings", minimum=0.001),
+    Option(
+        "ws_ping_timeout",
+        float,
+        20.0,
+        "seconds a WebSocket client has to answer a ping before it is dropped",
+        minimum=0.001,
+    ),
+    Option(
+        "allowed_origins",
+        list,
+        [],
+        "Origins allowed to open a WebSocket, e.g. https://chat.example.org (empty: any)",
+        metavar="ORIGIN",
+    ),
+    Option(
         "fsync",
         str,
         "always",
@@ -92,8 +136,10 @@ OPTIONS: tuple[Option, ...] = (
 class ServerConfig:
     """The effective configuration of one server run."""
 
+    mode: str
     listen: list[str]
     tcp_port: int
+    http_port: int
     data_dir: str
     key_file: str
     history: int
@@ -103,6 +149,11 @@ class ServerConfig:
     max_lag: int
     auth_timeout: float
     papaya_auth_timeout: float
+    ws_max_message_bytes: int
+    ws_handshake_timeout: float
+    ws_ping_interval: float
+    ws_ping_timeout: float
+    allowed_origins: list[str]
     fsync: str
     fsync_interval: float
     shutdown_deadline: float
@@ -123,7 +174,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         flag = "--" + option.name.replace("_", "-")
         if option.kind is list:
-            parser.add_argument(flag, action="append", metavar="HOST", help=option.help)
+            parser.add_argument(flag, action="append", metavar=option.metavar, help=option.help)
         else:
             parser.add_argument(
                 flag,
@@ -190,10 +241,14 @@ def check(config: ServerConfig) -> None:
             raise ConfigError(f"{option.name} must be one of {choices}, not {value!r}")
     if not config.listen:
         raise ConfigError("listen needs at least one address")
-    if config.tcp_port > 65535:
-        raise ConfigError(f"tcp_port must be at most 65535, not {config.tcp_port}")
+    for name in ("tcp_port", "http_port"):
+        if getattr(config, name) > 65535:
+            raise ConfigError(f"{name} must be at most 65535, not {getattr(config, name)}")
     if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
         raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
+    if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
+        # a text of max_message_bytes, JSON-escaped, must fit in one frame (fork mode has none)
+        raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")
 
 
 def default_toml() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 import stat
@@ -60,3 +61,13 @@ def read_key(path: Path) -> str:
 def key_is_private(path: Path) -> bool:
     """False if group or others may read the key file."""
     return not path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+
+
+def key_matches(key: bytes, candidate: str | bytes) -> bool:
+    """Compare a presented key with the room's `key` in constant time."""
+    if isinstance(candidate, str):
+        try:
+            candidate = candidate.encode()
+        except UnicodeEncodeError:
+            return False
+    return hmac.compare_digest(candidate, key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import trio
 
 from papaya_trio.broadcaster import Broadcaster
 from papaya_trio.chatlog import ChatLog
+from papaya_trio.keys import key_matches
 
 if TYPE_CHECKING:
     from papaya_trio.session import Session
@@ -41,29 +41,21 @@ class Room:
         self.sessions: set[Session] = set()
         self.closed = False
         self._handshakes: set[trio.CancelScope] = set()
-        self._empty = trio.Event()
-        self._empty.set()
 
     def key_matches(self, candidate: str | bytes) -> bool:
         """Compare a presented key with the room's in constant time."""
-        if isinstance(candidate, str):
-            try:
-                candidate = candidate.encode()
-            except UnicodeEncodeError:
-                return False
-        return hmac.compare_digest(candidate, self._key)
+        return key_matches(self._key, candidate)
 
     @contextmanager
     def joined(self, session: Session) -> Iterator[None]:
         """Count `session` as live for the duration of the `with` block."""
         self.sessions.add(session)
-        self._empty = trio.Event() if self._empty.is_set() else self._empty
+        if self.closed:  # joined after close_all: it must still hear about the shutdown
+            session.close("shutdown", "the server is shutting down")
         try:
             yield
         finally:
             self.sessions.discard(session)
-            if not self.sessions:
-                self._empty.set()
 
     @contextmanager
     def handshaking(self) -> Iterator[trio.CancelScope]:
@@ -85,7 +77,3 @@ class Room:
             scope.cancel()
         for session in list(self.sessions):
             session.close(code, message)
-
-    async def wait_empty(self) -> None:
-        """Block until no session is live."""
-        await self._empty.wait()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import trio
 
 from papaya_trio.room import Room
+from papaya_trio.transports.http import WebSettings, handle_http_stream
 from papaya_trio.transports.tcp import handle_tcp_stream
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,15 @@ class ChatServer:
     """Serves one room on a set of listeners until `shutdown()` is called."""
 
     def __init__(
-        self, room: Room, *, max_connections: int = 1024, shutdown_deadline: float = 5.0
+        self,
+        room: Room,
+        *,
+        max_connections: int = 1024,
+        shutdown_deadline: float = 5.0,
+        web: WebSettings | None = None,
     ) -> None:
         self.room = room
+        self.web = web if web is not None else WebSettings()
         self.max_connections = max_connections
         self.shutdown_deadline = shutdown_deadline
         self.connections = 0
@@ -47,23 +54,29 @@ class ChatServer:
     async def serve(
         self,
         tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and serve until shutdown, then close everything within the deadline.
 
-        The listeners are closed on return. Returns after every connection handler has ended.
+        `tcp_listeners` carry both TCP dialects; `http_listeners` the browser client and its
+        WebSocket. The listeners are closed on return. Returns after every connection handler
+        has ended.
         """
+        listeners = [*tcp_listeners, *http_listeners]
         async with trio.open_nursery() as handlers:
             try:
                 async with trio.open_nursery() as acceptors:
                     for listener in tcp_listeners:
-                        acceptors.start_soon(self._accept_loop, listener, handlers)
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "tcp")
+                    for listener in http_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "http")
                     task_status.started()
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
             finally:
-                for listener in tcp_listeners:
+                for listener in listeners:
                     await trio.aclose_forcefully(listener)
             logger.info("shutting down: %d connections to close", self.connections)
             self.room.close_all("shutdown", "the server is shutting down")
@@ -74,7 +87,7 @@ class ChatServer:
             handlers.cancel_scope.cancel()
 
     async def _accept_loop(
-        self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery
+        self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery, kind: str
     ) -> None:
         while True:
             try:
@@ -85,26 +98,30 @@ class ChatServer:
                 logger.error("accept failed, retrying shortly: %s", exc)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            handlers.start_soon(self._handle, stream)
+            handlers.start_soon(self._handle, stream, kind)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def _handle(self, stream: trio.abc.Stream, kind: str) -> None:
         self.connections += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
             full = self.connections > self.max_connections
-            await handle_tcp_stream(stream, self.room, self._describe(stream), full)
+            label = self._describe(stream, kind)
+            if kind == "http":
+                await handle_http_stream(stream, self.room, label, full, self.web)
+            else:
+                await handle_tcp_stream(stream, self.room, label, full)
         finally:
             self.connections -= 1
             if not self.connections:
                 self._idle.set()
 
-    def _describe(self, stream: trio.abc.Stream) -> str:
+    def _describe(self, stream: trio.abc.Stream, kind: str) -> str:
         if isinstance(stream, trio.SocketStream):
             try:
-                return "tcp " + format_address(stream.socket.getpeername())
+                return f"{kind} {format_address(stream.socket.getpeername())}"
             except OSError:
                 pass
-        return f"tcp #{next(self._numbers)}"
+        return f"{kind} #{next(self._numbers)}"
 
 
 def format_address(address: object) -> str:

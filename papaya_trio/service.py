@@ -24,6 +24,9 @@ from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
+from papaya_trio.transports.http import WebSettings
+from papaya_trio.transports.static import StaticSite, StaticSiteError
+from papaya_trio.transports.websocket import WebSocketSettings
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +80,36 @@ def room_settings(config: ServerConfig) -> RoomSettings:
     )
 
 
-async def open_tcp_listeners(config: ServerConfig) -> list[trio.SocketListener]:
-    """Listen on every configured address ('*': all interfaces, IPv4 and IPv6)."""
+def web_settings(config: ServerConfig) -> WebSettings:
+    """The HTTP port's part of the configuration, with the browser client's files read in."""
+    try:
+        site = StaticSite.browser_client(config.max_message_bytes)
+    except StaticSiteError as exc:
+        raise ServiceError(str(exc)) from None
+    websocket = WebSocketSettings(
+        max_message_bytes=config.ws_max_message_bytes,
+        handshake_timeout=config.ws_handshake_timeout,
+        ping_interval=config.ws_ping_interval,
+        ping_timeout=config.ws_ping_timeout,
+        allowed_origins=frozenset(config.allowed_origins),
+    )
+    return WebSettings(site, websocket)
+
+
+async def open_tcp_listeners(
+    config: ServerConfig, port: int | None = None
+) -> list[trio.SocketListener]:
+    """Listen on `port` (default: tcp_port) at every configured address ('*': all interfaces,
+    IPv4 and IPv6)."""
+    port = config.tcp_port if port is None else port
     listeners: list[trio.SocketListener] = []
     try:
         for host in config.listen:
-            listeners += await trio.open_tcp_listeners(
-                config.tcp_port, host=None if host == "*" else host
-            )
+            listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
     except OSError as exc:
         for listener in listeners:
             await listener.aclose()
-        raise ServiceError(f"cannot listen on port {config.tcp_port}: {exc.strerror}") from None
+        raise ServiceError(f"cannot listen on port {port}: {exc.strerror}") from None
     return listeners
 
 
@@ -115,8 +136,19 @@ async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
         room,
         max_connections=config.max_connections,
         shutdown_deadline=config.shutdown_deadline,
+        web=web_settings(config),
     )
     listeners = await open_tcp_listeners(config)
+    try:
+        http_listeners = await open_tcp_listeners(config, config.http_port)
+    except ServiceError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    # The http lines come first: whoever waits for "listening tcp" then has both.
+    for listener in http_listeners:
+        url = f"http://{format_address(listener.socket.getsockname())}/"
+        logger.info("listening http %s (open it in a browser to chat)", url)
     for listener in listeners:
         logger.info("listening tcp %s", format_address(listener.socket.getsockname()))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -124,7 +156,7 @@ async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
             if log.fsync is FsyncPolicy.INTERVAL:
                 nursery.start_soon(log.run_interval_sync, config.fsync_interval)
             nursery.start_soon(_shutdown_on_signal, signals, server)
-            await server.serve(listeners)
+            await server.serve(listeners, http_listeners)
             nursery.cancel_scope.cancel()
 
 

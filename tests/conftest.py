@@ -13,7 +13,7 @@ from tests.real_server import ServerFactory
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci")
 
-SERVER_MODES = ["trio"]
+SERVER_MODES = ["trio", "fork"]
 
 
 @pytest.fixture(params=SERVER_MODES)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 LISTENING = re.compile(r"listening tcp (\S+):(\d+)")
+HTTP_LISTENING = re.compile(r"listening http (http://(\S+):(\d+)/)")
 START_TIMEOUT = 20.0
 
 
@@ -33,6 +34,11 @@ class RunningServer:
         except RuntimeError:
             self.kill()
             raise
+        # A trio-mode server logs its http listeners before its tcp ones, so they are in the
+        # log by now; a mode without an HTTP port logs none.
+        http = HTTP_LISTENING.search(self.log)
+        self.http_port = int(http.group(3)) if http else None
+        self.url = http.group(1) if http else None
 
     @property
     def key(self) -> str:
@@ -77,11 +83,13 @@ class ServerFactory:
         self.mode = mode
         self.started: list[RunningServer] = []
 
-    def start(self, *args: str, data_dir: Path | None = None, port: int = 0) -> RunningServer:
+    def start(
+        self, *args: str, data_dir: Path | None = None, port: int = 0, http_port: int = 0
+    ) -> RunningServer:
         """Start a server; a port 0 picks a free one, another reuses e.g. a stopped server's."""
         data_dir = data_dir or self.tmp_path / "data"
         mode_args = ["--mode", self.mode] if self.mode != "trio" else []
-        listen = ["--listen", "127.0.0.1", "--tcp-port", str(port)]
+        listen = ["--listen", "127.0.0.1", "--tcp-port", str(port), "--http-port", str(http_port)]
         server = RunningServer(data_dir, [*mode_args, *listen, *args])
         self.started.append(server)
         return server

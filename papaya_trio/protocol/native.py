@@ -38,13 +38,13 @@ def parse_object(raw: bytes | str, max_message_bytes: int) -> ClientEvent:
         try:
             raw = raw.decode()
         except UnicodeDecodeError:
-            return Violation("bad_utf8", "line is not valid UTF-8")
+            return Violation("bad_utf8", "message is not valid UTF-8")
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError):
-        return Violation("bad_json", "line is not valid JSON")
+        return Violation("bad_json", "message is not valid JSON")
     if not isinstance(obj, dict):
-        return Violation("bad_json", "line is not a JSON object")
+        return Violation("bad_json", "message is not a JSON object")
     kind = obj.get("type")
     if kind == "send":
         return _parse_send(obj, max_message_bytes)

@@ -17,7 +17,7 @@ from papaya_trio.handshake import native_handshake, papaya_handshake, refuse
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol import native, papaya
 from papaya_trio.protocol.decoding import NEED_DATA, NeedData
-from papaya_trio.protocol.events import ClientEvent, Error, Message, ServerEvent
+from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
 from papaya_trio.protocol.native import NativeDecoder
 from papaya_trio.protocol.papaya import PapayaDecoder
 from papaya_trio.room import Room
@@ -85,10 +85,7 @@ class PapayaPeer(StreamPeer):
     write ending in NUL; welcome, acks, pongs and errors have no form in this dialect."""
 
     def render(self, events: Sequence[ServerEvent]) -> list[bytes]:
-        messages = [event for event in events if isinstance(event, Message)]
-        history = papaya.encode_history([m.record for m in messages if m.replay])
-        live = [papaya.encode_live(m.record) for m in messages if not m.replay]
-        return [history, *live] if history else live
+        return papaya.encode_writes(events)
 
 
 async def handle_tcp_stream(stream: trio.abc.Stream, room: Room, label: str, full: bool) -> None:

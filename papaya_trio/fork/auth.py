@@ -1,0 +1,129 @@
+"""A connection's first seconds in fork mode: sniff the dialect, then authenticate.
+
+This runs in the connection's own process, before it becomes the client's RECV. The decisions
+are trio mode's (`papaya_trio.handshake`, `transports.tcp`): the same deadlines measured from
+the connection's arrival, the same errors for the native dialect, silence for papayaChat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+
+from papaya_trio.fork.connection import Connection, Expired, Stopped, read_event
+from papaya_trio.handshake import REFUSAL_WRITE_TIMEOUT, SHUTDOWN
+from papaya_trio.keys import key_matches
+from papaya_trio.peer import PeerGone
+from papaya_trio.protocol.decoding import LineDecoder
+from papaya_trio.protocol.events import Error, Hello, KeyPresented, Violation
+from papaya_trio.protocol.native import NativeDecoder, encode_line
+from papaya_trio.protocol.papaya import PapayaDecoder
+from papaya_trio.room import RoomSettings
+from papaya_trio.session import Identity, LastN, PapayaTail, Since
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An authenticated client: who it is, its dialect, and the decoder holding what it sent."""
+
+    identity: Identity
+    decoder: LineDecoder
+    native: bool
+    label: str
+
+
+def admit(
+    conn: Connection, settings: RoomSettings, key: bytes, *, full: bool, connected_at: float
+) -> Admitted | None:
+    """Sniff and authenticate; None if the client was refused (and told, where it can be)."""
+    try:
+        first = conn.receive(connected_at + settings.auth_timeout)
+    except (Expired, Stopped):
+        first = b""
+    except PeerGone as exc:
+        logger.info("%s: connection lost during handshake: %s", conn.label, exc)
+        return None
+    if not first:
+        logger.info("%s: closed before saying anything", conn.label)
+        return None
+    assert isinstance(first, bytes)
+    sizes = (settings.max_line_bytes, settings.max_message_bytes)
+    if first.startswith(b"{"):
+        conn.label += " native"
+        native = NativeDecoder(*sizes)
+        native.receive_data(first)
+        if full:
+            logger.warning("%s: refused: server full", conn.label)
+            refuse(conn, Error("server_full", "the server is full", fatal=True))
+            return None
+        identity = _native_hello(conn, native, settings, key, connected_at + settings.auth_timeout)
+        return None if identity is None else Admitted(identity, native, True, conn.label)
+    conn.label += " papaya"
+    papaya = PapayaDecoder(*sizes)
+    papaya.receive_data(first)
+    if full:
+        logger.warning("%s: refused: server full", conn.label)
+        return None
+    identity = _papaya_key(conn, papaya, key, connected_at + settings.papaya_auth_timeout)
+    return None if identity is None else Admitted(identity, papaya, False, conn.label)
+
+
+def _native_hello(
+    conn: Connection, decoder: NativeDecoder, settings: RoomSettings, key: bytes, deadline: float
+) -> Identity | None:
+    try:
+        event = read_event(conn, decoder, deadline)
+    except Stopped:
+        refuse(conn, SHUTDOWN)
+        return None
+    except Expired:
+        logger.warning("%s: auth failed: timeout", conn.label)
+        refuse(conn, Error("auth_timeout", "no hello arrived in time", fatal=True))
+        return None
+    except PeerGone as exc:
+        logger.info("%s: connection lost during handshake: %s", conn.label, exc)
+        return None
+    match event:
+        case Hello(key=presented, user=user, since=since):
+            if not key_matches(key, presented):
+                logger.warning("%s: auth failed: wrong key (user %r)", conn.label, user)
+                refuse(conn, Error("bad_key", "the key is wrong", fatal=True))
+                return None
+            history = LastN(settings.history) if since is None else Since(since)
+            return Identity(user, history)
+        case Violation(code=code, message=message):
+            logger.warning("%s: auth failed: %s", conn.label, message)
+            refuse(conn, Error(code, message, fatal=True))
+        case _:
+            logger.warning("%s: auth failed: no hello", conn.label)
+            refuse(conn, Error("not_authenticated", "the first message must be a hello", True))
+    return None
+
+
+def _papaya_key(
+    conn: Connection, decoder: PapayaDecoder, key: bytes, deadline: float
+) -> Identity | None:
+    try:
+        event = read_event(conn, decoder, deadline)
+    except Stopped:
+        return None
+    except Expired:
+        logger.warning("%s: papayaChat auth failed: timeout", conn.label)
+        return None
+    except PeerGone as exc:
+        logger.info("%s: connection lost during handshake: %s", conn.label, exc)
+        return None
+    if isinstance(event, KeyPresented) and key_matches(key, event.key):
+        return Identity(None, PapayaTail())
+    logger.warning("%s: papayaChat auth failed: wrong key or early close", conn.label)
+    return None
+
+
+def refuse(conn: Connection, error: Error) -> None:
+    """Best-effort write of a fatal error to a native client about to be dropped."""
+    with suppress(Expired, PeerGone):
+        conn.send_all(encode_line(error), time.monotonic() + REFUSAL_WRITE_TIMEOUT)

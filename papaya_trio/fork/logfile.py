@@ -1,0 +1,280 @@
+"""The log file as the fork-mode processes share it: each opens it itself; flock orders them.
+
+Theory of operation
+-------------------
+Every process (the parent, each RECV, each SEND) opens ``chat.log`` with its own ``os.open``,
+so each has its own open file description and ``flock`` really excludes. (The original opened
+the file once before forking: every process shared one description, so its locks excluded
+nobody and all of them moved one shared offset.) The bytes are trio mode's record format
+(`papaya_trio.records`), so either mode serves what the other wrote.
+
+- A writer (RECV) holds ``LOCK_EX`` from reading the tail to the end of its write, and with
+  ``fsync = "always"`` to the end of its fsync. It computes the next sequence number from the
+  file under that lock, because another RECV may have appended since it last looked.
+- A reader (SEND, the parent) holds ``LOCK_SH`` only while it reads one bounded chunk, and
+  consumes complete lines only. Under ``LOCK_SH`` no write is in progress, so bytes after the
+  last newline at the end of the file are a torn record left by a writer that died; the next
+  writer cuts them off under ``LOCK_EX``. With ``fsync = "always"`` a record is on disk before
+  its writer releases the lock, so a reader never sends a record that is not durable yet
+  (trio mode makes records visible only after their fsync, too).
+
+Each process keeps a `LogIndex`: the newest sequence number and where it ends, a sparse offset
+index (for history and ``since``), and the resend table. The parent brings its index up to date
+before every fork, so a child only reads what was appended since it was forked.
+
+Resend dedupe has trio mode's bound: the newest DEDUPE_ENTRIES (user, id) pairs in log order.
+Every writer reads every record appended by others under its ``LOCK_EX`` before deciding, so
+a resend is recognised whichever process stored the original, as long as fewer than
+DEDUPE_ENTRIES records with ids were stored after it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import trio
+
+from papaya_trio.chatlog import (
+    DEDUPE_ENTRIES,
+    INDEX_STRIDE,
+    READ_CHUNK,
+    AppendResult,
+    ChatLog,
+    FsyncPolicy,
+    Recovery,
+    StorageFailed,
+)
+from papaya_trio.records import Record, RecordScanner, ScannedRecord, encode_record
+from papaya_trio.storage import FileStorage
+
+logger = logging.getLogger(__name__)
+
+MAX_CHUNK = 64 * 1024 * 1024  # no record is this long; a line without end beyond it is damage
+
+
+class LogDamaged(StorageFailed):
+    """A complete line in the log is not the record that should be there."""
+
+
+class LogFile:
+    """One process's own open file description of the shared log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @contextmanager
+    def locked(self, operation: int) -> Iterator[None]:
+        """Hold `flock(operation)` (LOCK_SH or LOCK_EX) for the `with` block."""
+        fcntl.flock(self.fd, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def size(self) -> int:
+        """The file's current length."""
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        """Release the descriptor (and any lock held through it)."""
+        os.close(self.fd)
+
+
+class LogReader:
+    """Complete records from `offset` on, one bounded chunk per call; the caller holds a lock."""
+
+    def __init__(self, log: LogFile, offset: int = 0, after_seq: int = 0) -> None:
+        self._log = log
+        self._scanner = RecordScanner(offset, after_seq)
+
+    @property
+    def offset(self) -> int:
+        """Where the next unread record starts."""
+        return self._scanner.offset
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last record read."""
+        return self._scanner.last_seq
+
+    def read_chunk(self) -> list[ScannedRecord]:
+        """The complete records in the next chunk; [] at the end of the file.
+
+        Raises LogDamaged if a line is not the next record. Bytes after the last newline at the
+        end of the file (a torn record) are left unread.
+        """
+        size = READ_CHUNK
+        while True:
+            data = os.pread(self._log.fd, size, self.offset)
+            end = data.rfind(b"\n")
+            if end != -1:
+                break
+            if len(data) < size:
+                return []
+            if size >= MAX_CHUNK:
+                raise LogDamaged(f"log line at byte {self.offset} is longer than {MAX_CHUNK}")
+            size *= 2  # a record longer than a chunk (written with a larger max_message_bytes)
+        found = self._scanner.feed(data[: end + 1])
+        if self._scanner.problem is not None:
+            raise LogDamaged(
+                f"log record at byte {self._scanner.bad_offset} is damaged: {self._scanner.problem}"
+            )
+        return found
+
+
+class LogIndex:
+    """What one process knows about the log: head, end, sparse offsets, recent client ids."""
+
+    def __init__(self, dedupe_entries: int = DEDUPE_ENTRIES) -> None:
+        self.head = 0
+        self.end = 0
+        self._offsets: list[int] = []  # offset of record 1 + i * INDEX_STRIDE
+        self._dedupe: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._dedupe_entries = dedupe_entries
+
+    def __repr__(self) -> str:
+        return f"<LogIndex head={self.head} end={self.end} ids={len(self._dedupe)}>"
+
+    def add(self, record: Record, end_offset: int) -> None:
+        """Take note of the record that follows the known end and ends at `end_offset`."""
+        if (record.seq - 1) % INDEX_STRIDE == 0:
+            self._offsets.append(self.end)
+        self.head, self.end = record.seq, end_offset
+        if record.client_id is not None:
+            self._dedupe[(record.user, record.client_id)] = record.seq
+            if len(self._dedupe) > self._dedupe_entries:
+                self._dedupe.popitem(last=False)
+
+    def catch_up(self, log: LogFile) -> None:
+        """Read every complete record after the known end (the caller holds a lock)."""
+        reader = LogReader(log, self.end, self.head)
+        while scanned := reader.read_chunk():
+            for item in scanned:
+                self.add(item.record, item.end_offset)
+
+    def original(self, user: str, client_id: str) -> int | None:
+        """The sequence number under which `user` already stored `client_id`, if remembered."""
+        return self._dedupe.get((user, client_id))
+
+    def reader_for(self, log: LogFile, seq: int) -> LogReader:
+        """A reader positioned at or before record `seq` (records before it must be skipped)."""
+        block = min((max(seq, 1) - 1) // INDEX_STRIDE, len(self._offsets) - 1)
+        if block < 0:
+            return LogReader(log)
+        return LogReader(log, self._offsets[block], block * INDEX_STRIDE)
+
+
+def read_records(log: LogFile, index: LogIndex, first: int, last: int) -> list[Record]:
+    """Records `first` to `last` (known to be in the file), each chunk read under LOCK_SH."""
+    reader = index.reader_for(log, first)
+    found: list[Record] = []
+    while reader.last_seq < last:
+        with log.locked(fcntl.LOCK_SH):
+            scanned = reader.read_chunk()
+        if not scanned:
+            break
+        found += [s.record for s in scanned if first <= s.record.seq <= last]
+    return found
+
+
+class LogWriter:
+    """RECV's appends: one record at a time under LOCK_EX, deduped, fsynced per the policy."""
+
+    def __init__(
+        self, log: LogFile, index: LogIndex, fsync: FsyncPolicy, clock_ms: Callable[[], int]
+    ) -> None:
+        self._log = log
+        self._index = index
+        self._fsync = fsync
+        self._clock_ms = clock_ms
+        self.broken: str | None = None
+
+    def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
+        """Store one message (or recognise a resend) and return its sequence number.
+
+        Raises StorageFailed if it could not be stored; after a failed fsync this writer refuses
+        every further append, as trio mode's log does.
+        """
+        if self.broken is not None:
+            raise StorageFailed(f"the log is read-only after an error: {self.broken}")
+        with self._log.locked(fcntl.LOCK_EX):
+            self._index.catch_up(self._log)
+            self._cut_torn_tail()
+            if client_id is not None and (seq := self._index.original(user, client_id)):
+                return AppendResult(seq, duplicate=True)
+            record = Record(self._index.head + 1, self._clock_ms(), user, text, client_id)
+            data = encode_record(record)
+            self._write(data)
+            if self._fsync is FsyncPolicy.ALWAYS:
+                self._sync()
+            self._index.add(record, self._index.end + len(data))
+        return AppendResult(record.seq)
+
+    def _cut_torn_tail(self) -> None:
+        # Under LOCK_EX nobody is writing: bytes after the last record are a dead writer's.
+        size = self._log.size()
+        if size > self._index.end:
+            os.ftruncate(self._log.fd, self._index.end)
+            logger.warning(
+                "log: cut %d bytes of a torn record after record %d",
+                size - self._index.end,
+                self._index.head,
+            )
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._log.fd, view) :]
+        except OSError as exc:
+            logger.error("log write failed: %s", exc)
+            try:
+                os.ftruncate(self._log.fd, self._index.end)
+            except OSError as undo_exc:
+                self.broken = f"could not undo a failed write: {undo_exc}"
+            raise StorageFailed(f"could not write the log: {exc.strerror or exc}") from exc
+
+    def _sync(self) -> None:
+        try:
+            os.fsync(self._log.fd)
+        except OSError as exc:
+            self.broken = f"fsync failed: {exc}"
+            logger.critical("log refuses appends in this session: %s", self.broken)
+            raise StorageFailed(f"could not sync the log: {exc.strerror or exc}") from exc
+
+
+class _InlineSyncStorage(FileStorage):
+    """FileStorage whose fsync runs inline: recovery happens before any child is forked, and
+    forking while one of trio's worker threads exists would copy a process in mid-thread."""
+
+    async def sync(self) -> None:
+        os.fsync(self._fd)
+
+
+def recover_log(path: Path, fsync: FsyncPolicy) -> Recovery:
+    """Trio mode's recovery, run once before anything is forked: cut a torn tail, refuse a
+    damaged middle (raises LogCorrupted), log what was done."""
+
+    async def scan() -> Recovery:
+        log, recovery = await ChatLog.open(
+            _InlineSyncStorage(path), clock_ms=lambda: 0, fsync=fsync
+        )
+        await log.aclose()
+        return recovery
+
+    return trio.run(scan)
+
+
+def open_index(log: LogFile) -> LogIndex:
+    """Scan the whole (recovered) log into a fresh index."""
+    index = LogIndex()
+    with log.locked(fcntl.LOCK_SH):
+        index.catch_up(log)
+    return index

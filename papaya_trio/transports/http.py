@@ -1,0 +1,166 @@
+"""The HTTP port: the browser client's files and the WebSocket endpoint on one port.
+
+`handle_http_stream` owns one accepted connection. It reads the request head with h11 under the
+handshake deadline, then either answers it from the static site (one request per connection)
+or, for a WebSocket upgrade, replays the bytes it read to trio-websocket through
+`PrefixedStream`. (trio-websocket cannot do the dispatch itself: wsproto refuses a request
+without upgrade headers with a bare 400 before the server sees it.) Stream exceptions become
+`PeerGone` in `_stream_errors` and nowhere else in this module.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+from papaya_trio.peer import PeerGone
+from papaya_trio.room import Room
+from papaya_trio.transports.static import Response, StaticSite, render
+from papaya_trio.transports.websocket import WebSocketSettings, serve_websocket
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 16 * 1024
+MAX_REQUEST_HEAD = 16 * 1024
+ANSWER_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """What the HTTP port serves: the browser client's files and the WebSocket limits."""
+
+    site: StaticSite = field(default_factory=StaticSite)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request as far as we read it: h11's view, and the raw bytes (for replay)."""
+
+    conn: h11.Connection
+    request: h11.Request
+    raw: bytes
+
+    @property
+    def is_websocket(self) -> bool:
+        return any(
+            name == b"upgrade" and value.lower() == b"websocket"
+            for name, value in self.request.headers
+        )
+
+
+class BadRequest(Exception):
+    """The request head is not valid HTTP/1.1; `status` is the answer h11 suggests."""
+
+    def __init__(self, status: int, conn: h11.Connection) -> None:
+        super().__init__(status)
+        self.status = status
+        self.conn = conn
+
+
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """A stream that first yields `prefix`, then whatever `stream` receives."""
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            chunk, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return chunk
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if not isinstance(self.stream, trio.abc.HalfCloseableStream):
+            raise trio.ClosedResourceError("this stream cannot half-close")
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+@contextmanager
+def _stream_errors() -> Iterator[None]:
+    """The one place where this module's stream exceptions become PeerGone."""
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        raise PeerGone(str(exc) or type(exc).__name__) from exc
+
+
+async def read_request_head(stream: trio.abc.Stream) -> RequestHead | None:
+    """Read until one request head is complete; None if the client closed first."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    raw = bytearray()
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(exc.error_status_hint, conn) from None
+        if isinstance(event, h11.Request):
+            return RequestHead(conn, event, bytes(raw))
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        assert event is h11.NEED_DATA, event  # a server sees nothing else before a request
+        with _stream_errors():
+            data = bytes(await stream.receive_some(RECEIVE_BYTES))
+        raw += data
+        conn.receive_data(data)
+
+
+async def handle_http_stream(
+    stream: trio.abc.Stream, room: Room, label: str, full: bool, web: WebSettings
+) -> None:
+    """Serve one connection to the HTTP port to the end; never raises for anything the client
+    does. The request head and the WebSocket handshake share one deadline."""
+    deadline = trio.current_time() + web.websocket.handshake_timeout
+    try:
+        head: RequestHead | None = None
+        with room.handshaking(), trio.move_on_at(deadline) as timer:
+            head = await read_request_head(stream)
+        if head is None:
+            reason = "timed out" if timer.cancelled_caught else "closed"
+            logger.debug("%s: %s before a complete request", label, reason)
+            return
+        if head.is_websocket:
+            ws_label = label.replace("http", "ws", 1)
+            stream = PrefixedStream(stream, head.raw)
+            await serve_websocket(stream, room, ws_label, full, web.websocket, deadline)
+            return
+        request = head.request
+        response = web.site.respond(request.method, request.target, full=full)
+        logger.debug("%s: %r %r %d", label, request.method, request.target, response.status)
+        await _answer(stream, head.conn, response, head_only=request.method == b"HEAD")
+    except BadRequest as exc:
+        logger.info("%s: bad HTTP request (%d)", label, exc.status)
+        if exc.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            answer = Response(exc.status, "text/plain; charset=utf-8", b"bad request\n")
+            await _answer(stream, exc.conn, answer)
+    except PeerGone as exc:
+        logger.info("%s: connection lost: %s", label, exc)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _answer(
+    stream: trio.abc.Stream, conn: h11.Connection, response: Response, *, head_only: bool = False
+) -> None:
+    """Best-effort write of a response under a timeout: a client that does not read cannot
+    hold the connection."""
+    data = render(conn, response, head_only=head_only)
+    with trio.move_on_after(ANSWER_TIMEOUT), suppress(PeerGone), _stream_errors():
+        await stream.send_all(data)

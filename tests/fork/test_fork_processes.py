@@ -1,0 +1,151 @@
+"""Fork mode's process pairs: wake-ups, slow readers, reaping, shutdown, shared data folder."""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from papaya_trio.fork import wakeup
+from papaya_trio.records import Record, encode_record
+from tests.fork.conftest import (
+    WAIT_TIMEOUT,
+    Clients,
+    children_of,
+    processes_using,
+    wait_until,
+)
+from tests.real_server import ServerFactory
+
+
+def test_a_poke_made_while_busy_waits_in_the_pipe() -> None:
+    """The original's lost wake-up: here a poke sent before SEND waits is still seen."""
+    read_end, write_end = wakeup.open_wake_pipe()
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    wakeup.poke(write_end)  # arrives while SEND is busy, before it waits
+    assert poller.poll(0), "the wake-up was lost"
+    assert wakeup.drain(read_end)
+    assert not poller.poll(0), "drained wake-ups must not wake again"
+    for _ in range(100_000):  # a full pipe neither blocks the poker nor loses the wake-up
+        wakeup.poke(write_end)
+    assert poller.poll(0)
+
+
+async def test_message_stored_while_send_is_busy_writing_arrives_without_another(
+    fork_servers: ServerFactory, clients: Clients, tmp_path: Path
+) -> None:
+    history = 2000
+    text = "h" * 4000  # 8 MB of history: far more than the socket buffers hold
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with (data_dir / "chat.log").open("wb") as log_file:
+        for seq in range(1, history + 1):
+            log_file.write(encode_record(Record(seq, 0, "old", text)))
+    server = fork_servers.start("--fsync", "never")
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        reader = await clients.native(server, "reader", receive_buffer=4096, since=0)
+        writer = await clients.native(server, "writer", since=history)
+        # reader's SEND is now busy writing history into a client that is not reading yet
+        assert await writer.chat("late", "w1") == history + 1
+        got = await reader.messages(history + 1)
+    assert [m["seq"] for m in got] == list(range(1, history + 2))
+    assert got[-1]["text"] == "late"
+    assert server.stop() == 0
+
+
+async def test_client_that_stops_reading_is_dropped_and_slows_nobody(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    big = ["--max-message-bytes", "50000", "--max-line-bytes", "160000"]
+    server = fork_servers.start("--max-lag", "20", "--fsync", "never", *big)
+    sent = 160  # 8 MB: more than the kernel buffers (up to 4 MB) hold for `stuck`
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        stuck = await clients.native(server, "stuck", receive_buffer=4096)
+        talker = await clients.native(server, "talker")
+        for i in range(sent):  # every one confirmed although `stuck` reads nothing
+            await talker.chat(f"{i:<8}" + "€" * 16000)  # 48 kB, few characters
+        await wait_until(lambda: "fell more than 20 messages behind" in server.log, "the drop")
+        stuck.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # read it fast
+        received = bytearray()
+        while data := await stuck.stream.receive_some(1 << 20):  # it ends: never silent
+            received += data
+    seen = [json.loads(line) for line in received.split(b"\n")[:-1]]
+    messages = [obj["seq"] for obj in seen if obj["type"] == "message"]
+    assert messages == list(range(1, len(messages) + 1)) and len(messages) < sent
+    assert all(obj["type"] == "message" or obj["code"] == "lagging" for obj in seen)
+    assert server.stop() == 0
+
+
+async def test_resend_through_another_connection_is_acked_with_the_original_seq(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    server = fork_servers.start()
+    with trio.fail_after(WAIT_TIMEOUT):
+        first = await clients.native(server, "alice")
+        second = await clients.native(server, "alice")  # a reconnect, the old one still open
+        await first.chat("other")
+        seq = await first.chat("once", "a-1")
+        assert await second.chat("once", "a-1") == seq
+        assert await second.chat("next", "a-2") == seq + 1
+    log_lines = (server.data_dir / "chat.log").read_bytes().splitlines()
+    assert len(log_lines) == 3
+    assert server.stop() == 0
+
+
+async def test_every_child_is_reaped_after_disconnects_and_after_sigterm(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    server = fork_servers.start()
+    with trio.fail_after(WAIT_TIMEOUT):
+        for n in range(3):
+            await (await clients.native(server, f"u{n}")).chat("hi")
+        papaya = await clients.papaya(server)
+        await papaya.send_all(b"carol: hello\n")
+        await wait_until(lambda: len(children_of(server)) == 8, "a RECV and a SEND per client")
+        await clients.close_all()
+        await wait_until(lambda: not children_of(server), "every pair reaped after disconnect")
+        for n in range(3):
+            await (await clients.native(server, f"v{n}")).chat("again")
+        await clients.papaya(server)
+        await wait_until(lambda: len(children_of(server)) == 8, "the second round's pairs")
+    assert server.stop(signal.SIGTERM) == 0
+    assert not processes_using(server.data_dir), "a client's process outlived the server"
+
+
+async def test_trio_and_fork_mode_share_a_data_folder(tmp_path: Path, clients: Clients) -> None:
+    trio_servers, fork_servers = ServerFactory(tmp_path, "trio"), ServerFactory(tmp_path, "fork")
+    try:
+        with trio.fail_after(WAIT_TIMEOUT * 2):
+            server = trio_servers.start()
+            assert await (await clients.native(server, "alice")).chat("from trio", "t1") == 1
+            assert server.stop() == 0
+            server = fork_servers.start()
+            alice = await clients.native(server, "alice", since=0)
+            assert [m["text"] for m in await alice.messages(1)] == ["from trio"]
+            assert await alice.chat("from trio", "t1") == 1  # fork mode knows trio's ids
+            assert await alice.chat("from fork", "f1") == 2
+            assert server.stop() == 0
+            server = trio_servers.start()
+            bob = await clients.native(server, "bob", since=0)
+            assert [m["text"] for m in await bob.messages(2)] == ["from trio", "from fork"]
+            assert await (await clients.native(server, "alice")).chat("x", "f1") == 2
+            assert server.stop() == 0
+    finally:
+        trio_servers.cleanup()
+        fork_servers.cleanup()
+
+
+def test_websocket_options_are_refused_in_fork_mode(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "papaya_trio", "serve", "--mode", "fork"]
+    options = ["--data-dir", str(tmp_path / "data"), "--ws-ping-interval", "5"]
+    done = subprocess.run([*command, *options], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "fork mode serves the TCP dialects only, not WebSocket" in done.stderr
+    assert "--ws-ping-interval" in done.stderr
