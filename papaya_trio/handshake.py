@@ -8,12 +8,14 @@ not read cannot hold the server.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 
 import trio
 
 from papaya_trio.peer import Peer, PeerGone
-from papaya_trio.protocol.events import Error, Hello, KeyPresented, Violation
+from papaya_trio.protocol.events import ClientEvent, Error, Hello, KeyPresented, Violation
 from papaya_trio.room import Room
 from papaya_trio.session import Identity, LastN, PapayaTail, Since
 
@@ -23,42 +25,62 @@ REFUSAL_WRITE_TIMEOUT = 2.0
 
 
 SHUTDOWN = Error("shutdown", "the server is shutting down", fatal=True)
+AUTH_TIMEOUT = Error("auth_timeout", "no hello arrived in time", fatal=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a client is turned away: the error it is told and the reason the log gives."""
+
+    error: Error
+    reason: str
+
+
+def judge_hello(
+    event: ClientEvent, key_matches: Callable[[str], bool], history: int
+) -> Identity | Refusal:
+    """Decide on a native client's first event (pure: trio and fork mode share it)."""
+    match event:
+        case Hello(key=key, user=user, since=since):
+            if not key_matches(key):
+                return Refusal(Error("bad_key", "the key is wrong", True), f"wrong key ({user!r})")
+            return Identity(user, LastN(history) if since is None else Since(since))
+        case Violation(code=code, message=message):
+            return Refusal(Error(code, message, fatal=True), message)
+        case _:
+            error = Error("not_authenticated", "the first message must be a hello", True)
+            return Refusal(error, "no hello")
+
+
+def judge_papaya_key(event: ClientEvent, key_matches: Callable[[bytes], bool]) -> Identity | None:
+    """Decide on a papayaChat client's first event: its key, or a refusal (None)."""
+    if isinstance(event, KeyPresented) and key_matches(event.key):
+        return Identity(None, PapayaTail())
+    return None
 
 
 async def native_handshake(peer: Peer, room: Room, deadline: float) -> Identity | None:
     """Wait for a good hello until `deadline` (trio time). None if the client was refused."""
     with room.handshaking() as closing, trio.move_on_at(deadline):
-        event = await peer.receive()
-        match event:
-            case Hello(key=key, user=user, since=since):
-                if not room.key_matches(key):
-                    logger.warning("%s: auth failed: wrong key (user %r)", peer.label, user)
-                    await refuse(peer, Error("bad_key", "the key is wrong", fatal=True))
-                    return None
-                history = LastN(room.settings.history) if since is None else Since(since)
-                return Identity(user, history)
-            case Violation(code=code, message=message):
-                logger.warning("%s: auth failed: %s", peer.label, message)
-                await refuse(peer, Error(code, message, fatal=True))
-            case _:
-                logger.warning("%s: auth failed: no hello", peer.label)
-                error = Error("not_authenticated", "the first message must be a hello", True)
-                await refuse(peer, error)
+        verdict = judge_hello(await peer.receive(), room.key_matches, room.settings.history)
+        if isinstance(verdict, Identity):
+            return verdict
+        logger.warning("%s: auth failed: %s", peer.label, verdict.reason)
+        await refuse(peer, verdict.error)
         return None
     if closing.cancelled_caught:
         await refuse(peer, SHUTDOWN)
         return None
     logger.warning("%s: auth failed: timeout", peer.label)
-    await refuse(peer, Error("auth_timeout", "no hello arrived in time", fatal=True))
+    await refuse(peer, AUTH_TIMEOUT)
     return None
 
 
 async def papaya_handshake(peer: Peer, room: Room, deadline: float) -> Identity | None:
     """Wait for the 128-byte key until `deadline`. None if refused (nothing is sent then)."""
     with room.handshaking() as closing, trio.move_on_at(deadline):
-        event = await peer.receive()
-        if isinstance(event, KeyPresented) and room.key_matches(event.key):
-            return Identity(None, PapayaTail())
+        if identity := judge_papaya_key(await peer.receive(), room.key_matches):
+            return identity
         logger.warning("%s: papayaChat auth failed: wrong key or early close", peer.label)
         return None
     if not closing.cancelled_caught:

@@ -11,17 +11,24 @@ import logging
 import time
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 
 from papaya_trio.fork.connection import Connection, Expired, Stopped, read_event
-from papaya_trio.handshake import REFUSAL_WRITE_TIMEOUT, SHUTDOWN
+from papaya_trio.handshake import (
+    AUTH_TIMEOUT,
+    REFUSAL_WRITE_TIMEOUT,
+    SHUTDOWN,
+    judge_hello,
+    judge_papaya_key,
+)
 from papaya_trio.keys import key_matches
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol.decoding import LineDecoder
-from papaya_trio.protocol.events import Error, Hello, KeyPresented, Violation
+from papaya_trio.protocol.events import Error
 from papaya_trio.protocol.native import NativeDecoder, encode_line
 from papaya_trio.protocol.papaya import PapayaDecoder
 from papaya_trio.room import RoomSettings
-from papaya_trio.session import Identity, LastN, PapayaTail, Since
+from papaya_trio.session import Identity
 
 logger = logging.getLogger(__name__)
 
@@ -82,25 +89,17 @@ def _native_hello(
         return None
     except Expired:
         logger.warning("%s: auth failed: timeout", conn.label)
-        refuse(conn, Error("auth_timeout", "no hello arrived in time", fatal=True))
+        refuse(conn, AUTH_TIMEOUT)
         return None
     except PeerGone as exc:
         logger.info("%s: connection lost during handshake: %s", conn.label, exc)
         return None
-    match event:
-        case Hello(key=presented, user=user, since=since):
-            if not key_matches(key, presented):
-                logger.warning("%s: auth failed: wrong key (user %r)", conn.label, user)
-                refuse(conn, Error("bad_key", "the key is wrong", fatal=True))
-                return None
-            history = LastN(settings.history) if since is None else Since(since)
-            return Identity(user, history)
-        case Violation(code=code, message=message):
-            logger.warning("%s: auth failed: %s", conn.label, message)
-            refuse(conn, Error(code, message, fatal=True))
-        case _:
-            logger.warning("%s: auth failed: no hello", conn.label)
-            refuse(conn, Error("not_authenticated", "the first message must be a hello", True))
+    assert not isinstance(event, set)  # no other descriptors were waited on
+    verdict = judge_hello(event, partial(key_matches, key), settings.history)
+    if isinstance(verdict, Identity):
+        return verdict
+    logger.warning("%s: auth failed: %s", conn.label, verdict.reason)
+    refuse(conn, verdict.error)
     return None
 
 
@@ -117,8 +116,9 @@ def _papaya_key(
     except PeerGone as exc:
         logger.info("%s: connection lost during handshake: %s", conn.label, exc)
         return None
-    if isinstance(event, KeyPresented) and key_matches(key, event.key):
-        return Identity(None, PapayaTail())
+    assert not isinstance(event, set)  # no other descriptors were waited on
+    if identity := judge_papaya_key(event, partial(key_matches, key)):
+        return identity
     logger.warning("%s: papayaChat auth failed: wrong key or early close", conn.label)
     return None
 
