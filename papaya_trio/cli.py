@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from papaya_trio import SERVER_NAME
+from papaya_trio.bench import command as bench_command
 from papaya_trio.chatlog import LogCorrupted
 from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
 from papaya_trio.fork.parent import run_fork_service
@@ -31,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", type=Path, nargs="?", default=Path("papaya-data/key"))
     keygen.add_argument("--force", action="store_true", help="replace an existing key file")
     commands.add_parser("default-config", help="print the default configuration as TOML")
+    bench = commands.add_parser(
+        "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
+    )
+    bench_command.add_arguments(bench)
     return parser
 
 
@@ -52,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote a new key to {args.path} (owner-only permissions)")
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "bench":
+            return bench_command.run(args)
     except (ConfigError, KeyFileError, ServiceError, LogCorrupted) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2

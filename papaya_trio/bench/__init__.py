@@ -8,8 +8,12 @@ warm-up has passed; then samples the CPU time of the server's whole process tree
 coefficient of variation (`stats`); per (connections, mode) we aggregate over repeats
 (`runner`), and `report` / `plot` render the table, JSON, CSV and the PNG figure.
 
+The ``chat`` profile runs the same sweep against the real server (trio and fork mode) with
+`chatload`, a room of N native clients measuring delivery latency and losses.
+
 Modules: `stats` (pure statistics), `paper` (published figures), `sink_common`,
-`sink_trio` and `sink_fork` (the paper's two sink servers), `loadgen`, `sampler`,
-`servers` (how to start a mode's server), `runner`, `report`, `plot`, `progress`,
-`command` (the `papaya-trio bench` sub-command).
+`sink_trio` and `sink_fork` (the paper's two sink servers), `loadgen` and `chatload` (the
+two load generators), `workloads` (what differs between profiles, and `SweepConfig`),
+`sampler`, `servers` (how to start a mode's server), `system` (open-file limit), `runner`,
+`report`, `plot`, `progress`, `command` (the `papaya-trio bench` sub-command).
 """

@@ -2,28 +2,43 @@
 
 The CLI wires it with ``add_arguments(subparser)`` and ``run(args)``. Profiles:
 
-- ``paper``: the paper's experiment against the bench's sink servers (this module).
-- ``chat``: the real server (``papaya-trio serve``) in trio and fork mode with a chat
-  workload. Not written yet: it needs the core server. It will be a second list of
-  `ServerSpec` (see `servers`) and a chat load generator measuring delivery latency; the
-  runner, sampler, report and plot already take any list of servers.
+- ``paper``: the paper's experiment against the bench's sink servers: every connection
+  streams ``message\\n`` at ``--rate-bits``.
+- ``chat``: the real server (``papaya-trio serve``) in trio and fork mode, N clients in one
+  room, ``--rate`` messages per second in total from ``--senders`` of them, each fanned out
+  to every client. ``--rate 0`` holds N idle connections (the memory-per-connection check).
+
+Both run the same sweep (`runner`) with their own `Workload`, table and figure. The
+modules that need the bench's optional dependencies (psutil, matplotlib) are imported when
+the bench runs, not when the command line is built, so ``papaya-trio serve`` works without
+them.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
-from papaya_trio.bench import runner, servers
-from papaya_trio.bench.loadgen import DEFAULT_RATE_BITS, DEFAULT_TICK, MAX_CONNECTIONS
-from papaya_trio.bench.plot import plot
-from papaya_trio.bench.progress import Progress
-from papaya_trio.bench.report import format_table, write_csv, write_json
+from papaya_trio.bench import chatload, servers, workloads
+from papaya_trio.bench.loadgen import DEFAULT_RATE_BITS, DEFAULT_TICK
+from papaya_trio.bench.system import raise_open_file_limit
+from papaya_trio.bench.workloads import ChatWorkload, PaperWorkload, SweepConfig, Workload
+from papaya_trio.chatlog import FsyncPolicy
+
+if TYPE_CHECKING:
+    from papaya_trio.bench.runner import Point, Trial
 
 PROFILES = ("paper", "chat")
+#: Room the chat server gets beyond the largest N (the bench never needs it; a margin
+#: against a client of a previous trial still being counted).
+SERVER_CONNECTION_MARGIN = 64
+#: Open files the bench's processes need beside one per connection.
+SPARE_FILES = 256
 
 
 def _counts(text: str) -> tuple[int, ...]:
@@ -31,19 +46,16 @@ def _counts(text: str) -> tuple[int, ...]:
         counts = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if not counts or not all(1 <= n <= MAX_CONNECTIONS for n in counts):
-        raise argparse.ArgumentTypeError(f"connection counts must be in 1..{MAX_CONNECTIONS}")
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("connection counts must be positive")
     return counts
 
 
-def _modes(text: str) -> tuple[str, ...]:
-    modes = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [m for m in modes if m not in servers.SINK_MODES]
-    if not modes or unknown:
-        raise argparse.ArgumentTypeError(
-            f"modes must be among {', '.join(servers.SINK_MODES)}; got {text!r}"
-        )
-    return modes
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("no mode given")
+    return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,47 +64,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--connections",
         type=_counts,
-        default=runner.DEFAULT_CONNECTIONS,
-        help="comma-separated connection counts (default: 1,2,4,8,16,32,64)",
+        default=None,
+        help="comma-separated connection counts (default: paper 1,2,4,8,16,32,64;"
+        " chat 16,64,256,1000)",
     )
     parser.add_argument(
         "--duration",
         type=float,
-        default=runner.DEFAULT_DURATION,
-        help="measured seconds per trial (default: 60, as the paper)",
+        default=None,
+        help="measured seconds per trial (default: paper 60, as the paper; chat 20)",
     )
     parser.add_argument(
         "--warmup",
         type=float,
-        default=runner.DEFAULT_WARMUP,
+        default=workloads.DEFAULT_WARMUP,
         help="seconds of load before sampling starts (default: 2)",
     )
     parser.add_argument("--repeat", type=int, default=1, help="trials per mode and count")
     parser.add_argument(
         "--modes",
-        type=_modes,
-        default=servers.DEFAULT_PAPER_MODES,
-        help=f"sink modes, among {', '.join(servers.SINK_MODES)} (default: trio,fork)",
+        type=_names,
+        default=None,
+        help=f"paper: sink modes among {', '.join(servers.SINK_MODES)};"
+        f" chat: server modes among {', '.join(servers.CHAT_MODES)} (default: trio,fork)",
     )
     parser.add_argument(
         "--external",
         action="append",
         default=[],
         metavar="NAME=COMMAND",
-        help="also measure COMMAND, a server listening on the port given as {port}",
-    )
-    parser.add_argument("--recv-size", type=int, default=None, help="bytes per read for the sinks")
-    parser.add_argument(
-        "--rate-bits",
-        type=float,
-        default=DEFAULT_RATE_BITS,
-        help="per-connection rate, bit/s (default: 1e6)",
+        help="also measure COMMAND, a server listening on the port given as {port}"
+        " ({data_dir}: a fresh folder per trial, holding the chat room's key file)",
     )
     parser.add_argument(
-        "--tick", type=float, default=DEFAULT_TICK, help="load pacing period, s (default: 0.01)"
-    )
-    parser.add_argument(
-        "--interval", type=float, default=runner.DEFAULT_INTERVAL, help="sampling period, s"
+        "--interval", type=float, default=workloads.DEFAULT_INTERVAL, help="sampling period, s"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load")
     parser.add_argument(
@@ -101,52 +106,133 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("bench-results"),
         help="where the JSON, CSV and PNG files go (default: bench-results)",
     )
+    paper = parser.add_argument_group("paper profile")
+    paper.add_argument("--recv-size", type=int, default=None, help="bytes per read for the sinks")
+    paper.add_argument(
+        "--rate-bits",
+        type=float,
+        default=DEFAULT_RATE_BITS,
+        help="per-connection rate, bit/s (default: 1e6)",
+    )
+    paper.add_argument(
+        "--tick", type=float, default=DEFAULT_TICK, help="load pacing period, s (default: 0.01)"
+    )
+    chat = parser.add_argument_group("chat profile")
+    chat.add_argument(
+        "--rate",
+        type=float,
+        default=chatload.DEFAULT_RATE,
+        help="messages per second across the room (default: 20; 0: idle connections)",
+    )
+    chat.add_argument(
+        "--senders",
+        type=int,
+        default=chatload.DEFAULT_SENDERS,
+        help="clients that send, in turn (default: 8)",
+    )
+    chat.add_argument(
+        "--message-bytes",
+        type=int,
+        default=chatload.DEFAULT_MESSAGE_BYTES,
+        help="text length of each message (default: 64)",
+    )
+    chat.add_argument(
+        "--fsync",
+        choices=[policy.value for policy in FsyncPolicy],
+        default=FsyncPolicy.NEVER.value,
+        help="the server's fsync policy (default: never, so the disk is not measured)",
+    )
+
+
+def _sweep_config(args: argparse.Namespace) -> SweepConfig:
+    """The sweep the options describe; ValueError for a bad combination."""
+    modes = args.modes or servers.DEFAULT_PAPER_MODES
+    workload: Workload
+    if args.profile == "chat":
+        counts = args.connections or workloads.CHAT_CONNECTIONS
+        limit = max(counts) + SERVER_CONNECTION_MARGIN
+        specs = [servers.chat_spec(mode, args.fsync, limit) for mode in modes]
+        workload = ChatWorkload(args.rate, args.senders, args.message_bytes)
+        duration = args.duration or workloads.CHAT_DURATION
+        # The server and the generator inherit this process's limit.
+        raise_open_file_limit(max(counts) + SPARE_FILES)
+    else:
+        counts = args.connections or workloads.PAPER_CONNECTIONS
+        specs = [servers.sink_spec(mode, args.recv_size) for mode in modes]
+        workload = PaperWorkload(args.rate_bits, args.tick)
+        duration = args.duration or workloads.PAPER_DURATION
+    specs += [servers.external_spec(definition) for definition in args.external]
+    return SweepConfig(
+        servers=tuple(specs),
+        workload=workload,
+        connections=counts,
+        duration=duration,
+        warmup=args.warmup,
+        interval=args.interval,
+        repeat=args.repeat,
+        pin=not args.no_pin,
+    )
+
+
+def _trial_summary(trial: Trial) -> str:
+    summary = f"{trial.cpu_percent:.2f}% CPU, Cv {trial.cv:.3f}"
+    if (p99 := trial.figures.get("latency_p99_ms")) is not None:
+        summary += f", p99 {p99:.1f} ms, lost {trial.figures.get('lost', 0):.0f}"
+    return summary + (f" FLAGGED: {trial.flag_reason}" if trial.flagged else "")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the sweep the options describe; print the table; write the files."""
-    if args.profile == "chat":
+    try:
+        config = _sweep_config(args)
+    except (ValueError, OSError) as exc:
+        print(f"papaya-trio bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        from papaya_trio.bench import runner
+        from papaya_trio.bench.plot import plot, plot_chat
+        from papaya_trio.bench.progress import Progress
+        from papaya_trio.bench.report import (
+            format_chat_table,
+            format_table,
+            published_json,
+            write_csv,
+            write_json,
+        )
+    except ModuleNotFoundError as exc:
         print(
-            "papaya-trio bench: the chat profile is not available yet"
-            " (it needs the core server); use --profile paper",
+            f"papaya-trio bench: {exc.name} is missing; install the bench's dependencies"
+            " with: pip install 'papaya-trio[bench]'",
             file=sys.stderr,
         )
         return 2
-    try:
-        specs = [servers.sink_spec(mode, args.recv_size) for mode in args.modes]
-        specs += [servers.external_spec(definition) for definition in args.external]
-        config = runner.SweepConfig(
-            servers=tuple(specs),
-            connections=args.connections,
-            duration=args.duration,
-            warmup=args.warmup,
-            interval=args.interval,
-            repeat=args.repeat,
-            rate_bits=args.rate_bits,
-            tick=args.tick,
-            pin=not args.no_pin,
-        )
-    except ValueError as exc:
-        print(f"papaya-trio bench: {exc}", file=sys.stderr)
-        return 2
     progress = Progress(len(runner.trial_order(config)), sys.stderr)
 
-    def finished(label: str, trial: runner.Trial) -> None:
-        flag = f" FLAGGED: {trial.flag_reason}" if trial.flagged else ""
-        progress.finish(label, f"{trial.cpu_percent:.2f}% CPU, Cv {trial.cv:.3f}{flag}")
+    def finished(label: str, trial: Trial) -> None:
+        progress.finish(label, _trial_summary(trial))
 
-    try:
-        result = trio.run(runner.run_sweep, config, args.profile, progress.start, finished)
-    except runner.BenchError as exc:
-        print(f"papaya-trio bench: {exc}", file=sys.stderr)
-        return 1
+    def failed(label: str, reason: str) -> None:
+        progress.finish(label, f"FAILED: {reason}; larger N skipped for this mode")
+
+    result = trio.run(runner.run_sweep, config, progress.start, finished, failed)
     points = result.points()
-    print(format_table(points))
+    if not points:
+        print("papaya-trio bench: no trial could be run", file=sys.stderr)
+        return 1
+    profile = config.workload.profile
+    table: Callable[[Sequence[Point]], str] = format_table
+    figure = plot
+    extra: dict[str, object] = {"paper": published_json()}
+    if profile == "chat":
+        table, figure, extra = format_chat_table, plot_chat, {}
+    print(table(points))
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.output_dir / f"bench-{args.profile}"
-    write_json(result, stem.with_suffix(".json"))
+    stem = args.output_dir / f"bench-{profile}"
+    write_json(result, stem.with_suffix(".json"), extra)
     write_csv(points, stem.with_suffix(".csv"))
-    title = f"papaya-trio bench, {args.profile} profile ({args.duration:g} s per trial)"
-    plot(points, stem.with_suffix(".png"), title)
+    title = f"papaya-trio bench, {profile} profile ({config.duration:g} s per trial)"
+    if profile == "chat":
+        title += f", {args.rate:g} msg/s, fsync {args.fsync}"
+    figure(points, stem.with_suffix(".png"), title)
     print(f"wrote {stem}.json, {stem}.csv and {stem}.png", file=sys.stderr)
-    return 0
+    return 0 if not result.failures else 1

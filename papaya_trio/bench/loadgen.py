@@ -41,6 +41,14 @@ DEFAULT_TOLERANCE = 0.05
 CPU_SATURATION = 0.9
 
 
+def check_bounds(connections: int, duration: float, max_connections: int) -> None:
+    """Raise ValueError unless a generator's connections and duration are within bounds."""
+    if not 1 <= connections <= max_connections:
+        raise ValueError(f"connections must be between 1 and {max_connections}")
+    if not 0 < duration <= MAX_DURATION:
+        raise ValueError(f"duration must be in (0, {MAX_DURATION}] seconds")
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     """What to send: where, how many connections, how fast and for how long."""
@@ -54,10 +62,7 @@ class LoadSpec:
     tolerance: float = DEFAULT_TOLERANCE
 
     def __post_init__(self) -> None:
-        if not 1 <= self.connections <= MAX_CONNECTIONS:
-            raise ValueError(f"connections must be between 1 and {MAX_CONNECTIONS}")
-        if not 0 < self.duration <= MAX_DURATION:
-            raise ValueError(f"duration must be in (0, {MAX_DURATION}] seconds")
+        check_bounds(self.connections, self.duration, MAX_CONNECTIONS)
         if self.rate_bits <= 0 or self.tick <= 0:
             raise ValueError("rate and tick must be positive")
 
@@ -90,21 +95,6 @@ class LoadResult:
     def cpu_percent(self) -> float:
         """The generator's own CPU use, % of one core."""
         return 100 * self.cpu_seconds / self.duration if self.duration else 0.0
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> LoadResult:
-        """Rebuild a result from `to_json` output (derived figures are recomputed)."""
-        rates = data.get("rates_bits")
-        return cls(
-            connections=int(str(data["connections"])),
-            duration=float(str(data["duration"])),
-            requested_rate_bits=float(str(data["requested_rate_bits"])),
-            bytes_sent=int(str(data["bytes_sent"])),
-            rates_bits=[float(r) for r in rates] if isinstance(rates, list) else [],
-            cpu_seconds=float(str(data["cpu_seconds"])),
-            flagged=bool(data["flagged"]),
-            flag_reason=str(data["flag_reason"]),
-        )
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict, with the derived figures included."""

@@ -1,4 +1,5 @@
-"""The sweep's outputs: a text table beside the paper's figures, JSON and CSV files."""
+"""The sweep's outputs: text tables (the paper profile's beside the paper's figures), JSON
+and CSV files."""
 
 from __future__ import annotations
 
@@ -11,20 +12,35 @@ from pathlib import Path
 from papaya_trio.bench.paper import PUBLISHED
 from papaya_trio.bench.runner import Point, SweepResult
 
+KIB = 1024
 
-def _cell(point: Point | None) -> tuple[str, str]:
-    if point is None:
-        return "-", "-"
+
+def _render(rows: Sequence[Sequence[str]]) -> str:
+    """Right-aligned columns, a rule under the header row."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cpu(point: Point) -> str:
     cpu = f"{point.cpu_percent:.2f}"
     if point.repeats > 1:
         cpu += f" ({point.cpu_percent_min:.2f}-{point.cpu_percent_max:.2f})"
     if point.flagged:
         cpu += " !"
-    return cpu, f"{point.cv:.3f}"
+    return cpu
+
+
+def _cell(point: Point | None) -> tuple[str, str]:
+    if point is None:
+        return "-", "-"
+    return _cpu(point), f"{point.cv:.3f}"
 
 
 def format_table(points: Sequence[Point]) -> str:
-    """One row per connection count: each mode's mean CPU % and Cv, then the paper's.
+    """The paper profile: one row per connection count, each mode's mean CPU % and Cv, then
+    the paper's.
 
     CPU is % of one core; with repeats, the range of the repeats' means follows in
     parentheses. "!" marks a point with a flagged trial (see the JSON for the reason).
@@ -46,27 +62,92 @@ def format_table(points: Sequence[Point]) -> str:
             point = published.get(n)
             row += [f"{point.cpu_percent:.2f}", f"{point.cv:.3f}"] if point else ["-", "-"]
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _render(rows)
 
 
-def write_json(result: SweepResult, path: Path) -> None:
-    """Every trial, the aggregated points, the conditions and the paper's figures."""
-    data = result.to_json()
-    data["paper"] = {
-        name: {str(n): asdict(point) for n, point in series.items()}
-        for name, series in PUBLISHED.items()
-    }
+def _figure(point: Point, name: str, digits: int) -> str:
+    value = point.figures.get(name)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+CHAT_COLUMNS = (
+    "N",
+    "mode",
+    "CPU %",
+    "Cv",
+    "deliveries/s",
+    "CPU us/delivery",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "lost",
+    "PSS KiB/conn",
+    "RSS KiB/conn",
+    "load CPU %",
+)
+
+
+def format_chat_table(points: Sequence[Point]) -> str:
+    """The chat profile: one row per (connections, mode), then the highest N sustained.
+
+    Latency is from the send to the receipt at each client; "lost" counts deliveries
+    (messages x clients) that never arrived; memory is the growth of the server's process
+    tree per connection from before the clients connected.
+    """
+    rows = [list(CHAT_COLUMNS)]
+    for point in sorted(points, key=lambda p: p.connections):
+        rows.append(
+            [
+                str(point.connections),
+                point.mode,
+                _cpu(point),
+                f"{point.cv:.3f}",
+                _figure(point, "deliveries_per_second", 0),
+                _figure(point, "cpu_us_per_delivery", 1),
+                _figure(point, "latency_p50_ms", 2),
+                _figure(point, "latency_p99_ms", 2),
+                _figure(point, "latency_max_ms", 1),
+                _figure(point, "lost", 0),
+                f"{point.pss_per_connection_bytes / KIB:.1f}",
+                f"{point.rss_per_connection_bytes / KIB:.1f}",
+                _figure(point, "load_cpu_percent", 1),
+            ]
+        )
+    sustained = highest_sustained(points)
+    summary = ", ".join(f"{mode} {n if n else 'none'}" for mode, n in sustained.items())
+    return f"{_render(rows)}\n\nhighest N sustained (0 lost, no error, p99 <= 1 s): {summary}"
+
+
+def highest_sustained(points: Sequence[Point]) -> dict[str, int]:
+    """Per mode, the largest N whose every repeat was sustained (0 when none was)."""
+    best: dict[str, int] = {}
+    for point in points:
+        ok = point.figures.get("sustained") == 1.0
+        best[point.mode] = max(best.get(point.mode, 0), point.connections if ok else 0)
+    return best
+
+
+def write_json(result: SweepResult, path: Path, extra: dict[str, object]) -> None:
+    """Every trial, the aggregated points and the conditions, plus `extra` entries."""
+    data = {**result.to_json(), **extra}
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def published_json() -> dict[str, object]:
+    """The paper's published figures, for the paper profile's JSON."""
+    return {
+        name: {str(n): asdict(point) for n, point in series.items()}
+        for name, series in PUBLISHED.items()
+    }
+
+
 def write_csv(points: Sequence[Point], path: Path) -> None:
-    """One row per (mode, connections) with every aggregated figure."""
-    names = [f.name for f in fields(Point)]
+    """One row per (mode, connections): every aggregated figure, one column each."""
+    names = [f.name for f in fields(Point) if f.name != "figures"]
+    figure_names = list(dict.fromkeys(name for p in points for name in p.figures))
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
+        writer = csv.DictWriter(handle, fieldnames=names + figure_names, restval="")
         writer.writeheader()
         for point in points:
-            writer.writerow(asdict(point))
+            row = {k: v for k, v in asdict(point).items() if k != "figures"}
+            writer.writerow({**row, **point.figures})

@@ -87,7 +87,7 @@ def cpus_busy_seconds(cpus: Collection[int]) -> float:
     return busy_ticks / _USER_HZ
 
 
-def _read(process: psutil.Process) -> ProcessReading | None:
+def _read(process: psutil.Process, memory: bool) -> ProcessReading | None:
     try:
         with process.oneshot():
             cpu = _schedstat_seconds(process.pid)
@@ -95,11 +95,13 @@ def _read(process: psutil.Process) -> ProcessReading | None:
                 times = process.cpu_times()
                 cpu = float(times.user + times.system)
             switches = process.num_ctx_switches()
-            try:
-                full = process.memory_full_info()
-                rss, pss = int(full.rss), int(getattr(full, "pss", 0))
-            except psutil.AccessDenied:
-                rss, pss = int(process.memory_info().rss), 0
+            rss = pss = 0
+            if memory:
+                try:
+                    full = process.memory_full_info()
+                    rss, pss = int(full.rss), int(getattr(full, "pss", 0))
+                except psutil.AccessDenied:
+                    rss = int(process.memory_info().rss)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     return ProcessReading(
@@ -118,15 +120,18 @@ class ProcessTreeSampler:
         self._root = psutil.Process(root_pid)
         self._cpus = frozenset(cpus)
 
-    def snapshot(self, now: float) -> Snapshot:
-        """Read every live process of the tree; `now` is the caller's clock reading."""
+    def snapshot(self, now: float, memory: bool = True) -> Snapshot:
+        """Read every live process of the tree; `now` is the caller's clock reading.
+
+        Memory (RSS and PSS, from smaps) is read only with `memory`; otherwise it is 0.
+        """
         try:
             tree = [self._root, *self._root.children(recursive=True)]
         except psutil.NoSuchProcess:
             tree = []
         readings: dict[int, ProcessReading] = {}
         for process in tree:
-            reading = _read(process)
+            reading = _read(process, memory)
             if reading is not None:
                 readings[process.pid] = reading
         return Snapshot(

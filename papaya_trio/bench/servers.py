@@ -1,21 +1,26 @@
 """The servers a sweep can measure, and how to start each one.
 
 A `ServerSpec` says how to launch one *mode*: its command line, and how the runner learns
-its port. The bench's own sinks bind port 0 and announce the port on stderr; an external
-server (``--external NAME=COMMAND``) is given a free port through ``{port}`` in its command
-and is ready once it accepts a connection.
+its port. The bench's own sinks and ``papaya-trio serve`` bind port 0 and announce the port
+on stderr (the spec holds the regular expression that finds it); an external server
+(``--external NAME=COMMAND``) is given a free port through ``{port}`` in its command and is
+ready once it accepts a connection. ``{data_dir}`` in a command is replaced by a fresh folder
+for each trial (the chat profile's room: its key is already there, in ``{data_dir}/key``).
 
-The ``paper`` profile uses the sinks. A ``chat`` profile would add specs for
-``papaya-trio serve`` in trio and fork mode (and a chat load generator); it is not written
-yet because the core server does not exist yet.
+The ``paper`` profile uses the sinks; the ``chat`` profile runs the real server, in trio and
+in fork mode.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+from papaya_trio.bench.sink_common import ANNOUNCEMENT_PREFIX
 
 #: The sink modes of the paper profile, by name.
 SINK_MODES: dict[str, tuple[str, ...]] = {
@@ -25,25 +30,33 @@ SINK_MODES: dict[str, tuple[str, ...]] = {
     "fork": ("papaya_trio.bench.sink_fork",),
 }
 DEFAULT_PAPER_MODES = ("trio", "fork")
+#: The real server's modes (``papaya-trio serve --mode``), for the chat profile.
+CHAT_MODES = ("trio", "fork")
+#: How the sinks and the real server announce their port on stderr.
+SINK_ANNOUNCEMENT = re.escape(ANNOUNCEMENT_PREFIX) + r"(\d+)"
+SERVE_ANNOUNCEMENT = r"listening tcp 127\.0\.0\.1:(\d+)"
 
 
 @dataclass(frozen=True)
 class ServerSpec:
     """How to start one mode's server.
 
-    `command` is an argv template; for an announcing server it is run as is (it binds port
-    0 and prints the port on stderr), otherwise ``{port}`` in each argument is replaced.
+    `command` is an argv template: ``{port}`` and ``{data_dir}`` in each argument are
+    replaced. `announcement`, when set, is a regular expression whose first group is the
+    port, found in the server's stderr (it binds port 0 itself); otherwise the server is
+    given a free port and is ready once it accepts a connection.
     """
 
     name: str
     command: tuple[str, ...]
-    announces_port: bool
+    announcement: str | None
 
-    def argv(self, port: int) -> list[str]:
-        """The command line to run, for the given port (ignored by announcing servers)."""
-        if self.announces_port:
-            return list(self.command)
-        return [part.replace("{port}", str(port)) for part in self.command]
+    def argv(self, port: int, data_dir: Path) -> list[str]:
+        """The command line to run, for the given port and room folder."""
+        return [
+            part.replace("{port}", str(port)).replace("{data_dir}", str(data_dir))
+            for part in self.command
+        ]
 
 
 def sink_spec(mode: str, recv_size: int | None = None) -> ServerSpec:
@@ -54,7 +67,23 @@ def sink_spec(mode: str, recv_size: int | None = None) -> ServerSpec:
     return ServerSpec(
         name=mode,
         command=(sys.executable, "-m", *SINK_MODES[mode], "--port", "0", *extra),
-        announces_port=True,
+        announcement=SINK_ANNOUNCEMENT,
+    )
+
+
+def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
+    """``papaya-trio serve`` in `mode` on loopback, with a fresh room per trial."""
+    if mode not in CHAT_MODES:
+        raise ValueError(f"unknown server mode {mode!r}; choose from {', '.join(CHAT_MODES)}")
+    return ServerSpec(
+        name=mode,
+        command=(
+            *(sys.executable, "-m", "papaya_trio", "serve", "--mode", mode),
+            *("--data-dir", "{data_dir}", "--listen", "127.0.0.1"),
+            *("--tcp-port", "0", "--http-port", "0", "--fsync", fsync),
+            *("--max-connections", str(max_connections)),
+        ),
+        announcement=SERVE_ANNOUNCEMENT,
     )
 
 
@@ -66,7 +95,7 @@ def external_spec(definition: str) -> ServerSpec:
         raise ValueError(f"--external wants NAME=COMMAND, got {definition!r}")
     if "{port}" not in command:
         raise ValueError(f"the command of {name!r} must contain {{port}}")
-    return ServerSpec(name=name, command=tuple(shlex.split(command)), announces_port=False)
+    return ServerSpec(name=name, command=tuple(shlex.split(command)), announcement=None)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

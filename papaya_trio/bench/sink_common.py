@@ -72,13 +72,6 @@ def announce(port: int) -> None:
     sys.stderr.flush()
 
 
-def parse_announcement(line: str) -> int:
-    """The port in a sink's announcement line; ValueError if the line is not one."""
-    if not line.startswith(ANNOUNCEMENT_PREFIX):
-        raise ValueError(f"not a sink announcement: {line!r}")
-    return int(line[len(ANNOUNCEMENT_PREFIX) :].strip())
-
-
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of `data` to `fd` (a pipe may take less than asked per call)."""
     view = memoryview(data)

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from papaya_trio.bench import command
+from papaya_trio.bench.workloads import ChatWorkload, PaperWorkload
+from papaya_trio.cli import build_parser
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -19,26 +21,48 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_defaults_are_the_papers_experiment() -> None:
-    args = parse()
-    assert args.profile == "paper"
-    assert args.connections == (1, 2, 4, 8, 16, 32, 64)
-    assert args.duration == 60.0
-    assert args.modes == ("trio", "fork")
-    assert args.rate_bits == 1e6
+    config = command._sweep_config(parse())
+    assert isinstance(config.workload, PaperWorkload)
+    assert config.connections == (1, 2, 4, 8, 16, 32, 64)
+    assert config.duration == 60.0
+    assert [s.name for s in config.servers] == ["trio", "fork"]
+    assert config.workload.rate_bits == 1e6
 
 
-@pytest.mark.parametrize("bad", [["--connections", "0"], ["--modes", "threads"]])
-def test_bad_options_are_refused(bad: list[str]) -> None:
+def test_chat_defaults_run_the_real_server_without_fsync() -> None:
+    config = command._sweep_config(parse("--profile=chat"))
+    assert config.workload == ChatWorkload(rate=20.0, senders=8, message_bytes=64)
+    assert config.connections == (16, 64, 256, 1000)
+    assert [s.name for s in config.servers] == ["trio", "fork"]
+    argv = config.servers[0].argv(0, Path("/room"))
+    assert argv[argv.index("--fsync") + 1] == "never"
+    assert argv[argv.index("--max-connections") + 1] == str(1000 + 64)
+
+
+def test_bad_counts_are_refused_by_the_parser() -> None:
     with pytest.raises(SystemExit):
-        parse(*bad)
+        parse("--connections", "0")
 
 
-def test_chat_profile_says_it_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert command.run(parse("--profile", "chat")) == 2
-    assert "not available yet" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--modes", "threads"],
+        ["--profile=chat", "--modes", "trio-naive"],
+        ["--connections", "5000"],  # beyond the paper generator's bound
+    ],
+)
+def test_bad_combinations_exit_with_2(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert command.run(parse(*bad)) == 2
+    assert "papaya-trio bench:" in capsys.readouterr().err
 
 
-def test_short_real_sweep_writes_json_csv_and_png(
+def test_the_cli_has_the_bench_subcommand() -> None:
+    args = build_parser().parse_args(["bench", "--profile=chat", "--rate=0"])
+    assert (args.command, args.profile, args.rate) == ("bench", "chat", 0.0)
+
+
+def test_short_real_paper_sweep_writes_json_csv_and_png(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = parse(
@@ -65,5 +89,44 @@ def test_short_real_sweep_writes_json_csv_and_png(
     assert sorted(r["mode"] for r in rows) == ["fork", "trio"]
 
     png = (tmp_path / "bench-paper.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 10_000
+
+
+def test_short_real_chat_sweep_loses_nothing_and_writes_json_csv_and_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(
+        "--profile=chat",
+        "--connections=3",
+        "--duration=1.5",
+        "--warmup=0.5",
+        "--rate=20",
+        "--senders=2",
+        f"--output-dir={tmp_path}",
+    )
+    assert command.run(args) == 0
+    out = capsys.readouterr().out
+    assert "p99 ms" in out and "highest N sustained" in out
+
+    data = json.loads((tmp_path / "bench-chat.json").read_text())
+    assert data["config"]["workload"]["profile"] == "chat"
+    assert data["failures"] == []
+    assert sorted(p["mode"] for p in data["points"]) == ["fork", "trio"]
+    for trial in data["trials"]:
+        load = trial["load"]
+        assert load["connections"] == 3
+        assert load["sent"] >= 0.95 * 20 * load["duration"]
+        assert load["delivered"] == 3 * load["sent"]  # every client got every message
+        assert load["lost"] == 0 and load["errors"] == 0
+        assert trial["figures"]["lost"] == 0
+        assert 0 < trial["figures"]["latency_p50_ms"] <= trial["figures"]["latency_max_ms"]
+        assert trial["figures"]["cpu_us_per_delivery"] > 0
+
+    rows = list(csv.DictReader((tmp_path / "bench-chat.csv").read_text().splitlines()))
+    assert sorted(r["mode"] for r in rows) == ["fork", "trio"]
+    assert all(float(r["lost"]) == 0 and float(r["latency_p99_ms"]) > 0 for r in rows)
+
+    png = (tmp_path / "bench-chat.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 10_000

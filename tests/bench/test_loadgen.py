@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import trio
@@ -13,8 +14,11 @@ from papaya_trio.bench.servers import sink_spec
 
 
 @pytest.mark.parametrize(("connections", "rate_bits"), [(2, 1e6), (4, 4e6)])
-async def test_achieved_rate_matches_the_requested_rate(connections: int, rate_bits: float) -> None:
-    async with running_server(sink_spec("trio"), frozenset(os.sched_getaffinity(0))) as (
+async def test_achieved_rate_matches_the_requested_rate(
+    connections: int, rate_bits: float, tmp_path: Path
+) -> None:
+    cpus = frozenset(os.sched_getaffinity(0))
+    async with running_server(sink_spec("trio"), cpus, tmp_path) as (
         _pid,
         port,
     ):

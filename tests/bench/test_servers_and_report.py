@@ -8,13 +8,28 @@ from pathlib import Path
 import pytest
 
 from papaya_trio.bench import runner, servers
-from papaya_trio.bench.report import format_table, write_csv
+from papaya_trio.bench.report import format_chat_table, format_table, highest_sustained, write_csv
+from papaya_trio.bench.workloads import PaperWorkload, SweepConfig
 
 
-def test_external_spec_substitutes_the_port() -> None:
-    spec = servers.external_spec("csrv=./server -p {port} --quiet")
+def test_external_spec_substitutes_the_port_and_the_room_folder() -> None:
+    spec = servers.external_spec("csrv=./server -p {port} --dir {data_dir}")
     assert spec.name == "csrv"
-    assert spec.argv(7722) == ["./server", "-p", "7722", "--quiet"]
+    assert spec.argv(7722, Path("/r")) == ["./server", "-p", "7722", "--dir", "/r"]
+
+
+def test_chat_spec_runs_the_real_server_on_loopback() -> None:
+    argv = servers.chat_spec("fork", "never", 300).argv(0, Path("/room"))
+    assert argv[1:6] == ["-m", "papaya_trio", "serve", "--mode", "fork"]
+    for flag, value in [
+        ("--listen", "127.0.0.1"),
+        ("--data-dir", "/room"),
+        ("--fsync", "never"),
+        ("--max-connections", "300"),
+    ]:
+        assert argv[argv.index(flag) + 1] == value
+    with pytest.raises(ValueError, match="unknown server mode"):
+        servers.chat_spec("threads", "never", 1)
 
 
 @pytest.mark.parametrize("definition", ["noequals", "=cmd {port}", "name=", "x=cmd 80"])
@@ -29,8 +44,9 @@ def test_sink_spec_rejects_unknown_modes() -> None:
 
 
 def test_modes_are_interleaved_and_rotated_per_repeat() -> None:
-    config = runner.SweepConfig(
+    config = SweepConfig(
         servers=(servers.sink_spec("trio"), servers.sink_spec("fork")),
+        workload=PaperWorkload(),
         connections=(1, 4),
         repeat=2,
     )
@@ -55,7 +71,9 @@ def test_placement_separates_server_and_load_when_it_can() -> None:
     assert not one.pinned
 
 
-def point(mode: str, n: int, cpu: float, cv: float) -> runner.Point:
+def point(
+    mode: str, n: int, cpu: float, cv: float, figures: dict[str, float] | None = None
+) -> runner.Point:
     return runner.Point(
         mode=mode,
         connections=n,
@@ -69,10 +87,11 @@ def point(mode: str, n: int, cpu: float, cv: float) -> runner.Point:
         involuntary_per_second=0.0,
         rss_bytes=0,
         pss_bytes=0,
+        rss_per_connection_bytes=0.0,
+        pss_per_connection_bytes=20 * 1024.0,
         background_percent=0.0,
-        load_cpu_percent=0.0,
-        achieved_rate_bits=1e6,
         flagged=False,
+        figures=figures or {},
     )
 
 
@@ -93,8 +112,37 @@ def test_table_puts_the_paper_beside_our_figures() -> None:
     ]
 
 
-def test_csv_has_one_row_per_point(tmp_path: Path) -> None:
+def test_csv_has_one_row_per_point_with_the_figures_as_columns(tmp_path: Path) -> None:
     path = tmp_path / "points.csv"
-    write_csv([point("trio", 1, 1.0, 0.1), point("fork", 1, 2.0, 0.2)], path)
+    write_csv([point("trio", 1, 1.0, 0.1, {"lost": 0.0}), point("fork", 1, 2.0, 0.2)], path)
     rows = list(csv.DictReader(path.read_text().splitlines()))
-    assert [(r["mode"], r["cpu_percent"]) for r in rows] == [("trio", "1.0"), ("fork", "2.0")]
+    assert [(r["mode"], r["cpu_percent"], r["lost"]) for r in rows] == [
+        ("trio", "1.0", "0.0"),
+        ("fork", "2.0", ""),
+    ]
+
+
+def chat_point(mode: str, n: int, sustained: bool) -> runner.Point:
+    figures = {"latency_p99_ms": 12.5, "lost": 0.0, "sustained": float(sustained)}
+    return point(mode, n, 10.0, 0.1, figures)
+
+
+def test_highest_sustained_is_the_largest_n_every_repeat_held() -> None:
+    points = [
+        chat_point("trio", 16, True),
+        chat_point("trio", 256, True),
+        chat_point("fork", 16, True),
+        chat_point("fork", 256, False),
+        chat_point("x", 16, False),
+    ]
+    assert highest_sustained(points) == {"trio": 256, "fork": 16, "x": 0}
+
+
+def test_chat_table_has_a_row_per_point_and_the_summary() -> None:
+    table = format_chat_table([chat_point("trio", 16, True), chat_point("fork", 16, False)])
+    lines = table.splitlines()
+    assert "p99 ms" in lines[0] and "PSS KiB/conn" in lines[0]
+    trio_row = lines[2].split()
+    assert trio_row[:3] == ["16", "trio", "10.00"]
+    assert "12.50" in trio_row and "20.0" in trio_row  # p99, KiB per connection
+    assert lines[-1].endswith("trio 16, fork none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,8 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from papaya_trio.bench.servers import SINK_MODES
-from papaya_trio.bench.sink_common import parse_announcement
+from papaya_trio.bench.servers import SINK_ANNOUNCEMENT, SINK_MODES
 
 PAYLOAD = b"message\n" * 5000  # 40,000 bytes per connection, more than one read
 
@@ -36,7 +36,9 @@ async def test_sink_writes_out_every_byte_it_receives(mode: str, tmp_path: Path)
             line = b""
             while not line.endswith(b"\n"):
                 line += await process.stderr.receive_some(1)
-        port = parse_announcement(line.decode())
+        match = re.match(SINK_ANNOUNCEMENT, line.decode())
+        assert match is not None
+        port = int(match.group(1))
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", port)) as conn:
                 conn.sendall(PAYLOAD)

@@ -8,6 +8,7 @@ import pytest
 
 from papaya_trio.bench import stats
 from papaya_trio.bench.paper import PUBLISHED
+from papaya_trio.bench.stats import LatencyHistogram
 
 # A textbook sample: mean 5, squared deviations sum to 32, population variance 32/8 = 4.
 TEXTBOOK = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]
@@ -75,3 +76,24 @@ def test_errors_are_explicit() -> None:
         stats.coefficient_of_variation([0.0, 0.0])
     with pytest.raises(ValueError, match="between 0 and 100"):
         stats.percentile([1.0], 101)
+
+
+def test_latency_histogram_percentiles_are_exact_to_a_bin() -> None:
+    histogram = LatencyHistogram()
+    for ms in range(1, 101):  # 1 ms .. 100 ms
+        histogram.add(ms / 1000)
+    assert histogram.count == 100
+    assert histogram.percentile(50) == pytest.approx(0.05001, abs=1e-5)
+    assert histogram.percentile(99) == pytest.approx(0.099, abs=1e-3)
+    assert histogram.percentile(100) == histogram.max == 0.1
+
+
+def test_latency_histogram_bounds_long_and_negative_latencies() -> None:
+    histogram = LatencyHistogram()
+    histogram.add(-1e-6)
+    histogram.add(42.0)  # beyond the last bin: counted there, the max stays exact
+    assert histogram.percentile(0) == pytest.approx(1e-5)
+    assert histogram.percentile(100) == 42.0
+    assert histogram.max == 42.0
+    with pytest.raises(ValueError):
+        LatencyHistogram().percentile(50)

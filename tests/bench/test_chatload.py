@@ -1,0 +1,60 @@
+"""The chat load generator against a real trio-mode server: deliveries, losses, idling."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+from papaya_trio.bench.chatload import ChatLoad, ChatLoadSpec, LoadError
+from papaya_trio.bench.runner import running_server
+from papaya_trio.bench.servers import chat_spec
+from papaya_trio.bench.workloads import ChatWorkload
+
+CPUS = frozenset(os.sched_getaffinity(0))
+
+
+async def run_room(
+    tmp_path: Path, connections: int, duration: float, rate: float, senders: int = 1
+) -> dict[str, object]:
+    ChatWorkload().prepare(tmp_path / "data")
+    key = (tmp_path / "data" / "key").read_text().strip()
+    async with running_server(chat_spec("trio", "never", 64), CPUS, tmp_path) as (_pid, port):
+        spec = ChatLoadSpec(port, key, connections, duration, rate, senders)
+        with trio.fail_after(30):
+            return await ChatLoad(spec).run(lambda: None)
+
+
+async def test_every_client_receives_every_message(tmp_path: Path) -> None:
+    result = await run_room(tmp_path, connections=4, duration=1.0, rate=40, senders=2)
+    assert result["sent"] == 40
+    assert result["delivered"] == 4 * 40
+    assert result["lost"] == 0 and result["out_of_order"] == 0
+    assert not result["flagged"], result["flag_reason"]
+    p50, p99, worst = (result[k] for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"))
+    assert isinstance(p50, float) and isinstance(p99, float) and isinstance(worst, float)
+    assert 0 < p50 <= p99 <= worst < 1000
+
+
+async def test_rate_zero_holds_idle_connections(tmp_path: Path) -> None:
+    result = await run_room(tmp_path, connections=3, duration=0.3, rate=0)
+    assert (result["connections"], result["sent"], result["delivered"]) == (3, 0, 0)
+    assert result["latency_p99_ms"] is None
+    assert not result["flagged"], result["flag_reason"]
+
+
+async def test_a_wrong_key_is_a_load_error(tmp_path: Path) -> None:
+    ChatWorkload().prepare(tmp_path / "data")
+    async with running_server(chat_spec("trio", "never", 64), CPUS, tmp_path) as (_pid, port):
+        spec = ChatLoadSpec(port=port, key="x" * 128, connections=2, duration=1)
+        with trio.fail_after(30), pytest.raises(LoadError, match="2 clients could not join"):
+            await ChatLoad(spec).run(lambda: None)
+
+
+def test_spec_is_bounded() -> None:
+    with pytest.raises(ValueError, match="connections"):
+        ChatLoadSpec(port=1, key="k", connections=30_000, duration=1)
+    with pytest.raises(ValueError, match="rate"):
+        ChatLoadSpec(port=1, key="k", connections=1, duration=3600, rate=1000)
