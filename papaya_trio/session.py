@@ -103,7 +103,8 @@ class Session:
         self.end_reason = "open"
         self._closing: Error | None = None
         self._send_side, self._outbox = trio.open_memory_channel[object](OUTBOX_ITEMS)
-        self._write_scope: trio.CancelScope | None = None
+        self._send_scope = trio.CancelScope()
+        self._writing = False
         self._subscription: Subscription | None = None
 
     def __repr__(self) -> str:
@@ -121,8 +122,8 @@ class Session:
     def _on_lagging(self) -> None:
         self._end("lagging")
         self.close("lagging", f"you fell more than {self.room.settings.max_lag} messages behind")
-        if self._write_scope is not None:
-            self._write_scope.cancel()  # stuck writing to a client that stopped reading
+        if self._writing:
+            self._send_scope.cancel()  # stuck writing to a client that stopped reading
 
     async def run(self) -> str:
         """Run until the client leaves or is closed; return why it ended."""
@@ -166,6 +167,12 @@ class Session:
 
     # --- the send task ------------------------------------------------------------------
     async def _send_task(self, sub: Subscription, welcome_head: int) -> None:
+        with self._send_scope:
+            await self._send_loop(sub, welcome_head)
+        if self._send_scope.cancelled_caught:
+            raise PeerGone("write abandoned: the client stopped reading")
+
+    async def _send_loop(self, sub: Subscription, welcome_head: int) -> None:
         user = self.identity.user or ""
         await self._write([Welcome(SERVER_NAME, user, welcome_head)])
         while True:
@@ -190,14 +197,11 @@ class Session:
                     return
 
     async def _write(self, events: Sequence[ServerEvent]) -> None:
-        with trio.CancelScope() as scope:
-            self._write_scope = scope
-            try:
-                await self.peer.send(events)
-            finally:
-                self._write_scope = None
-        if scope.cancelled_caught:
-            raise PeerGone("write abandoned: the client stopped reading")
+        self._writing = True
+        try:
+            await self.peer.send(events)
+        finally:
+            self._writing = False
 
     # --- the recv task ------------------------------------------------------------------
     async def _recv_task(self) -> None:

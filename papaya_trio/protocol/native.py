@@ -7,6 +7,7 @@ the TCP transport ends with a newline and the WebSocket transport sends as one t
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Final
 
@@ -25,8 +26,10 @@ from papaya_trio.protocol.events import (
     Welcome,
 )
 from papaya_trio.protocol.rules import client_id_problem, text_problem, user_problem
+from papaya_trio.records import Record
 
 MAX_SEQ: Final = 2**63 - 1
+MESSAGE_CACHE: Final = 1024  # encoded messages kept for fan-out
 
 
 def parse_object(raw: bytes | str, max_message_bytes: int) -> ClientEvent:
@@ -133,9 +136,29 @@ def event_to_object(event: ServerEvent) -> dict[str, object]:
 
 def encode_json(event: ServerEvent) -> str:
     """One server event as compact JSON text (a WebSocket frame)."""
-    return json.dumps(event_to_object(event), ensure_ascii=False, separators=(",", ":"))
+    if isinstance(event, Message):
+        return _message_json(event.record)
+    return _dumps(event_to_object(event))
 
 
 def encode_line(event: ServerEvent) -> bytes:
     """One server event as a newline-terminated UTF-8 line (the TCP dialect)."""
-    return encode_json(event).encode() + b"\n"
+    if isinstance(event, Message):
+        return _message_line(event.record)
+    return _dumps(event_to_object(event)).encode() + b"\n"
+
+
+# A message fans out to every client: encode each record once, not once per recipient. The
+# caches are bounded and keyed by the (immutable, hashable) record.
+@functools.lru_cache(maxsize=MESSAGE_CACHE)
+def _message_json(record: Record) -> str:
+    return _dumps(event_to_object(Message(record)))
+
+
+@functools.lru_cache(maxsize=MESSAGE_CACHE)
+def _message_line(record: Record) -> bytes:
+    return _message_json(record).encode() + b"\n"
+
+
+def _dumps(obj: dict[str, object]) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
