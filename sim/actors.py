@@ -1,0 +1,534 @@
+"""Simulated clients: the native and papayaChat connections, and the actors that drive them.
+
+A client object (`NativeClient`, `PapayaClient`) knows the protocol and checks, as the bytes
+arrive, that its own stream keeps the invariants (through the oracle). An actor is the policy
+on top: how often it talks, how it leaves (clean close, reset, half-close, EOF mid-line), how
+it reads (promptly or slowly). Actors run until the world asks them to leave; once faults stop
+(`world.settling`) they stop misbehaving and report whether they have reached the log's head.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass, field
+
+import trio
+
+from papaya_trio.protocol.rules import KEY_CHARS
+from papaya_trio.session import SEND_BATCH
+from sim.invariants import REPLIES, SLOW_BOUND, NativeView, PapayaView
+from sim.network import Link
+from sim.wire import FrameReader, FrameTooLong, line, record_from
+from sim.world import EPOCH_MS, KEY, World
+
+WINDOW = 8  # messages a chatter has in flight before it waits for acks
+MIN_MESSAGE_LINE = 64  # no message line the server writes is shorter
+REPLY_WAIT = 10.0  # simulated seconds a client waits for replies it is owed
+KICK_BOUND = 3.0  # a client past the lag limit is disconnected within this
+LEAVE_STYLES = ("close", "reset", "half_close", "eof_mid_line")
+GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+@dataclass(slots=True)
+class Connection:
+    """One connection of a native client."""
+
+    link: Link
+    view: NativeView
+    reader: FrameReader
+    epoch: int
+    welcomed: trio.Event = field(default_factory=trio.Event)
+    ended: trio.Event = field(default_factory=trio.Event)
+    end: str = "open"
+    welcomed_at: float = 0.0
+    unanswered: set[str] = field(default_factory=set)  # ids sent here without a reply yet
+    errors: int = 0
+
+
+class NativeClient:
+    """A native-dialect client: hello, send with ids, resend after reconnecting."""
+
+    def __init__(self, world: World, user: str, rng: random.Random, *, slow: bool = False) -> None:
+        self.world = world
+        self.user = user
+        self.rng = rng
+        self.slow = slow
+        self.last_seq: int | None = None  # newest seq seen, across connections
+        self.pending: dict[str, str] = {}  # id -> text, sent but not confirmed
+        self._texts: dict[str, str] = {}  # id -> text, of everything ever sent
+        self._retry: set[str] = set()
+        self._count = 0
+        self.conn: Connection | None = None
+        world.clients.append(self)
+
+    @property
+    def settles(self) -> bool:
+        """Slow readers and senders of garbage are not expected to catch up."""
+        return not self.slow
+
+    async def connect(self, since: int | None) -> Connection | None:
+        """Open a connection and say hello; None if the server refused."""
+        world = self.world
+        try:
+            link = await world.network.connect(self.user)
+        except OSError:
+            return None
+        if self.slow:
+            reader = FrameReader(link.client, b"\n", chunk=512, pause=self._slow_pause)
+        else:
+            reader = FrameReader(link.client, b"\n")
+        view = NativeView(
+            world.oracle, f"{self.user}@link{link.number}", since, world.settings.history
+        )
+        conn = Connection(link, view, reader, world.oracle.epoch)
+        hello: dict[str, object] = {"type": "hello", "key": KEY, "user": self.user}
+        if since is not None:
+            hello["since"] = since
+        self.conn = conn
+        if not await self.write(line(**hello)):
+            conn.ended.set()
+        return conn
+
+    def _slow_pause(self) -> float:
+        """A slow reader reads in bursts: short waits, now and then a long one."""
+        return self.rng.uniform(1.0, 4.0) if self.rng.random() < 0.05 else self.rng.uniform(0, 0.3)
+
+    async def write(self, data: bytes) -> bool:
+        """Write on the current connection; False if it is gone."""
+        assert self.conn is not None
+        try:
+            await self.conn.link.client.send_all(data)
+        except GONE:
+            return False
+        return True
+
+    async def send_new(self) -> None:
+        """Send a new message with a fresh id."""
+        self._count += 1
+        client_id = f"{self.user}-{self._count}"
+        pad = "x" * self.rng.choice((0, 0, 5, 40, 150))
+        accent = self.rng.choice(("", "", "é", "✓ ü"))
+        text = f"{self.user} m{self._count} {accent}{pad}".strip()
+        self.world.oracle.sent(text, self.user, client_id)
+        self.pending[client_id] = self._texts[client_id] = text
+        await self._send(client_id)
+
+    async def resend(self) -> None:
+        """Send again everything not confirmed (same ids: the server must store each once)."""
+        for client_id in list(self.pending):
+            await self._send(client_id)
+
+    async def retry_failed(self) -> None:
+        """Send again what the server said it could not store."""
+        for client_id in sorted(self._retry):
+            self._retry.discard(client_id)
+            if client_id in self.pending:
+                await self._send(client_id)
+
+    async def _send(self, client_id: str) -> None:
+        assert self.conn is not None
+        self.conn.unanswered.add(client_id)
+        await self.write(line(type="send", text=self.pending[client_id], id=client_id))
+
+    async def read(self, conn: Connection) -> None:
+        """Read and check everything the server says, until the connection ends."""
+        try:
+            while (frame := await conn.reader.next()) is not None:
+                self._dispatch(conn, json.loads(frame[0]))
+            conn.end = "eof" if conn.end == "open" else conn.end
+        except GONE:
+            conn.end = "reset"
+        except FrameTooLong as exc:
+            self.world.fail(REPLIES, f"{self.user}: {exc}")
+        finally:
+            conn.ended.set()
+
+    def _dispatch(self, conn: Connection, obj: dict[str, object]) -> None:
+        world = self.world
+        kind = obj.get("type")
+        if kind == "welcome":
+            assert isinstance(obj["head"], int)
+            conn.view.welcome(obj["head"])
+            conn.welcomed_at = trio.current_time()
+            conn.welcomed.set()
+        elif kind == "message":
+            record = record_from(obj)
+            conn.view.message(record)
+            self.last_seq = conn.view.last
+            self._check_latency(conn, record.seq, record.time_ms)
+        elif kind == "ack":
+            client_id, seq = obj["id"], obj["seq"]
+            assert isinstance(client_id, str) and isinstance(seq, int)
+            conn.unanswered.discard(client_id)
+            self.pending.pop(client_id, None)
+            text = self._texts.get(client_id)
+            if text is None:
+                world.fail(REPLIES, f"{self.user}: ack for {client_id}, which it never sent")
+                return
+            # A resend may be confirmed twice (the oracle checks both name one seq).
+            world.oracle.ack_seen(self.user, client_id, seq, text, self.user)
+        elif kind == "error":
+            self._on_error(conn, obj)
+        elif kind != "pong":
+            world.fail(REPLIES, f"{self.user}: unexpected {obj}")
+
+    def _on_error(self, conn: Connection, obj: dict[str, object]) -> None:
+        code = obj.get("code")
+        conn.errors += 1
+        if code == "storage_failed":
+            client_id = obj.get("id")
+            assert isinstance(client_id, str)
+            conn.unanswered.discard(client_id)
+            self._retry.add(client_id)
+        elif code in ("lagging", "shutdown"):
+            conn.end = str(code)
+        elif not self._garbage_expected(code):
+            self.world.fail(REPLIES, f"{self.user}: unexpected error {obj}")
+
+    def _garbage_expected(self, code: object) -> bool:
+        return False
+
+    def _check_latency(self, conn: Connection, seq: int, time_ms: int) -> None:
+        bound = self.world.profile.latency_bound
+        head = conn.view.welcome_head
+        if bound is None or self.slow or not conn.link.healthy or head is None or seq <= head:
+            return
+        latency = trio.current_time() - (time_ms - EPOCH_MS) / 1000
+        if latency > bound:
+            self.world.fail(
+                SLOW_BOUND, f"{self.user} got seq {seq} {latency:.3f}s after it was stored"
+            )
+
+    def settled(self) -> bool:
+        """Connected, nothing unconfirmed, and seen everything up to the server's head."""
+        conn = self.conn
+        return (
+            conn is not None
+            and conn.welcomed.is_set()
+            and not conn.ended.is_set()
+            and not self.pending
+            and (conn.view.last or 0) >= self.world.host.head
+        )
+
+    def behind(self, head: int, noted_at: float) -> bool | None:
+        """See `sim.world.Client.behind`."""
+        conn, world = self.conn, self.world
+        if (
+            conn is None
+            or self.slow
+            or not conn.welcomed.is_set()
+            or conn.welcomed_at > noted_at
+            or conn.ended.is_set()
+            or not conn.link.healthy
+            or conn.epoch != world.oracle.epoch
+            or not world.host.up
+        ):
+            return None
+        return (conn.view.last or 0) < head
+
+    async def leave(self, conn: Connection, style: str) -> None:
+        """End the connection in one of LEAVE_STYLES."""
+        world, stream = self.world, conn.link.client
+        world.trace.record("leave", who=self.user, style=style, link=conn.link.number)
+        if style == "reset":
+            conn.link.reset()
+        elif style == "eof_mid_line":
+            await self.write(b'{"type":"send","text":"never fini')
+            await stream.aclose()
+        elif style == "half_close":
+            owed = set(conn.unanswered)
+            try:
+                await stream.send_eof()
+            except GONE:
+                return
+            with trio.move_on_after(REPLY_WAIT):
+                await conn.ended.wait()
+            self._check_owed(conn, owed)
+            await stream.aclose()
+        else:
+            await stream.aclose()
+
+    def _check_owed(self, conn: Connection, owed: set[str]) -> None:
+        """After a half-close the server must answer everything sent before it."""
+        still = owed & conn.unanswered
+        intact = conn.link.healthy and conn.epoch == self.world.oracle.epoch
+        if still and conn.end == "eof" and intact:
+            self.world.fail(REPLIES, f"{self.user} half-closed; no reply for {sorted(still)}")
+
+
+class GarbageClient(NativeClient):
+    """Sends malformed and oversize input; expects one non-fatal error for each line."""
+
+    @property
+    def settles(self) -> bool:
+        return False
+
+    def _garbage_expected(self, code: object) -> bool:
+        return code in (
+            "bad_json",
+            "bad_utf8",
+            "unknown_type",
+            "bad_field",
+            "message_too_long",
+            "bad_text",
+            "already_authenticated",
+            "line_too_long",
+        )
+
+    async def send_garbage(self) -> None:
+        """Send one bad line; the server must say what is wrong with it."""
+        limit = self.world.settings.max_message_bytes
+        self._count += 1
+        too_long = f"{self.user} long{self._count} " + "y" * limit
+        control = f"{self.user} ctl{self._count} \x07"
+        self.world.oracle.sent(too_long, self.user, None, storable=False)
+        self.world.oracle.sent(control, self.user, None, storable=False)
+        data = self.rng.choice(
+            (
+                b"not json\n",
+                b"[1, 2]\n",
+                b'{"type": "shout"}\n',
+                b'{"type": "send"}\n',
+                b'{"type": "send", "text": "\xff\xfe"}\n',
+                line(type="send", text=too_long),
+                line(type="send", text=control),
+                line(type="hello", key=KEY, user=self.user),
+            )
+        )
+        await self.write(data)
+
+    async def send_oversize_line(self) -> None:
+        """A line past max_line_bytes: the server must say so, then close."""
+        await self.write(b"z" * (self.world.settings.max_line_bytes + 1))
+
+
+class PapayaClient:
+    """A papayaChat-dialect client: key first, then `user: text` lines; NUL-ended live lines."""
+
+    def __init__(self, world: World, user: str, rng: random.Random) -> None:
+        self.world = world
+        self.user = user
+        self.rng = rng
+        self._count = 0
+        self.link: Link | None = None
+        self.view: PapayaView | None = None
+        self.ended = trio.Event()
+        world.clients.append(self)
+
+    @property
+    def settles(self) -> bool:
+        """A papayaChat client must catch up like any other."""
+        return True
+
+    async def connect(self) -> bool:
+        """Connect and present the key; False if refused."""
+        try:
+            self.link = await self.world.network.connect(self.user)
+        except OSError:
+            return False
+        self.view = self.world.oracle.papaya_view(f"{self.user}@link{self.link.number}")
+        self.ended = trio.Event()
+        key = KEY.encode()
+        assert len(key) == KEY_CHARS
+        cut = self.rng.randint(0, KEY_CHARS)
+        return await self.write(key[:cut]) and await self.write(key[cut:])
+
+    async def write(self, data: bytes) -> bool:
+        """Write; False if the connection is gone."""
+        assert self.link is not None
+        try:
+            await self.link.client.send_all(data)
+        except GONE:
+            return False
+        return True
+
+    async def send_new(self) -> None:
+        """One `user: text` line (sometimes one the server must drop)."""
+        self._count += 1
+        text = f"{self.user} p{self._count}"
+        if self.rng.random() < 0.1:
+            self.world.oracle.sent(text + " \x01", self.user, None, storable=False)
+            await self.write(f"{self.user}: {text} \x01\n".encode())
+        else:
+            self.world.oracle.sent(text, self.user, None)
+            await self.write(f"{self.user}: {text}\n".encode())
+
+    async def read(self) -> None:
+        """Collect history (newline-ended) and live (NUL-ended) lines until the end."""
+        assert self.link is not None and self.view is not None
+        reader = FrameReader(self.link.client, b"\n\x00")
+        try:
+            while (frame := await reader.next()) is not None:
+                text = frame[0].decode()
+                if frame[1] == ord("\n"):
+                    if self.view.live:
+                        self.world.fail(REPLIES, f"{self.user}: history line after live ones")
+                    self.view.history.append(text)
+                else:
+                    self.view.live.append(text)
+        except GONE:
+            pass
+        finally:
+            self.ended.set()
+
+    def behind(self, head: int, noted_at: float) -> bool | None:
+        """papayaChat lines carry no sequence numbers: only the settling phase checks them."""
+        return None
+
+    def settled(self) -> bool:
+        """Connected, and the newest line seen is the log's newest message."""
+        room = self.world.host.room
+        if self.link is None or self.view is None or self.ended.is_set() or room is None:
+            return False
+        newest = room.log.recent(1)
+        seen = self.view.history + self.view.live
+        return not newest or (bool(seen) and seen[-1] == newest[0].raw_line)
+
+
+# --- actors -----------------------------------------------------------------------------------
+async def backoff(rng: random.Random) -> None:
+    """Wait a little before trying to connect again."""
+    await trio.sleep(rng.uniform(0.05, 1.0))
+
+
+def _lifetime(world: World, rng: random.Random) -> float:
+    every = world.profile.reconnect_every
+    if not every or world.settling.is_set():
+        return math.inf
+    return trio.current_time() + rng.expovariate(1.0 / every)
+
+
+async def native_actor(client: NativeClient, talks: bool) -> None:
+    """A chatter (`talks`) or a lurker: stays connected, reconnects with `since`."""
+    world, rng = client.world, client.rng
+    while not world.finishing.is_set():
+        since = client.last_seq if rng.random() < 0.8 else None
+        conn = await client.connect(since)
+        if conn is None:
+            await backoff(rng)
+            continue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read, conn)
+            await _talk(client, conn, talks)
+            nursery.cancel_scope.cancel()
+        conn.link.client.close_now()
+        if not world.finishing.is_set():
+            await backoff(rng)
+
+
+async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
+    world, rng, profile = client.world, client.rng, client.world.profile
+    leave_at = _lifetime(world, rng)
+    resent = False
+    while not conn.ended.is_set():
+        if world.finishing.is_set():
+            await client.leave(conn, "close")
+            return
+        if trio.current_time() >= leave_at and not world.settling.is_set():
+            await client.leave(conn, rng.choice(LEAVE_STYLES))
+            return
+        if conn.welcomed.is_set():
+            if not resent:
+                resent = True
+                await client.resend()
+            await client.retry_failed()
+            idle = world.settling.is_set() or world.quiet
+            if talks and not idle and len(client.pending) < WINDOW:
+                await client.send_new()
+        pause = profile.send_every if talks else 0.5
+        with trio.move_on_after(rng.expovariate(1.0 / pause)):
+            await conn.ended.wait()
+
+
+async def slow_actor(client: NativeClient) -> None:
+    """Reads slowly; once it is too far behind the server must drop it."""
+    world, rng = client.world, client.rng
+    while not world.settling.is_set():
+        conn = await client.connect(None)
+        if conn is None:
+            await backoff(rng)
+            continue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read, conn)
+            await _watch_lag(client, conn)
+            nursery.cancel_scope.cancel()
+        conn.link.client.close_now()
+        await backoff(rng)
+
+
+async def _watch_lag(client: NativeClient, conn: Connection) -> None:
+    world = client.world
+    in_flight = conn.link.down.capacity + 512  # bytes the server wrote that we have not read
+    margin = in_flight // MIN_MESSAGE_LINE + SEND_BATCH + 1
+    over_since: float | None = None
+    while not conn.ended.is_set() and not world.settling.is_set():
+        last = conn.view.last
+        behind = world.host.head - last if last is not None else 0
+        now = trio.current_time()
+        if behind <= world.settings.max_lag + margin or conn.link.server.closed:
+            over_since = None
+        elif over_since is None:
+            over_since = now
+        elif now - over_since > KICK_BOUND and conn.epoch == world.oracle.epoch:
+            world.fail(SLOW_BOUND, f"{client.user} is {behind} behind and still connected")
+            return
+        with trio.move_on_after(0.25):
+            await conn.ended.wait()
+
+
+async def garbage_actor(client: GarbageClient) -> None:
+    """Sends bad lines, then sometimes an oversize one; checks the server answers each."""
+    world, rng = client.world, client.rng
+    while not world.settling.is_set():
+        conn = await client.connect(None)
+        if conn is None:
+            await backoff(rng)
+            continue
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read, conn)
+            with trio.move_on_after(REPLY_WAIT):
+                await conn.welcomed.wait()
+            sent = rng.randint(1, 5)
+            for _ in range(sent):
+                await client.send_garbage()
+            oversize = rng.random() < 0.3
+            if oversize:
+                await client.send_oversize_line()
+            with trio.move_on_after(REPLY_WAIT):
+                # Polled (in simulated time) rather than adding an event per count.
+                while conn.errors < sent + oversize and not conn.ended.is_set():  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            intact = conn.link.healthy and conn.epoch == world.oracle.epoch
+            if conn.errors < sent + oversize and conn.end in ("open", "eof") and intact:
+                world.fail(
+                    REPLIES, f"{client.user}: {conn.errors} replies to {sent + oversize} bad lines"
+                )
+            nursery.cancel_scope.cancel()
+        conn.link.client.close_now()
+        await trio.sleep(rng.uniform(0.5, 5.0))
+
+
+async def papaya_actor(client: PapayaClient) -> None:
+    """A papayaChat client: talks now and then, reconnects now and then."""
+    world, rng = client.world, client.rng
+    while not world.finishing.is_set():
+        if not await client.connect():
+            await backoff(rng)
+            continue
+        assert client.link is not None
+        leave_at = _lifetime(world, rng)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.read)
+            while not client.ended.is_set() and not world.finishing.is_set():
+                if trio.current_time() >= leave_at and not world.settling.is_set():
+                    break
+                if not world.settling.is_set() and not world.quiet:
+                    await client.send_new()
+                with trio.move_on_after(rng.expovariate(1.0 / (2 * world.profile.send_every))):
+                    await client.ended.wait()
+            nursery.cancel_scope.cancel()
+        client.link.client.close_now()
+        if not world.finishing.is_set():
+            await backoff(rng)

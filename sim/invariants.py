@@ -1,0 +1,218 @@
+"""The invariants, and the oracle that checks them as the run goes.
+
+The oracle knows what every actor sent (each text is unique to one send attempt, so a text
+identifies a message) and learns the log from three sides that must agree: what clients are
+delivered, what they are acknowledged, and what the disk holds when each server life ("epoch")
+ends. A run is cut into epochs by crashes and graceful restarts; within an epoch a sequence
+number names one record, and across a crash under `fsync = always` every record a client was
+shown or confirmed must survive with the same number.
+
+The first broken invariant ends the run: `fail` records it and cancels the whole simulation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from papaya_trio.protocol.papaya import history_tail
+from papaya_trio.records import Record, RecordScanner
+from sim.trace import Trace
+
+# Invariant names, as they appear in failure reports.
+GAP_FREE = "gap-free-delivery"
+NO_DUPLICATES = "no-duplicates"
+NO_PHANTOMS = "nothing-unsent-delivered"
+DURABLE = "confirmed-survive-crash"
+HISTORY = "history-matches-log"
+LIVENESS = "clients-reach-head"
+SLOW_BOUND = "slow-client-isolated"
+TASKS_GONE = "tasks-gone"
+SHUTDOWN_DEADLINE = "shutdown-within-deadline"
+REPLIES = "replies-are-right"
+NO_CRASH = "no-unhandled-exception"
+RUN_ENDS = "run-ends"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The first broken invariant of a run."""
+
+    invariant: str
+    detail: str
+    time: float
+    step: int
+
+
+@dataclass(slots=True)
+class Sent:
+    """One text an actor sent, and whether the server may store it."""
+
+    user: str
+    client_id: str | None
+    storable: bool
+
+
+@dataclass(slots=True)
+class PapayaView:
+    """What one papayaChat connection received, checked against the log when its epoch ends."""
+
+    who: str
+    history: list[str] = field(default_factory=list)  # raw `user: text` lines
+    live: list[str] = field(default_factory=list)
+
+
+def scan_log(data: bytes) -> list[Record]:
+    """Every intact record at the start of `data` (a torn or bad tail is ignored), without
+    client ids, as clients see them."""
+    return [replace(s.record, client_id=None) for s in RecordScanner().feed(data)]
+
+
+class Oracle:
+    """Checks every observation against everything observed before."""
+
+    def __init__(
+        self, trace: Trace, fail: Callable[[str, str], None], history: int, durable: bool
+    ) -> None:
+        self._trace = trace
+        self.fail = fail
+        self._history = history
+        self._durable = durable  # fsync = always: what was shown or confirmed survives
+        self._sent: dict[str, Sent] = {}
+        self._by_seq: dict[int, Record] = {}  # this epoch's records as clients saw them
+        self._by_text: dict[str, int] = {}
+        self._acked: dict[tuple[str, str], int] = {}
+        self._papaya: list[PapayaView] = []
+        self.epoch = 0
+        self.delivered = 0
+
+    # --- what actors send -----------------------------------------------------------------
+    def sent(self, text: str, user: str, client_id: str | None, *, storable: bool = True) -> None:
+        """An actor is about to send `text` (unique per send attempt, shared by resends)."""
+        self._sent.setdefault(text, Sent(user, client_id, storable))
+
+    def papaya_view(self, who: str) -> PapayaView:
+        """A fresh record of one papayaChat connection's input, checked at epoch end."""
+        view = PapayaView(who)
+        self._papaya.append(view)
+        return view
+
+    # --- what actors receive --------------------------------------------------------------
+    def record_seen(self, record: Record, who: str) -> None:
+        """A native client was delivered `record`."""
+        self.delivered += 1
+        self._check_sent(record.user, record.text, who)
+        known = self._by_seq.setdefault(record.seq, record)
+        if known != record:
+            self.fail(NO_DUPLICATES, f"{who} got seq {record.seq} as {record} but it was {known}")
+            return
+        self._bind_text(record.text, record.seq, who)
+
+    def ack_seen(self, user: str, client_id: str, seq: int, text: str, who: str) -> None:
+        """A native client was told its message `client_id` is stored as `seq`."""
+        earlier = self._acked.setdefault((user, client_id), seq)
+        if earlier != seq:
+            self.fail(
+                NO_DUPLICATES, f"{who}: id {client_id} confirmed as seq {seq}, earlier as {earlier}"
+            )
+            return
+        self._bind_text(text, seq, who)
+
+    def _check_sent(self, user: str, text: str, who: str) -> None:
+        sent = self._sent.get(text)
+        if sent is None or not sent.storable or sent.user != user:
+            self.fail(NO_PHANTOMS, f"{who} got {user}: {text!r}, which nobody sent as {user}")
+
+    def _bind_text(self, text: str, seq: int, who: str) -> None:
+        earlier = self._by_text.setdefault(text, seq)
+        if earlier != seq:
+            self.fail(NO_DUPLICATES, f"{who}: {text!r} is stored as seq {earlier} and {seq}")
+
+    # --- epochs ---------------------------------------------------------------------------
+    def end_epoch(self, written: bytes) -> None:
+        """The server stops; `written` is every byte it wrote (synced or not)."""
+        log = scan_log(written)
+        for record in log:
+            self._check_sent(record.user, record.text, "the log")
+        texts: dict[str, int] = {}
+        for record in log:
+            if (earlier := texts.setdefault(record.text, record.seq)) != record.seq:
+                self.fail(
+                    NO_DUPLICATES, f"{record.text!r} is in the log as {earlier} and {record.seq}"
+                )
+                return
+        for seq, seen in self._by_seq.items():
+            if seq > len(log) or log[seq - 1] != seen:
+                stored = log[seq - 1] if seq <= len(log) else "nothing"
+                self.fail(HISTORY, f"clients were shown {seen} but the log holds {stored}")
+                return
+        for view in self._papaya:
+            self._check_papaya(view, log)
+        self._papaya.clear()
+
+    def _check_papaya(self, view: PapayaView, log: list[Record]) -> None:
+        lines = [r.raw_line for r in log]
+        position = {line: index for index, line in enumerate(lines)}
+        received = view.history + view.live
+        if not received:
+            return
+        if any(line not in position for line in received):
+            missing = next(line for line in received if line not in position)
+            self.fail(NO_PHANTOMS, f"{view.who} got {missing!r}, which is not in the log")
+            return
+        start = position[received[0]]
+        if lines[start : start + len(received)] != received:
+            self.fail(GAP_FREE, f"{view.who} got a stream that is not a run of the log")
+            return
+        if view.history:
+            expected = [r.raw_line for r in history_tail(log[: start + len(view.history)])]
+            if expected != view.history:
+                self.fail(HISTORY, f"{view.who} got history {view.history}, not {expected}")
+
+    def begin_epoch(self, recovered: list[Record]) -> None:
+        """The server (re)started on a log holding `recovered`."""
+        if self._durable:
+            for seq, seen in self._by_seq.items():
+                if seq > len(recovered) or recovered[seq - 1] != seen:
+                    self.fail(DURABLE, f"seq {seq} ({seen.text!r}) was shown, then lost")
+                    return
+            for (user, client_id), seq in self._acked.items():
+                if seq > len(recovered):
+                    self.fail(DURABLE, f"{user}'s {client_id} was confirmed as {seq}, then lost")
+                    return
+        self.epoch += 1
+        self._by_seq = {r.seq: r for r in recovered}
+        self._by_text = {r.text: r.seq for r in recovered}
+        self._acked = {key: seq for key, seq in self._acked.items() if seq <= len(recovered)}
+        self._trace.record("epoch", epoch=self.epoch, records=len(recovered))
+
+
+class NativeView:
+    """One native connection's deliveries: a gap-free run that starts where it must."""
+
+    def __init__(self, oracle: Oracle, who: str, since: int | None, history: int) -> None:
+        self._oracle = oracle
+        self._who = who
+        self._since = since
+        self._history = history
+        self.welcome_head: int | None = None
+        self.last: int | None = None
+
+    def welcome(self, head: int) -> None:
+        """The welcome fixes where the history must start."""
+        self.welcome_head = head
+        if self._since is not None:
+            self.last = min(self._since, head)
+        else:
+            self.last = max(0, head - self._history)
+
+    def message(self, record: Record) -> None:
+        """One delivered message."""
+        if self.last is None:
+            self._oracle.fail(GAP_FREE, f"{self._who} got seq {record.seq} before the welcome")
+            return
+        if record.seq != self.last + 1:
+            self._oracle.fail(GAP_FREE, f"{self._who} got seq {record.seq} after {self.last}")
+            return
+        self.last = record.seq
+        self._oracle.record_seen(record, self._who)

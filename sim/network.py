@@ -1,0 +1,347 @@
+"""The simulated network: an in-memory listener and byte streams with faults.
+
+Theory of operation
+-------------------
+A `Link` is one TCP-like connection: two `Pipe`s, one per direction. A pipe holds bytes in
+flight as segments stamped with the simulated time they arrive (`now + latency`), up to a
+bounded `capacity`; a writer waits while the pipe is full, which is how a client that stops
+reading pushes back on the server. A reader gets whatever has arrived, cut into a random
+chunk size (down to one byte), and nothing while the pipe is stalled. Closing an end sends
+end-of-file after the data in flight (like FIN); `Link.reset` breaks both directions at once
+and throws away what is in flight (like RST). Nothing here runs a task of its own: the clock
+only moves because readers sleep until data arrives, so the mock clock's autojump drives it.
+
+Every random choice comes from a `random.Random` seeded from the run's seed, and links are
+kept in creation order, so the network is as reproducible as the scheduler.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import random
+from collections import deque
+from dataclasses import dataclass
+
+import trio
+
+from sim.trace import Trace
+
+RECEIVE_DEFAULT = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkFaults:
+    """How hostile the network is: link shapes and how often links stall or reset."""
+
+    latency: tuple[float, float] = (0.0005, 0.02)
+    bandwidth: tuple[float, float] = (5_000.0, 5_000_000.0)  # bytes per second, log-uniform
+    capacity: tuple[int, int] = (256, 16384)  # small buffers make writes span time
+    tiny_chunks: float = 0.2  # share of links that deliver 1 to 8 bytes per read
+    stall_every: float = 0.0  # mean simulated seconds between stalls (0: never)
+    stall_for: tuple[float, float] = (0.1, 3.0)
+    reset_every: float = 0.0  # mean simulated seconds between resets of a random link
+    backlog: int = 16
+
+
+class Pipe:
+    """One direction of a link: bounded bytes in flight, delivered after the latency."""
+
+    def __init__(
+        self, rng: random.Random, latency: float, bandwidth: float, capacity: int, max_chunk: int
+    ) -> None:
+        self._rng = rng
+        self._latency = latency
+        self._bandwidth = bandwidth
+        self.capacity = capacity
+        self._max_chunk = max_chunk
+        self._segments: deque[tuple[float, bytes]] = deque()
+        self._buffered = 0
+        self._last_arrival = 0.0
+        self._changed = trio.lowlevel.ParkingLot()
+        self.stalled_until = 0.0
+        self.eof = False
+        self.broken = False
+        self.reader_closed = False
+
+    def wake(self) -> None:
+        """Let waiting readers and writers look again."""
+        self._changed.unpark_all()
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.broken or self.reader_closed:
+                raise trio.BrokenResourceError("connection reset by peer")
+            room = self.capacity - self._buffered
+            if room <= 0:
+                await self._changed.park()
+                continue
+            piece = bytes(view[:room])
+            view = view[room:]
+            # Putting bytes on the wire takes time: writes overlap with what else happens.
+            await trio.sleep(len(piece) / self._bandwidth)
+            if self.broken or self.reader_closed:
+                raise trio.BrokenResourceError("connection reset by peer")
+            # Segments never overtake each other, whatever the latency.
+            arrival = max(trio.current_time() + self._latency, self._last_arrival)
+            self._last_arrival = arrival
+            self._segments.append((arrival, piece))
+            self._buffered += len(piece)
+            self.wake()
+
+    async def receive(self, max_bytes: int) -> bytes:
+        while True:
+            if self.broken:
+                raise trio.BrokenResourceError("connection reset by peer")
+            if self.reader_closed:
+                raise trio.ClosedResourceError("this end is closed")
+            if self._segments:
+                ready = max(self._segments[0][0], self.stalled_until)
+                if ready <= trio.current_time():
+                    return self._take(max_bytes)
+                with trio.move_on_at(ready):
+                    await self._changed.park()
+            elif self.eof:
+                return b""
+            else:
+                await self._changed.park()
+
+    def _take(self, max_bytes: int) -> bytes:
+        want = min(self._rng.randint(1, self._max_chunk), max_bytes)
+        now = trio.current_time()
+        taken = bytearray()
+        while self._segments and self._segments[0][0] <= now and len(taken) < want:
+            arrival, data = self._segments.popleft()
+            cut = want - len(taken)
+            taken += data[:cut]
+            if len(data) > cut:
+                self._segments.appendleft((arrival, data[cut:]))
+        self._buffered -= len(taken)
+        self.wake()
+        return bytes(taken)
+
+    def close_writer(self) -> None:
+        """End of file after the bytes in flight."""
+        self.eof = True
+        self.wake()
+
+    def close_reader(self) -> None:
+        """The reading end is gone: drop what is in flight, the writer gets an error."""
+        self.reader_closed = True
+        self._segments.clear()
+        self._buffered = 0
+        self.wake()
+
+    def reset(self) -> None:
+        """Break this direction at once."""
+        self.broken = True
+        self._segments.clear()
+        self._buffered = 0
+        self.wake()
+
+
+class SimStream(trio.abc.HalfCloseableStream):
+    """One end of a link. Like trio's streams, it refuses two concurrent senders or
+    receivers (a bug in whoever does it)."""
+
+    def __init__(self, link: Link, outgoing: Pipe, incoming: Pipe, name: str) -> None:
+        self.link = link
+        self._outgoing = outgoing
+        self._incoming = incoming
+        self.name = name
+        self.closed = False
+        self._sending = False
+        self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError(f"{self.name}: another task is sending")
+        self._sending = True
+        try:
+            await trio.lowlevel.checkpoint()
+            if self.closed or self._outgoing.eof:
+                raise trio.ClosedResourceError(f"{self.name}: this end is closed")
+            await self._outgoing.send(bytes(data))
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        if self.closed:
+            raise trio.ClosedResourceError(f"{self.name}: this end is closed")
+        self._outgoing.close_writer()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError(f"{self.name}: another task is receiving")
+        self._receiving = True
+        try:
+            await trio.lowlevel.checkpoint()
+            if self.closed:
+                raise trio.ClosedResourceError(f"{self.name}: this end is closed")
+            return await self._incoming.receive(max_bytes or RECEIVE_DEFAULT)
+        finally:
+            self._receiving = False
+
+    async def aclose(self) -> None:
+        self.close_now()
+        await trio.lowlevel.checkpoint()
+
+    def close_now(self) -> None:
+        """Close this end without waiting (what a process exit does)."""
+        if not self.closed:
+            self.closed = True
+            self._outgoing.close_writer()
+            self._incoming.close_reader()
+
+
+class Link:
+    """A connection between a client end and a server end."""
+
+    def __init__(self, number: int, rng: random.Random, faults: NetworkFaults) -> None:
+        self.number = number
+        latency = rng.uniform(*faults.latency)
+        low, high = faults.bandwidth
+        bandwidth = math.exp(rng.uniform(math.log(low), math.log(high)))
+        capacity = rng.randint(*faults.capacity)
+        max_chunk = 8 if rng.random() < faults.tiny_chunks else rng.choice((64, 1024, 65536))
+        shape = (latency, bandwidth, capacity, max_chunk)
+        self.up = Pipe(random.Random(rng.getrandbits(64)), *shape)
+        self.down = Pipe(random.Random(rng.getrandbits(64)), *shape)
+        self.latency = latency
+        self.client = SimStream(self, self.up, self.down, f"link{number}/client")
+        self.server = SimStream(self, self.down, self.up, f"link{number}/server")
+        self.healthy = True  # false once it has been stalled: latency bounds do not apply
+
+    @property
+    def dead(self) -> bool:
+        """Both ends closed, or reset."""
+        return self.up.broken or (self.client.closed and self.server.closed)
+
+    def reset(self) -> None:
+        """Like a TCP RST: both directions break and lose what is in flight."""
+        self.up.reset()
+        self.down.reset()
+
+    def stall(self, until: float) -> None:
+        """Nothing arrives in either direction before `until` (0: end the stall)."""
+        if until:
+            self.healthy = False
+        for pipe in (self.up, self.down):
+            pipe.stalled_until = until
+            pipe.wake()
+
+
+class SimListener(trio.abc.Listener[trio.abc.Stream]):
+    """The server's listening socket on the simulated network."""
+
+    def __init__(self, network: SimNetwork, backlog: int) -> None:
+        self._network = network
+        self._send, self._receive = trio.open_memory_channel[SimStream](backlog)
+
+    def offer(self, stream: SimStream) -> bool:
+        """Queue an incoming connection; False if the backlog is full."""
+        try:
+            self._send.send_nowait(stream)
+        except (trio.WouldBlock, trio.BrokenResourceError):
+            return False
+        return True
+
+    async def accept(self) -> trio.abc.Stream:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio.ClosedResourceError("listener closed") from None
+
+    async def aclose(self) -> None:
+        self._network.stop_listening(self)
+        # Connections nobody accepted are refused, as the kernel does when the socket closes.
+        while True:
+            try:
+                self._receive.receive_nowait().link.reset()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._receive.close()
+        await trio.lowlevel.checkpoint()
+
+
+class SimNetwork:
+    """Where clients connect to the (one) server, and where faults are injected."""
+
+    def __init__(self, rng: random.Random, faults: NetworkFaults, trace: Trace) -> None:
+        self._rng = rng
+        self.faults = faults
+        self._trace = trace
+        self._listener: SimListener | None = None
+        self._links: dict[int, Link] = {}
+        self._numbers = itertools.count(1)
+
+    def listen(self) -> SimListener:
+        """Open the server's listener (one at a time)."""
+        assert self._listener is None, "the server is already listening"
+        self._listener = SimListener(self, self.faults.backlog)
+        return self._listener
+
+    def stop_listening(self, listener: SimListener) -> None:
+        """Called by the listener when it closes."""
+        if self._listener is listener:
+            self._listener = None
+
+    @property
+    def listening(self) -> bool:
+        """Whether a connection attempt would reach the server now."""
+        return self._listener is not None
+
+    async def connect(self, who: str) -> Link:
+        """Open a connection; OSError(ECONNREFUSED) if the server is not listening."""
+        link = Link(next(self._numbers), random.Random(self._rng.getrandbits(64)), self.faults)
+        await trio.sleep(link.latency)
+        if self._listener is None or not self._listener.offer(link.server):
+            self._trace.record("refused", who=who)
+            raise OSError(errno.ECONNREFUSED, "connection refused")
+        self._links[link.number] = link
+        self._trace.record("connect", who=who, link=link.number)
+        return link
+
+    def live_links(self) -> list[Link]:
+        """Links not yet dead, oldest first (forgetting the dead ones)."""
+        for number in [n for n, link in self._links.items() if link.dead]:
+            del self._links[number]
+        return list(self._links.values())
+
+    def reset_all(self) -> None:
+        """The server's host died: every connection is reset."""
+        for link in self.live_links():
+            link.reset()
+
+    def heal(self) -> None:
+        """End every stall now (the fault-free phase begins)."""
+        for link in self.live_links():
+            link.stall(0.0)
+
+    async def run_faults(self) -> None:
+        """Stall and reset random links at the configured rates, until cancelled."""
+        faults = self.faults
+        rates = [r for r in (faults.stall_every, faults.reset_every) if r > 0]
+        if not rates:
+            await trio.sleep_forever()
+        mean = 1.0 / sum(1.0 / r for r in rates)
+        while True:
+            await trio.sleep(self._rng.expovariate(1.0 / mean))
+            links = self.live_links()
+            if not links:
+                continue
+            link = self._rng.choice(links)
+            stall_share = (1.0 / faults.stall_every) if faults.stall_every else 0.0
+            if self._rng.random() * (1.0 / mean) < stall_share:
+                length = self._rng.uniform(*faults.stall_for)
+                link.stall(trio.current_time() + length)
+                self._trace.record("stall", link=link.number, seconds=round(length, 6))
+            else:
+                link.reset()
+                self._trace.record("reset", link=link.number)

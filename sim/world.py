@@ -1,0 +1,220 @@
+"""The simulated world: the real server on a simulated disk and network, and what actors share.
+
+`ServerHost` owns the server's lives. `start` opens the log from the disk (recovering it),
+builds the real `Room` and `ChatServer` and serves on the simulated listener. `crash` is a
+power cut: the disk drops what was not synced, every connection is reset and the server's
+cancel scope is cancelled, so no code of the dead server runs again. `shutdown` is the real
+graceful shutdown, timed against its deadline. Each life is an epoch of the oracle.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import trio
+import trio.testing
+
+from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.room import Room, RoomSettings
+from papaya_trio.server import ChatServer
+from sim.disk import SimDisk
+from sim.instrument import TaskCounter
+from sim.invariants import SHUTDOWN_DEADLINE, Failure, Oracle, scan_log
+from sim.network import SimNetwork
+from sim.profiles import Profile
+from sim.trace import Trace
+
+KEY = "k" * 128
+EPOCH_MS = 1_764_000_000_000
+START_RETRY = 0.5  # simulated seconds before starting again after a failed start
+SHUTDOWN_SLACK = 0.001  # the deadline plus scheduling, in simulated seconds
+
+
+def sim_clock_ms() -> int:
+    """Record timestamps from trio's (mock) clock, so they are part of the simulation."""
+    return EPOCH_MS + int(trio.current_time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """The server parts the run uses; tests swap in deliberately broken subclasses."""
+
+    log_class: type[ChatLog] = ChatLog
+    room_class: type[Room] = Room
+
+
+class Client(Protocol):
+    """What the director asks of every simulated client."""
+
+    user: str
+
+    @property
+    def settles(self) -> bool:
+        """Whether this client must reach the head once faults stop."""
+        ...
+
+    def settled(self) -> bool:
+        """Connected and caught up with the server's head."""
+        ...
+
+    def behind(self, head: int, noted_at: float) -> bool | None:
+        """Whether a connection welcomed by `noted_at` that has seen no fault has not reached
+        `head` (None: it is newer, has seen a fault or is not connected: no bound applies)."""
+        ...
+
+
+class World:
+    """What every actor and the director share."""
+
+    def __init__(
+        self,
+        seed: int,
+        profile: Profile,
+        components: Components,
+        clock: trio.testing.MockClock,
+        counter: TaskCounter,
+        cancel_run: Callable[[], None],
+    ) -> None:
+        self.seed = seed
+        self.profile = profile
+        self.counter = counter
+        self._clock = clock
+        self._cancel_run = cancel_run
+        self.trace = Trace(lambda: (clock.current_time(), counter.steps))
+        self.clients: list[Client] = []
+        self.failure: Failure | None = None
+        self.settings = RoomSettings(
+            history=profile.history,
+            max_message_bytes=profile.max_message_bytes,
+            max_line_bytes=3 * profile.max_message_bytes + 1024,
+            max_lag=profile.max_lag,
+            auth_timeout=5.0,
+            papaya_auth_timeout=1.0,
+        )
+        self.oracle = Oracle(
+            self.trace, self.fail, profile.history, profile.fsync is FsyncPolicy.ALWAYS
+        )
+        self.network = SimNetwork(self.rng("network"), profile.network, self.trace)
+        self.disk = SimDisk(self.rng("disk"), profile.disk, self.trace)
+        self.host = ServerHost(self, components)
+        self.settling = trio.Event()  # faults have stopped: clients must now reach the head
+        self.finishing = trio.Event()  # clients must now leave
+        self.quiet = False  # a quiet window: nobody sends anything new
+
+    def rng(self, name: str) -> random.Random:
+        """An independent random stream for one part of the world, from the run's seed."""
+        return random.Random(f"{self.seed}:{name}")
+
+    def fail(self, invariant: str, detail: str) -> None:
+        """Record the first broken invariant and stop the run."""
+        if self.failure is None:
+            self.failure = Failure(
+                invariant, detail, self._clock.current_time(), self.counter.steps
+            )
+            self.trace.record("failure", invariant=invariant, detail=detail)
+            self._cancel_run()
+
+
+class ServerHost:
+    """Starts, crashes and gracefully restarts the real server."""
+
+    def __init__(self, world: World, components: Components) -> None:
+        self._world = world
+        self._components = components
+        self.room: Room | None = None
+        self.server: ChatServer | None = None
+        self._scope: trio.CancelScope | None = None
+        self._exited = trio.Event()
+        self._served = 0.0  # when the last `serve` returned
+        self.lives = 0
+
+    @property
+    def up(self) -> bool:
+        """Whether a server is running."""
+        return self._scope is not None
+
+    @property
+    def head(self) -> int:
+        """The running log's visible head (0 while down)."""
+        return self.room.log.head if self.room is not None else 0
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Open the log from the disk (recovering it) and serve; returns once accepting."""
+        world, profile = self._world, self._world.profile
+        while True:
+            try:
+                log, recovery = await self._components.log_class.open(
+                    world.disk.open(),
+                    clock_ms=sim_clock_ms,
+                    fsync=profile.fsync,
+                    cache_records=profile.cache_records,
+                )
+                break
+            except OSError as exc:
+                # Recovery's own truncate or fsync failed: the server cannot start; a
+                # supervisor would start it again, so the simulation does too.
+                world.trace.record("start_failed", error=str(exc))
+                await trio.sleep(START_RETRY)
+        world.oracle.begin_epoch(scan_log(bytes(world.disk.data)))
+        world.trace.record("start", records=recovery.records, cut=recovery.truncated_bytes)
+        self.room = self._components.room_class(log, KEY, world.settings)
+        self.server = ChatServer(
+            self.room, max_connections=64, shutdown_deadline=profile.shutdown_deadline
+        )
+        self._exited = trio.Event()
+        self._scope = await nursery.start(self._serve, log, self.server)
+        self.lives += 1
+
+    async def _serve(
+        self,
+        log: ChatLog,
+        server: ChatServer,
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    if log.fsync is FsyncPolicy.INTERVAL:
+                        interval = self._world.profile.fsync_interval
+                        nursery.start_soon(log.run_interval_sync, interval)
+                    async with trio.open_nursery() as serving:
+                        await serving.start(server.serve, [self._world.network.listen()])
+                        task_status.started(scope)
+                    self._served = trio.current_time()
+                    await log.aclose()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._scope = None
+            self._exited.set()
+
+    def crash(self) -> None:
+        """Power cut: lose unsynced bytes, reset every connection, kill the server's tasks."""
+        assert self._scope is not None, "no server to crash"
+        world = self._world
+        world.oracle.end_epoch(bytes(world.disk.data))
+        world.disk.power_cut()
+        world.network.reset_all()
+        self._scope.cancel()
+        self.room = None
+
+    async def wait_stopped(self) -> None:
+        """Block until the server's tasks are all gone."""
+        await self._exited.wait()
+
+    async def shutdown(self) -> None:
+        """The real graceful shutdown; fails the run if it overruns its deadline."""
+        assert self.server is not None and self._scope is not None, "no server to stop"
+        world = self._world
+        started = trio.current_time()
+        self.server.shutdown()
+        await self._exited.wait()
+        took = self._served - started
+        world.trace.record("shutdown", seconds=round(took, 6))
+        if took > world.profile.shutdown_deadline + SHUTDOWN_SLACK:
+            world.fail(SHUTDOWN_DEADLINE, f"graceful shutdown took {took:.3f}s")
+        world.oracle.end_epoch(bytes(world.disk.data))
+        self.room = None
