@@ -296,8 +296,11 @@ class ChatLog:
         if problem is not None and scanner.bad_offset is not None:
             await self._refuse_if_damaged_middle(scanner.bad_offset, total, problem)
         if good_end < total:
-            await self._storage.truncate(good_end)
-            await self._storage.sync()
+            try:
+                await self._storage.truncate(good_end)
+                await self._storage.sync()
+            except OSError as exc:
+                raise StorageFailed(f"could not cut the damaged tail off the log: {exc}") from exc
             logger.warning(
                 "log recovery: cut %d bytes off the end after record %d: %s",
                 total - good_end,

@@ -12,7 +12,7 @@ import trio
 
 from papaya_trio import SERVER_NAME
 from papaya_trio.bench import command as bench_command
-from papaya_trio.chatlog import LogCorrupted
+from papaya_trio.chatlog import LogCorrupted, StorageFailed
 from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
@@ -62,4 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, KeyFileError, ServiceError, LogCorrupted) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
+    except (StorageFailed, OSError) as exc:
+        # The data folder or the log cannot be used (permissions, a full or failing disk).
+        logging.getLogger(__name__).debug("stopped by an I/O error", exc_info=True)
+        print(f"papaya-trio: error: {exc}", file=sys.stderr)
+        return 1
     return 0

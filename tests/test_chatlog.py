@@ -212,3 +212,11 @@ async def test_file_storage_round_trip(tmp_path: Path) -> None:
     [record] = await reopened.read_after(0, 10)
     assert (record.user, record.text) == ("alice", "on disk")
     await reopened.aclose()
+
+
+async def test_a_failing_repair_at_start_is_reported_not_crashed() -> None:
+    storage = FailingStorage()
+    storage.data += encode_record(Record(1, 0, "u", "ok")) + b"torn"
+    storage.fail_sync = True
+    with pytest.raises(StorageFailed, match="damaged tail"):
+        await ChatLog.open(storage, clock_ms=trio_clock_ms)

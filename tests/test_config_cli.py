@@ -123,3 +123,16 @@ def test_readme_documents_every_option() -> None:
     for option in OPTIONS:
         flag = "--" + option.name.replace("_", "-")
         assert f"| `{option.name}` | `{flag}` |" in readme, option.name
+
+
+def test_unusable_data_folder_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the data folder should be")
+    result = subprocess.run(
+        [sys.executable, "-m", "papaya_trio", "serve", "--data-dir", str(blocker / "data")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("papaya-trio: error:") and "Traceback" not in result.stderr
