@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import trio
 
 from papaya_trio.broadcaster import Broadcaster
 from papaya_trio.chatlog import ChatLog
 from papaya_trio.keys import key_matches
-
-if TYPE_CHECKING:
-    from papaya_trio.session import Session
+from papaya_trio.session import Session
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +27,21 @@ class RoomSettings:
 
 
 class Room:
-    """One chat room: the log, its broadcaster, and the sessions connected to it."""
+    """One chat room: the log, its broadcaster, and the sessions connected to it.
 
-    def __init__(self, log: ChatLog, key: str, settings: RoomSettings) -> None:
+    Every transport builds its sessions with `session_class` (tests pass a subclass).
+    """
+
+    def __init__(
+        self,
+        log: ChatLog,
+        key: str,
+        settings: RoomSettings,
+        *,
+        session_class: type[Session] = Session,
+    ) -> None:
         self.log = log
+        self.session_class = session_class
         self.settings = settings
         self._key = key.encode()
         self.broadcaster = Broadcaster(settings.max_lag)

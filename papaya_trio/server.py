@@ -76,8 +76,11 @@ class ChatServer:
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
             finally:
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
+                # Shielded: when serve is cancelled from outside, the first close would
+                # otherwise re-raise that cancellation and leave the other listeners open.
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await trio.aclose_forcefully(listener)
             logger.info("shutting down: %d connections to close", self.connections)
             self.room.close_all("shutdown", "the server is shutting down")
             with trio.move_on_after(self.shutdown_deadline) as deadline:

@@ -23,6 +23,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -46,7 +47,9 @@ from papaya_trio.protocol.events import (
     Welcome,
 )
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
-from papaya_trio.room import Room
+
+if TYPE_CHECKING:
+    from papaya_trio.room import Room
 
 logger = logging.getLogger(__name__)
 

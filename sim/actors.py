@@ -37,7 +37,7 @@ class Connection:
 
     link: Link
     view: NativeView
-    reader: FrameReader
+    reader: FrameReader | None  # None over WebSocket, where trio-websocket reads the frames
     epoch: int
     welcomed: trio.Event = field(default_factory=trio.Event)
     ended: trio.Event = field(default_factory=trio.Event)
@@ -49,6 +49,8 @@ class Connection:
 
 class NativeClient:
     """A native-dialect client: hello, send with ids, resend after reconnecting."""
+
+    leave_styles = LEAVE_STYLES
 
     def __init__(self, world: World, user: str, rng: random.Random, *, slow: bool = False) -> None:
         self.world = world
@@ -68,26 +70,37 @@ class NativeClient:
         """Slow readers and senders of garbage are not expected to catch up."""
         return not self.slow
 
-    async def connect(self, since: int | None) -> Connection | None:
-        """Open a connection and say hello; None if the server refused."""
-        world = self.world
+    async def connect(self, since: int | None, nursery: trio.Nursery) -> Connection | None:
+        """Open a connection and say hello; None if the server refused. `nursery` runs what
+        the connection needs in the background (nothing, over TCP)."""
         try:
-            link = await world.network.connect(self.user)
+            link = await self.world.network.connect(self.user)
         except OSError:
             return None
         if self.slow:
             reader = FrameReader(link.client, b"\n", chunk=512, pause=self._slow_pause)
         else:
             reader = FrameReader(link.client, b"\n")
-        view = NativeView(
-            world.oracle, f"{self.user}@link{link.number}", since, world.settings.history
-        )
-        conn = Connection(link, view, reader, world.oracle.epoch)
+        return await self.hello(Connection(link, self.view(link, since), reader, self.epoch), since)
+
+    @property
+    def epoch(self) -> int:
+        """The server life a connection opened now belongs to."""
+        return self.world.oracle.epoch
+
+    def view(self, link: Link, since: int | None) -> NativeView:
+        """The oracle's view of what a new connection on `link` must be delivered."""
+        world = self.world
+        who = f"{self.user}@link{link.number}"
+        return NativeView(world.oracle, who, since, world.settings.history)
+
+    async def hello(self, conn: Connection, since: int | None) -> Connection:
+        """Make `conn` the current connection and say hello on it."""
         hello: dict[str, object] = {"type": "hello", "key": KEY, "user": self.user}
         if since is not None:
             hello["since"] = since
         self.conn = conn
-        if not await self.write(line(**hello)):
+        if not await self.send_obj(hello):
             conn.ended.set()
         return conn
 
@@ -103,6 +116,10 @@ class NativeClient:
         except GONE:
             return False
         return True
+
+    async def send_obj(self, obj: dict[str, object]) -> bool:
+        """Send one JSON object (a line); False if the connection is gone."""
+        return await self.write(line(**obj))
 
     async def send_new(self) -> None:
         """Send a new message with a fresh id."""
@@ -130,10 +147,11 @@ class NativeClient:
     async def _send(self, client_id: str) -> None:
         assert self.conn is not None
         self.conn.unanswered.add(client_id)
-        await self.write(line(type="send", text=self.pending[client_id], id=client_id))
+        await self.send_obj({"type": "send", "text": self.pending[client_id], "id": client_id})
 
     async def read(self, conn: Connection) -> None:
         """Read and check everything the server says, until the connection ends."""
+        assert conn.reader is not None
         try:
             while (frame := await conn.reader.next()) is not None:
                 self._dispatch(conn, json.loads(frame[0]))
@@ -220,6 +238,7 @@ class NativeClient:
             or self.slow
             or not conn.welcomed.is_set()
             or conn.welcomed_at > noted_at
+            or (conn.view.last or 0) < (conn.view.welcome_head or 0)
             or conn.ended.is_set()
             or not conn.link.healthy
             or conn.epoch != world.oracle.epoch
@@ -250,6 +269,10 @@ class NativeClient:
         else:
             await stream.aclose()
 
+    async def hang_up(self, conn: Connection) -> None:
+        """After the connection's tasks are gone: close this end, as a process exit does."""
+        conn.link.client.close_now()
+
     def _check_owed(self, conn: Connection, owed: set[str]) -> None:
         """After a half-close the server must answer everything sent before it."""
         still = owed & conn.unanswered
@@ -277,14 +300,20 @@ class GarbageClient(NativeClient):
             "line_too_long",
         )
 
-    async def send_garbage(self) -> None:
-        """Send one bad line; the server must say what is wrong with it."""
+    def bad_texts(self) -> tuple[str, str]:
+        """Two fresh texts the server must refuse to store: one too long, one with a control
+        character (the oracle is told)."""
         limit = self.world.settings.max_message_bytes
         self._count += 1
         too_long = f"{self.user} long{self._count} " + "y" * limit
         control = f"{self.user} ctl{self._count} \x07"
         self.world.oracle.sent(too_long, self.user, None, storable=False)
         self.world.oracle.sent(control, self.user, None, storable=False)
+        return too_long, control
+
+    async def send_garbage(self) -> None:
+        """Send one bad line; the server must say what is wrong with it."""
+        too_long, control = self.bad_texts()
         data = self.rng.choice(
             (
                 b"not json\n",
@@ -299,8 +328,9 @@ class GarbageClient(NativeClient):
         )
         await self.write(data)
 
-    async def send_oversize_line(self) -> None:
-        """A line past max_line_bytes: the server must say so, then close."""
+    async def send_oversize(self, conn: Connection, sent: int) -> None:
+        """A line past max_line_bytes (after `sent` bad lines): the server must say so, then
+        close."""
         await self.write(b"z" * (self.world.settings.max_line_bytes + 1))
 
 
@@ -405,15 +435,14 @@ async def native_actor(client: NativeClient, talks: bool) -> None:
     world, rng = client.world, client.rng
     while not world.finishing.is_set():
         since = client.last_seq if rng.random() < 0.8 else None
-        conn = await client.connect(since)
-        if conn is None:
-            await backoff(rng)
-            continue
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.read, conn)
-            await _talk(client, conn, talks)
+            conn = await client.connect(since, nursery)
+            if conn is not None:
+                nursery.start_soon(client.read, conn)
+                await _talk(client, conn, talks)
             nursery.cancel_scope.cancel()
-        conn.link.client.close_now()
+        if conn is not None:
+            await client.hang_up(conn)
         if not world.finishing.is_set():
             await backoff(rng)
 
@@ -427,7 +456,7 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
             await client.leave(conn, "close")
             return
         if trio.current_time() >= leave_at and not world.settling.is_set():
-            await client.leave(conn, rng.choice(LEAVE_STYLES))
+            await client.leave(conn, rng.choice(client.leave_styles))
             return
         if conn.welcomed.is_set():
             if not resent:
@@ -446,15 +475,14 @@ async def slow_actor(client: NativeClient) -> None:
     """Reads slowly; once it is too far behind the server must drop it."""
     world, rng = client.world, client.rng
     while not world.settling.is_set():
-        conn = await client.connect(None)
-        if conn is None:
-            await backoff(rng)
-            continue
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.read, conn)
-            await _watch_lag(client, conn)
+            conn = await client.connect(None, nursery)
+            if conn is not None:
+                nursery.start_soon(client.read, conn)
+                await _watch_lag(client, conn)
             nursery.cancel_scope.cancel()
-        conn.link.client.close_now()
+        if conn is not None:
+            await client.hang_up(conn)
         await backoff(rng)
 
 
@@ -478,36 +506,46 @@ async def _watch_lag(client: NativeClient, conn: Connection) -> None:
             await conn.ended.wait()
 
 
+async def wait_replies(conn: Connection, count: int) -> None:
+    """Wait (up to REPLY_WAIT) until `conn` has had `count` error replies or has ended."""
+    with trio.move_on_after(REPLY_WAIT):
+        # Polled (in simulated time) rather than adding an event per count.
+        while conn.errors < count and not conn.ended.is_set():  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
 async def garbage_actor(client: GarbageClient) -> None:
-    """Sends bad lines, then sometimes an oversize one; checks the server answers each."""
+    """Sends bad lines or frames, then sometimes an oversize one; checks the server answers
+    each."""
     world, rng = client.world, client.rng
     while not world.settling.is_set():
-        conn = await client.connect(None)
+        async with trio.open_nursery() as nursery:
+            conn = await client.connect(None, nursery)
+            if conn is not None:
+                nursery.start_soon(client.read, conn)
+                await _send_bad_input(client, conn)
+            nursery.cancel_scope.cancel()
         if conn is None:
             await backoff(rng)
-            continue
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(client.read, conn)
-            with trio.move_on_after(REPLY_WAIT):
-                await conn.welcomed.wait()
-            sent = rng.randint(1, 5)
-            for _ in range(sent):
-                await client.send_garbage()
-            oversize = rng.random() < 0.3
-            if oversize:
-                await client.send_oversize_line()
-            with trio.move_on_after(REPLY_WAIT):
-                # Polled (in simulated time) rather than adding an event per count.
-                while conn.errors < sent + oversize and not conn.ended.is_set():  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            intact = conn.link.healthy and conn.epoch == world.oracle.epoch
-            if conn.errors < sent + oversize and conn.end in ("open", "eof") and intact:
-                world.fail(
-                    REPLIES, f"{client.user}: {conn.errors} replies to {sent + oversize} bad lines"
-                )
-            nursery.cancel_scope.cancel()
-        conn.link.client.close_now()
-        await trio.sleep(rng.uniform(0.5, 5.0))
+        else:
+            await client.hang_up(conn)
+            await trio.sleep(rng.uniform(0.5, 5.0))
+
+
+async def _send_bad_input(client: GarbageClient, conn: Connection) -> None:
+    world, rng = client.world, client.rng
+    with trio.move_on_after(REPLY_WAIT):
+        await conn.welcomed.wait()
+    sent = rng.randint(1, 5)
+    for _ in range(sent):
+        await client.send_garbage()
+    oversize = rng.random() < 0.3
+    if oversize:
+        await client.send_oversize(conn, sent)
+    await wait_replies(conn, sent + oversize)
+    intact = conn.link.healthy and conn.epoch == world.oracle.epoch
+    if conn.errors < sent + oversize and conn.end in ("open", "eof") and intact:
+        world.fail(REPLIES, f"{client.user}: {conn.errors} replies to {sent + oversize} bad lines")
 
 
 async def papaya_actor(client: PapayaClient) -> None:

@@ -10,7 +10,8 @@ from collections import Counter
 
 import trio
 
-SERVER_PACKAGE = "papaya_trio."
+# The server's code, and the library its WebSocket connections run on.
+SERVER_PACKAGES = ("papaya_trio.", "trio_websocket.")
 
 
 class TaskCounter(trio.abc.Instrument):
@@ -24,11 +25,11 @@ class TaskCounter(trio.abc.Instrument):
         self.steps += 1
 
     def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        if task.name.startswith(SERVER_PACKAGE):
+        if task.name.startswith(SERVER_PACKAGES):
             self.live[task.name] += 1
 
     def task_exited(self, task: trio.lowlevel.Task) -> None:
-        if task.name.startswith(SERVER_PACKAGE):
+        if task.name.startswith(SERVER_PACKAGES):
             self.live[task.name] -= 1
             if not self.live[task.name]:
                 del self.live[task.name]

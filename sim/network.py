@@ -23,12 +23,15 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import trio
 
 from sim.trace import Trace
 
 RECEIVE_DEFAULT = 65536
+TCP_PORT, HTTP_PORT = "tcp", "http"  # the server's two listeners (both TCP dialects; HTTP+WS)
+S = TypeVar("S", bound=trio.abc.Stream)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,12 +240,44 @@ class Link:
             pipe.wake()
 
 
-class SimListener(trio.abc.Listener[trio.abc.Stream]):
-    """The server's listening socket on the simulated network."""
+class ChannelListener(trio.abc.Listener[trio.abc.Stream], Generic[S]):
+    """A listener whose incoming connections wait in a bounded memory channel (the backlog).
 
-    def __init__(self, network: SimNetwork, backlog: int) -> None:
+    The simulation's `SimListener` and the tests' in-memory listener are both built on it.
+    """
+
+    def __init__(self, backlog: int) -> None:
+        self._send, self._receive = trio.open_memory_channel[S](backlog)
+
+    async def accept(self) -> trio.abc.Stream:
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise trio.ClosedResourceError("listener closed") from None
+
+    def refuse_waiting(self) -> list[S]:
+        """Stop listening: close the backlog and return the connections nobody accepted."""
+        waiting: list[S] = []
+        while True:
+            try:
+                waiting.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._receive.close()
+        return waiting
+
+    async def aclose(self) -> None:
+        self.refuse_waiting()
+        await trio.lowlevel.checkpoint()
+
+
+class SimListener(ChannelListener[SimStream]):
+    """One of the server's listening sockets on the simulated network."""
+
+    def __init__(self, network: SimNetwork, port: str, backlog: int) -> None:
+        super().__init__(backlog)
         self._network = network
-        self._send, self._receive = trio.open_memory_channel[SimStream](backlog)
+        self.port = port
 
     def offer(self, stream: SimStream) -> bool:
         """Queue an incoming connection; False if the backlog is full."""
@@ -252,21 +287,11 @@ class SimListener(trio.abc.Listener[trio.abc.Stream]):
             return False
         return True
 
-    async def accept(self) -> trio.abc.Stream:
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            raise trio.ClosedResourceError("listener closed") from None
-
     async def aclose(self) -> None:
         self._network.stop_listening(self)
         # Connections nobody accepted are refused, as the kernel does when the socket closes.
-        while True:
-            try:
-                self._receive.receive_nowait().link.reset()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-        self._receive.close()
+        for stream in self.refuse_waiting():
+            stream.link.reset()
         await trio.lowlevel.checkpoint()
 
 
@@ -277,31 +302,27 @@ class SimNetwork:
         self._rng = rng
         self.faults = faults
         self._trace = trace
-        self._listener: SimListener | None = None
+        self._listeners: dict[str, SimListener] = {}
         self._links: dict[int, Link] = {}
         self._numbers = itertools.count(1)
 
-    def listen(self) -> SimListener:
-        """Open the server's listener (one at a time)."""
-        assert self._listener is None, "the server is already listening"
-        self._listener = SimListener(self, self.faults.backlog)
-        return self._listener
+    def listen(self, port: str) -> SimListener:
+        """Open the server's listener on `port` (TCP_PORT or HTTP_PORT)."""
+        assert port not in self._listeners, f"the server is already listening on {port}"
+        self._listeners[port] = listener = SimListener(self, port, self.faults.backlog)
+        return listener
 
     def stop_listening(self, listener: SimListener) -> None:
         """Called by the listener when it closes."""
-        if self._listener is listener:
-            self._listener = None
+        if self._listeners.get(listener.port) is listener:
+            del self._listeners[listener.port]
 
-    @property
-    def listening(self) -> bool:
-        """Whether a connection attempt would reach the server now."""
-        return self._listener is not None
-
-    async def connect(self, who: str) -> Link:
+    async def connect(self, who: str, port: str = TCP_PORT) -> Link:
         """Open a connection; OSError(ECONNREFUSED) if the server is not listening."""
         link = Link(next(self._numbers), random.Random(self._rng.getrandbits(64)), self.faults)
         await trio.sleep(link.latency)
-        if self._listener is None or not self._listener.offer(link.server):
+        listener = self._listeners.get(port)
+        if listener is None or not listener.offer(link.server):
             self._trace.record("refused", who=who)
             raise OSError(errno.ECONNREFUSED, "connection refused")
         self._links[link.number] = link

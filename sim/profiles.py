@@ -25,6 +25,8 @@ class Profile:
     slow_readers: int = 0
     papaya_clients: int = 1
     garbage_senders: int = 0
+    ws_clients: int = 0  # chatters over WebSocket
+    ws_garbage_senders: int = 0
     send_every: float = 1.0  # mean seconds between one chatter's messages
     reconnect_every: float = 0.0  # mean seconds a client stays connected (0: for good)
     crash_every: float = 0.0  # mean seconds between server crashes (0: never)
@@ -44,23 +46,26 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "smoke": Profile("smoke", duration=20.0, chatters=3, lurkers=1, papaya_clients=1),
+    "smoke": Profile("smoke", duration=20.0, chatters=3, lurkers=1, papaya_clients=1, ws_clients=1),
     "churn": Profile(
         "churn",
         chatters=5,
         lurkers=2,
         papaya_clients=2,
         garbage_senders=1,
+        ws_clients=2,
+        ws_garbage_senders=1,
         send_every=0.5,
         reconnect_every=4.0,
         network=NetworkFaults(tiny_chunks=0.3, stall_every=5.0, reset_every=6.0),
     ),
     "slow-consumer": Profile(
         "slow-consumer",
-        chatters=4,
+        chatters=3,
         lurkers=2,
         slow_readers=2,
         papaya_clients=1,
+        ws_clients=1,
         send_every=0.1,
         max_lag=300,
         network=NetworkFaults(capacity=(1024, 8192), tiny_chunks=0.0),
@@ -71,6 +76,7 @@ PROFILES: dict[str, Profile] = {
         chatters=4,
         lurkers=1,
         papaya_clients=1,
+        ws_clients=2,
         send_every=0.3,
         reconnect_every=8.0,
         crash_every=6.0,
@@ -82,6 +88,8 @@ PROFILES: dict[str, Profile] = {
         lurkers=1,
         slow_readers=1,
         papaya_clients=1,
+        ws_clients=2,
+        ws_garbage_senders=1,
         send_every=0.3,
         shutdown_every=7.0,
         network=NetworkFaults(stall_every=8.0, stall_for=(1.0, 5.0)),
@@ -117,6 +125,8 @@ def swarm(seed: int) -> Profile:
         slow_readers=rng.randint(0, 2),
         papaya_clients=rng.randint(0, 2),
         garbage_senders=rng.randint(0, 1),
+        ws_clients=rng.randint(0, 3),
+        ws_garbage_senders=rng.randint(0, 1),
         send_every=rng.uniform(0.05, 2.0),
         reconnect_every=maybe(0.5, 1.0, 10.0),
         crash_every=crash_every,

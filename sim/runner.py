@@ -29,17 +29,20 @@ from sim.actors import (
     papaya_actor,
     slow_actor,
 )
+from sim.entropy import seeded_websocket_entropy
 from sim.instrument import TaskCounter
 from sim.invariants import LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
 from sim.profiles import Profile, profile_for
 from sim.scheduler import seeded_scheduling
 from sim.script import Op, run_script
 from sim.world import Components, World
+from sim.wsclient import WsClient, WsGarbageClient
 
 LEAVE_BOUND = 10.0  # simulated seconds for the server to notice every client has left
 QUIET_SETTLE = 1.0  # simulated seconds of a quiet window before the head is noted, and after
 RUN_SLACK = 120.0  # simulated seconds a run may take past its traffic and settling phases
-SESSION_TASKS = ("Session", "ChatServer._handle", "handle_tcp_stream")
+# Tasks of one connection (a session, a handler, trio-websocket's reader, the keepalive).
+SESSION_TASKS = ("Session", "ChatServer._handle", "WebSocketConnection._reader_task", "_keep_alive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +139,11 @@ def _start_actors(world: World, actors: trio.Nursery) -> None:
         actors.start_soon(garbage_actor, GarbageClient(world, f"junk{n}", world.rng(f"junk{n}")))
     for n in range(profile.papaya_clients):
         actors.start_soon(papaya_actor, PapayaClient(world, f"papa{n}", world.rng(f"papa{n}")))
+    for n in range(profile.ws_clients):
+        actors.start_soon(native_actor, WsClient(world, f"ws{n}", world.rng(f"ws{n}")), True)
+    for n in range(profile.ws_garbage_senders):
+        name = f"wsjunk{n}"
+        actors.start_soon(garbage_actor, WsGarbageClient(world, name, world.rng(name)))
 
 
 async def _restarts(world: World, nursery: trio.Nursery) -> None:
@@ -243,7 +251,7 @@ def run_seed(
 
     started = time.perf_counter()
     try:
-        with seeded_scheduling(seed):
+        with seeded_scheduling(seed), seeded_websocket_entropy(world.rng("wsproto")):
             trio.run(main, clock=clock, instruments=[counter])
     except Exception as exc:  # a crash of the server or of the harness is a failure too
         world.trace.record("exception", error=format_exception(exc))

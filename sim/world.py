@@ -20,10 +20,14 @@ import trio.testing
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
+from papaya_trio.session import Session
+from papaya_trio.transports.http import WebSettings
+from papaya_trio.transports.static import StaticSite
+from papaya_trio.transports.websocket import WebSocketSettings
 from sim.disk import SimDisk
 from sim.instrument import TaskCounter
 from sim.invariants import SHUTDOWN_DEADLINE, Failure, Oracle, scan_log
-from sim.network import SimNetwork
+from sim.network import HTTP_PORT, TCP_PORT, SimNetwork
 from sim.profiles import Profile
 from sim.trace import Trace
 
@@ -31,6 +35,8 @@ KEY = "k" * 128
 EPOCH_MS = 1_764_000_000_000
 START_RETRY = 0.5  # simulated seconds before starting again after a failed start
 SHUTDOWN_SLACK = 0.001  # the deadline plus scheduling, in simulated seconds
+WS_PING_INTERVAL = 3.0  # simulated seconds; short, so silent WebSocket clients are dropped
+WS_PING_TIMEOUT = 4.0  # longer than most stalls, shorter than the longest
 
 
 def sim_clock_ms() -> int:
@@ -44,6 +50,7 @@ class Components:
 
     log_class: type[ChatLog] = ChatLog
     room_class: type[Room] = Room
+    session_class: type[Session] = Session
 
 
 class Client(Protocol):
@@ -62,7 +69,8 @@ class Client(Protocol):
 
     def behind(self, head: int, noted_at: float) -> bool | None:
         """Whether a connection welcomed by `noted_at` that has seen no fault has not reached
-        `head` (None: it is newer, has seen a fault or is not connected: no bound applies)."""
+        `head` (None: it is newer, still replaying the history it was welcomed with, has seen
+        a fault or is not connected: no bound applies; the settling phase still checks it)."""
         ...
 
 
@@ -93,6 +101,15 @@ class World:
             max_lag=profile.max_lag,
             auth_timeout=5.0,
             papaya_auth_timeout=1.0,
+        )
+        self.web = WebSettings(
+            StaticSite.browser_client(profile.max_message_bytes),
+            WebSocketSettings(
+                max_message_bytes=self.settings.max_line_bytes,
+                handshake_timeout=5.0,
+                ping_interval=WS_PING_INTERVAL,
+                ping_timeout=WS_PING_TIMEOUT,
+            ),
         )
         self.oracle = Oracle(
             self.trace, self.fail, profile.history, profile.fsync is FsyncPolicy.ALWAYS
@@ -160,9 +177,15 @@ class ServerHost:
                 await trio.sleep(START_RETRY)
         world.oracle.begin_epoch(scan_log(bytes(world.disk.data)))
         world.trace.record("start", records=recovery.records, cut=recovery.truncated_bytes)
-        self.room = self._components.room_class(log, KEY, world.settings)
+        components = self._components
+        self.room = components.room_class(
+            log, KEY, world.settings, session_class=components.session_class
+        )
         self.server = ChatServer(
-            self.room, max_connections=64, shutdown_deadline=profile.shutdown_deadline
+            self.room,
+            max_connections=64,
+            shutdown_deadline=profile.shutdown_deadline,
+            web=world.web,
         )
         self._exited = trio.Event()
         self._scope = await nursery.start(self._serve, log, self.server)
@@ -182,7 +205,9 @@ class ServerHost:
                         interval = self._world.profile.fsync_interval
                         nursery.start_soon(log.run_interval_sync, interval)
                     async with trio.open_nursery() as serving:
-                        await serving.start(server.serve, [self._world.network.listen()])
+                        network = self._world.network
+                        tcp, http = network.listen(TCP_PORT), network.listen(HTTP_PORT)
+                        await serving.start(server.serve, [tcp], [http])
                         task_status.started(scope)
                     self._served = trio.current_time()
                     await log.aclose()

@@ -15,34 +15,24 @@ from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage, Storage
+from sim.network import ChannelListener
+from sim.world import KEY
+from sim.world import sim_clock_ms as trio_clock_ms  # record times from trio's (mock) clock
 
-KEY = "k" * 128
-EPOCH_MS = 1_764_000_000_000
-
-
-def trio_clock_ms() -> int:
-    """Wall time for records, derived from trio's (mock) clock."""
-    return EPOCH_MS + int(trio.current_time() * 1000)
+BACKLOG = 16
 
 
-class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+class MemoryListener(ChannelListener[trio.abc.Stream]):
     """A listener whose connections are in-memory stream pairs."""
 
     def __init__(self, make_pair: Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]) -> None:
+        super().__init__(BACKLOG)
         self._make_pair = make_pair
-        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](16)
 
     async def connect(self) -> trio.abc.Stream:
         client, server = self._make_pair()
         await self._send.send(server)
         return client
-
-    async def accept(self) -> trio.abc.Stream:
-        return await self._receive.receive()
-
-    async def aclose(self) -> None:
-        self._receive.close()
-        await trio.lowlevel.checkpoint()
 
 
 class LineClient:

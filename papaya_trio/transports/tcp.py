@@ -21,7 +21,6 @@ from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
 from papaya_trio.protocol.native import NativeDecoder
 from papaya_trio.protocol.papaya import PapayaDecoder
 from papaya_trio.room import Room
-from papaya_trio.session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ async def handle_tcp_stream(stream: trio.abc.Stream, room: Room, label: str, ful
             identity = await papaya_handshake(peer, room, deadline)
         if identity is None:
             return
-        session = Session(room, peer, identity)
+        session = room.session_class(room, peer, identity)
         logger.info("%s: %s joined", peer.label, identity.user or "papayaChat client")
         reason = await session.run()
         logger.info("%s: %s left: %s", peer.label, identity.user or "papayaChat client", reason)

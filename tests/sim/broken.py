@@ -1,13 +1,15 @@
 """Deliberately broken server components, to prove the simulation catches each kind of bug.
 
 They live here, in test code, as subclasses of the real components; the product has no
-switch that turns any of this on.
+switch that turns any of this on. The run gets them through `sim.world.Components`, and the
+sessions through `Room(session_class=...)`, which every transport uses to build its sessions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import trio
 
@@ -63,8 +65,8 @@ class DroppingBroadcaster(OutboxBroadcaster):
 class DroppingRoom(Room):
     """A room wired to the DroppingBroadcaster."""
 
-    def __init__(self, log: ChatLog, key: str, settings: RoomSettings) -> None:
-        super().__init__(log, key, settings)
+    def __init__(self, log: ChatLog, key: str, settings: RoomSettings, **options: Any) -> None:
+        super().__init__(log, key, settings, **options)
         self.broadcaster = DroppingBroadcaster(settings.max_lag, log)
         log.on_visible = self.broadcaster.publish
 
@@ -130,8 +132,8 @@ class SignalBroadcaster(OutboxBroadcaster):
 class SignalRoom(Room):
     """A room wired to the SignalBroadcaster."""
 
-    def __init__(self, log: ChatLog, key: str, settings: RoomSettings) -> None:
-        super().__init__(log, key, settings)
+    def __init__(self, log: ChatLog, key: str, settings: RoomSettings, **options: Any) -> None:
+        super().__init__(log, key, settings, **options)
         self.broadcaster = SignalBroadcaster(settings.max_lag)
         log.on_visible = self.broadcaster.publish
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import papaya_trio.transports.tcp as tcp
 from sim.__main__ import main, seed_range
+from sim.entropy import check as check_entropy
 from sim.runner import run_seed
 from sim.scheduler import check
 from sim.world import Components
@@ -20,6 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_scheduler_switch_still_works() -> None:
     check()
+
+
+def test_websocket_entropy_is_seeded() -> None:
+    check_entropy()
 
 
 def test_same_seed_same_trace() -> None:
@@ -58,11 +62,9 @@ def test_command_line_runs_seeds(capsys: pytest.CaptureFixture[str]) -> None:
     assert "seeds/minute" in out.err
 
 
-def test_failure_report_is_one_line_with_replay_and_trace(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(tcp, "Session", OneReadPerWakeSession)
-    result, world = run_seed(0, "churn", components=Components(room_class=SignalRoom))
+def test_failure_report_is_one_line_with_replay_and_trace(tmp_path: Path) -> None:
+    components = Components(room_class=SignalRoom, session_class=OneReadPerWakeSession)
+    result, world = run_seed(1, "churn", components=components)
     assert result.failure is not None
     trace = tmp_path / "trace.jsonl"
     world.trace.write(trace)
@@ -70,5 +72,5 @@ def test_failure_report_is_one_line_with_replay_and_trace(
     assert "\n" not in report
     assert "invariant=clients-reach-head" in report
     assert f"t={result.failure.time:.6f}s step={result.failure.step}" in report
-    assert "replay: python -m sim --seed 0 --profile churn" in report
+    assert "replay: python -m sim --seed 1 --profile churn" in report
     assert '"kind":"failure"' in trace.read_text()

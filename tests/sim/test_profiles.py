@@ -9,8 +9,9 @@ import pytest
 
 from sim.runner import run_seed
 
-# Seeds per profile, sized so the whole sim suite stays within about two minutes.
-SEEDS = {"smoke": 10, "churn": 5, "slow-consumer": 3, "crash": 12, "shutdown": 8, "swarm": 20}
+# Seeds per profile, sized so the whole sim suite stays within about a minute (WebSocket
+# clients roughly halved the seeds per minute; sim/README.md has the figures).
+SEEDS = {"smoke": 5, "churn": 3, "slow-consumer": 2, "crash": 6, "shutdown": 5, "swarm": 10}
 
 
 @pytest.mark.parametrize(
