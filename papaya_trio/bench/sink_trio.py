@@ -26,7 +26,7 @@ import argparse
 import select
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import trio
@@ -93,6 +93,20 @@ async def _serve_tuned_connection(conn: socket.socket, buffer: bytearray) -> Non
         conn.close()
 
 
+async def _accept_each(
+    lsock: socket.socket, limit: int, serve: Callable[[socket.socket], None]
+) -> None:
+    """Accept up to `limit` connections on the non-blocking `lsock`, handing each to `serve`."""
+    for _ in range(limit):
+        await trio.lowlevel.wait_readable(lsock)
+        try:
+            conn, _address = lsock.accept()
+        except BlockingIOError:
+            continue
+        conn.setblocking(False)
+        serve(conn)
+
+
 async def serve_tuned(
     options: SinkOptions, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -103,14 +117,11 @@ async def serve_tuned(
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(lsock.getsockname()[1])
-            for _ in range(options.max_connections):
-                await trio.lowlevel.wait_readable(lsock)
-                try:
-                    conn, _address = lsock.accept()
-                except BlockingIOError:
-                    continue
-                conn.setblocking(False)
-                nursery.start_soon(_serve_tuned_connection, conn, shared_buffer)
+            await _accept_each(
+                lsock,
+                options.max_connections,
+                lambda conn: nursery.start_soon(_serve_tuned_connection, conn, shared_buffer),
+            )
     finally:
         trio.lowlevel.notify_closing(lsock)
         lsock.close()
@@ -221,14 +232,13 @@ async def serve_batched(
             outer.start_soon(poller.serve)
             async with trio.open_nursery() as connections:
                 task_status.started(lsock.getsockname()[1])
-                for _ in range(options.max_connections):
-                    await trio.lowlevel.wait_readable(lsock)
-                    try:
-                        conn, _address = lsock.accept()
-                    except BlockingIOError:
-                        continue
-                    conn.setblocking(False)
-                    connections.start_soon(_serve_batched_connection, conn, shared_buffer, poller)
+                await _accept_each(
+                    lsock,
+                    options.max_connections,
+                    lambda conn: connections.start_soon(
+                        _serve_batched_connection, conn, shared_buffer, poller
+                    ),
+                )
             # Every connection was accepted and has ended: the poller has nothing to do.
             outer.cancel_scope.cancel()
     finally:
