@@ -281,3 +281,18 @@ async def test_broken_upgrade_request_is_400(autojump_clock: trio.testing.MockCl
         request = upgrade_request().replace(b"Sec-WebSocket-Version: 13\r\n", b"")
         answer = await world.request(request)
         assert answer.status == 400
+
+
+async def test_a_ping_during_the_servers_close_handshake_does_not_crash_the_server(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with open_web_world() as world:
+        alice, _ = await world.join_ws("alice")
+        alice.stream.frozen = True  # alice stops reading, so she never answers the close
+        world.server.shutdown()
+        await trio.testing.wait_all_tasks_blocked()  # the server's close frame is out
+        # A masked ping frame with no payload, straight onto alice's stream: the server's
+        # reader would answer it with a pong after its own close frame.
+        await alice.stream.send_all(b"\x89\x80\x00\x00\x00\x00")
+    assert "ping during the closing handshake" in caplog.text
