@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -430,19 +431,32 @@ def _lifetime(world: World, rng: random.Random) -> float:
     return trio.current_time() + rng.expovariate(1.0 / every)
 
 
+async def _one_connection(
+    client: NativeClient,
+    since: int | None,
+    body: Callable[[Connection], Awaitable[None]],
+) -> Connection | None:
+    """One connection's life: connect, read in the background while `body` runs, hang up.
+
+    Returns the connection, or None if it could not be opened.
+    """
+    async with trio.open_nursery() as nursery:
+        conn = await client.connect(since, nursery)
+        if conn is not None:
+            nursery.start_soon(client.read, conn)
+            await body(conn)
+        nursery.cancel_scope.cancel()
+    if conn is not None:
+        await client.hang_up(conn)
+    return conn
+
+
 async def native_actor(client: NativeClient, talks: bool) -> None:
     """A chatter (`talks`) or a lurker: stays connected, reconnects with `since`."""
     world, rng = client.world, client.rng
     while not world.finishing.is_set():
         since = client.last_seq if rng.random() < 0.8 else None
-        async with trio.open_nursery() as nursery:
-            conn = await client.connect(since, nursery)
-            if conn is not None:
-                nursery.start_soon(client.read, conn)
-                await _talk(client, conn, talks)
-            nursery.cancel_scope.cancel()
-        if conn is not None:
-            await client.hang_up(conn)
+        await _one_connection(client, since, lambda conn: _talk(client, conn, talks))
         if not world.finishing.is_set():
             await backoff(rng)
 
@@ -475,14 +489,7 @@ async def slow_actor(client: NativeClient) -> None:
     """Reads slowly; once it is too far behind the server must drop it."""
     world, rng = client.world, client.rng
     while not world.settling.is_set():
-        async with trio.open_nursery() as nursery:
-            conn = await client.connect(None, nursery)
-            if conn is not None:
-                nursery.start_soon(client.read, conn)
-                await _watch_lag(client, conn)
-            nursery.cancel_scope.cancel()
-        if conn is not None:
-            await client.hang_up(conn)
+        await _one_connection(client, None, lambda conn: _watch_lag(client, conn))
         await backoff(rng)
 
 
@@ -519,16 +526,10 @@ async def garbage_actor(client: GarbageClient) -> None:
     each."""
     world, rng = client.world, client.rng
     while not world.settling.is_set():
-        async with trio.open_nursery() as nursery:
-            conn = await client.connect(None, nursery)
-            if conn is not None:
-                nursery.start_soon(client.read, conn)
-                await _send_bad_input(client, conn)
-            nursery.cancel_scope.cancel()
+        conn = await _one_connection(client, None, lambda c: _send_bad_input(client, c))
         if conn is None:
             await backoff(rng)
         else:
-            await client.hang_up(conn)
             await trio.sleep(rng.uniform(0.5, 5.0))
 
 
