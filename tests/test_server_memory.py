@@ -261,3 +261,21 @@ async def test_papaya_silence_closes_after_one_second(
         start = trio.current_time()
         assert await stream.receive_some(100) == b""
         assert trio.current_time() - start <= 1.0
+
+
+async def test_joins_and_leaves_are_logged_but_message_texts_never(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with open_world() as world:
+        alice, _ = await world.join("alice")
+        await alice.chat("a very private remark")
+        papaya = await world.listener.connect()
+        await papaya.send_all(KEY.encode() + b"carol: another secret\nbad line without colon\n")
+        await alice.messages(2)
+        await alice.stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+    assert "alice joined" in caplog.text and "alice left: client closed" in caplog.text
+    assert "dropped a line" in caplog.text
+    assert "private remark" not in caplog.text and "another secret" not in caplog.text
+    assert "without colon" not in caplog.text
