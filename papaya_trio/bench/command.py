@@ -26,7 +26,7 @@ import trio
 
 from papaya_trio.bench import chatload, servers, workloads
 from papaya_trio.bench.loadgen import DEFAULT_RATE_BITS, DEFAULT_TICK
-from papaya_trio.bench.system import raise_open_file_limit
+from papaya_trio.bench.system import IDLE_POLL, IDLE_SYSTEM, idle_polling, raise_open_file_limit
 from papaya_trio.bench.workloads import ChatWorkload, PaperWorkload, SweepConfig, Workload
 from papaya_trio.chatlog import FsyncPolicy
 
@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_names,
         default=None,
         help=f"paper: sink modes among {', '.join(servers.SINK_MODES)};"
-        f" chat: server modes among {', '.join(servers.CHAT_MODES)} (default: trio,fork)",
+        f" chat: server modes among {', '.join(servers.CHAT_MODES)}"
+        " (default: paper trio,trio-batched,fork; chat trio,fork)",
     )
     parser.add_argument(
         "--external",
@@ -100,6 +101,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--interval", type=float, default=workloads.DEFAULT_INTERVAL, help="sampling period, s"
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and load")
+    parser.add_argument(
+        "--cpu-idle",
+        choices=(IDLE_POLL, IDLE_SYSTEM),
+        default=IDLE_POLL,
+        help="poll: keep idle CPUs polling during the sweep, where allowed (root), so the"
+        " cost of waking a halted CPU does not blur the samples; system: leave them alone"
+        " (default: poll)",
+    )
     parser.add_argument(
         "--output-dir",
         type=Path,
@@ -146,9 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _sweep_config(args: argparse.Namespace) -> SweepConfig:
     """The sweep the options describe; ValueError for a bad combination."""
-    modes = args.modes or servers.DEFAULT_PAPER_MODES
     workload: Workload
     if args.profile == "chat":
+        modes = args.modes or servers.CHAT_MODES
         counts = args.connections or workloads.CHAT_CONNECTIONS
         limit = max(counts) + SERVER_CONNECTION_MARGIN
         specs = [servers.chat_spec(mode, args.fsync, limit) for mode in modes]
@@ -157,6 +166,7 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
         # The server and the generator inherit this process's limit.
         raise_open_file_limit(max(counts) + SPARE_FILES)
     else:
+        modes = args.modes or servers.DEFAULT_PAPER_MODES
         counts = args.connections or workloads.PAPER_CONNECTIONS
         specs = [servers.sink_spec(mode, args.recv_size) for mode in modes]
         workload = PaperWorkload(args.rate_bits, args.tick)
@@ -214,7 +224,10 @@ def run(args: argparse.Namespace) -> int:
     def failed(label: str, reason: str) -> None:
         progress.finish(label, f"FAILED: {reason}; larger N skipped for this mode")
 
-    result = trio.run(runner.run_sweep, config, progress.start, finished, failed)
+    with idle_polling(args.cpu_idle) as cpu_idle:
+        print(f"papaya-trio bench: idle CPUs: {cpu_idle}", file=sys.stderr)
+        result = trio.run(runner.run_sweep, config, progress.start, finished, failed)
+    result.config["cpu_idle"] = cpu_idle
     points = result.points()
     if not points:
         print("papaya-trio bench: no trial could be run", file=sys.stderr)
@@ -230,7 +243,10 @@ def run(args: argparse.Namespace) -> int:
     stem = args.output_dir / f"bench-{profile}"
     write_json(result, stem.with_suffix(".json"), extra)
     write_csv(points, stem.with_suffix(".csv"))
-    title = f"papaya-trio bench, {profile} profile ({config.duration:g} s per trial)"
+    title = (
+        f"papaya-trio bench, {profile} profile ({config.duration:g} s per trial,"
+        f" idle CPUs {cpu_idle.split()[0]})"
+    )
     if profile == "chat":
         title += f", {args.rate:g} msg/s, fsync {args.fsync}"
     figure(points, stem.with_suffix(".png"), title)

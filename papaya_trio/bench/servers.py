@@ -29,7 +29,7 @@ SINK_MODES: dict[str, tuple[str, ...]] = {
     "trio-batched": ("papaya_trio.bench.sink_trio", "--variant", "batched"),
     "fork": ("papaya_trio.bench.sink_fork",),
 }
-DEFAULT_PAPER_MODES = ("trio", "fork")
+DEFAULT_PAPER_MODES = ("trio", "trio-batched", "fork")
 #: The real server's modes (``papaya-trio serve --mode``), for the chat profile.
 CHAT_MODES = ("trio", "fork")
 #: How the sinks and the real server announce their port on stderr.

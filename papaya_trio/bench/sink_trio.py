@@ -10,10 +10,12 @@ read every byte and write it with one `os.write` per read, as the fork sink does
   buffer is safe because no task reaches a checkpoint between its read and its write, so
   no other task can run in between.
 - ``batched``: the tuned task loop, woken by a *readiness poller* (like Go's netpoller)
-  that coalesces wakeups: while traffic flows it looks for ready sockets at most once per
-  `--coalesce` seconds (default 2 ms) and wakes all their tasks in one scheduler pass, so
-  one process wakeup serves many connections. A byte can wait up to that window before
-  it is read; when idle, the poller blocks and the first byte is served at once.
+  that coalesces wakeups while traffic is dense: when a pass over the ready sockets found
+  several, or came within one `--coalesce` window (default 5 ms) of the previous pass, the
+  next pass waits for the window to fill, and wakes all the ready tasks in one scheduler
+  pass, so one process wakeup serves many connections. A byte can wait up to that window
+  before it is read. Sparse traffic (one socket ready, arrivals further apart than the
+  window) is served at once, so a quiet sink pays no timer wakeups.
 
 Bounds: at most `--max-connections` accepts; everything is cancelled after `--lifetime`.
 Run: ``python -m papaya_trio.bench.sink_trio --variant tuned --port 0 > /dev/null``; the
@@ -23,6 +25,7 @@ first stderr line gives the port.
 from __future__ import annotations
 
 import argparse
+import math
 import select
 import socket
 import sys
@@ -41,7 +44,7 @@ from papaya_trio.bench.sink_common import (
 )
 
 VARIANTS = ("naive", "tuned", "batched")
-DEFAULT_COALESCE = 0.002
+DEFAULT_COALESCE = 0.005
 
 
 async def _serve_naive_connection(stream: trio.SocketStream, recv_size: int) -> None:
@@ -163,17 +166,18 @@ class ReadinessPoller:
 
     async def serve(self) -> None:
         """Run until cancelled; closes the epoll set on the way out."""
-        busy = False
+        coalesce = False
+        last_pass = -math.inf
         try:
             while True:
-                if busy and self._coalesce > 0:
-                    # Traffic is flowing: let more sockets become ready, then serve them
-                    # all with one process wakeup.
-                    await trio.sleep(self._coalesce)
+                if coalesce:
+                    await trio.sleep_until(last_pass + self._coalesce)
                 else:
                     await trio.lowlevel.wait_readable(self._epoll.fileno())
+                now = trio.current_time()
                 events = self._epoll.poll(0, max(1, len(self._parked)))
-                busy = bool(events)
+                coalesce = dense(len(events), now - last_pass, self._coalesce)
+                last_pass = now
                 for fd, _flags in events:
                     parked = self._parked.get(fd)
                     if parked is not None and parked.waiting:
@@ -181,6 +185,16 @@ class ReadinessPoller:
                         trio.lowlevel.reschedule(parked.task)
         finally:
             self._epoll.close()
+
+
+def dense(ready: int, since_last_pass: float, window: float) -> bool:
+    """Whether traffic is dense enough for the poller to wait out a window before its next pass.
+
+    Dense: this pass found several sockets ready, or found one within `window` seconds of
+    the previous pass. Otherwise (nothing ready, or one arrival after a quiet spell) the
+    poller blocks until the next arrival and serves it at once.
+    """
+    return window > 0 and (ready > 1 or (ready == 1 and since_last_pass < window))
 
 
 async def _serve_batched_connection(

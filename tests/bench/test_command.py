@@ -25,8 +25,9 @@ def test_defaults_are_the_papers_experiment() -> None:
     assert isinstance(config.workload, PaperWorkload)
     assert config.connections == (1, 2, 4, 8, 16, 32, 64)
     assert config.duration == 60.0
-    assert [s.name for s in config.servers] == ["trio", "fork"]
+    assert [s.name for s in config.servers] == ["trio", "trio-batched", "fork"]
     assert config.workload.rate_bits == 1e6
+    assert parse().cpu_idle == "poll"
 
 
 def test_chat_defaults_run_the_real_server_without_fsync() -> None:
@@ -70,13 +71,16 @@ def test_short_real_paper_sweep_writes_json_csv_and_png(
         "--duration=2",
         "--warmup=0.5",
         "--modes=trio,fork",
+        "--cpu-idle=system",
         f"--output-dir={tmp_path}",
     )
     assert command.run(args) == 0
-    table = capsys.readouterr().out
-    assert "trio CPU %" in table and "fork CPU %" in table
+    out = capsys.readouterr()
+    assert "trio CPU %" in out.out and "fork CPU %" in out.out
+    assert "idle CPUs: system" in out.err
 
     data = json.loads((tmp_path / "bench-paper.json").read_text())
+    assert data["config"]["cpu_idle"] == "system"
     assert sorted(p["mode"] for p in data["points"]) == ["fork", "trio"]
     for trial in data["trials"]:
         assert trial["connections"] == 2

@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from papaya_trio.bench.servers import SINK_ANNOUNCEMENT, SINK_MODES
+from papaya_trio.bench.sink_trio import dense
 
 PAYLOAD = b"message\n" * 5000  # 40,000 bytes per connection, more than one read
 
@@ -51,3 +52,23 @@ async def test_sink_writes_out_every_byte_it_receives(mode: str, tmp_path: Path)
             await process.wait()
         if process.stderr is not None:
             await process.stderr.aclose()
+
+
+WINDOW = 0.005
+
+
+@pytest.mark.parametrize(
+    ("ready", "since_last_pass", "window", "expected"),
+    [
+        (0, 0.001, WINDOW, False),  # nothing ready: block until the next arrival
+        (1, 0.010, WINDOW, False),  # one arrival after a quiet spell: serve it at once
+        (1, 0.001, WINDOW, True),  # arrivals closer than the window: batch them
+        (2, 1.000, WINDOW, True),  # several sockets ready at once: batch
+        (40, 0.005, WINDOW, True),
+        (40, 0.001, 0.0, False),  # --coalesce 0: never wait
+    ],
+)
+def test_the_batched_poller_waits_only_while_traffic_is_dense(
+    ready: int, since_last_pass: float, window: float, expected: bool
+) -> None:
+    assert dense(ready, since_last_pass, window) is expected
