@@ -27,7 +27,8 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# The paper's experiment, both modes, default sweep (about 15 minutes; see docs/benchmarks.md).
+# The paper's experiment, default sweep: trio, trio-batched and fork sinks, N = 1..64, 60 s
+# per trial (about 25 minutes; see docs/benchmarks.md).
 bench: $(STAMP)
 	$(BIN)/python -m papaya_trio.bench
 
