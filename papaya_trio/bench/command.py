@@ -26,6 +26,7 @@ import trio
 
 from papaya_trio.bench import chatload, servers, workloads
 from papaya_trio.bench.loadgen import DEFAULT_RATE_BITS, DEFAULT_TICK
+from papaya_trio.bench.steadiness import HOST_CV
 from papaya_trio.bench.system import IDLE_POLL, IDLE_SYSTEM, idle_polling, raise_open_file_limit
 from papaya_trio.bench.workloads import ChatWorkload, PaperWorkload, SweepConfig, Workload
 from papaya_trio.chatlog import FsyncPolicy
@@ -110,6 +111,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (default: poll)",
     )
     parser.add_argument(
+        "--host-check",
+        type=float,
+        default=workloads.DEFAULT_HOST_CHECK,
+        metavar="SECONDS",
+        help="before each N and repeat, time a fixed loop on the server CPU for this long:"
+        " its Cv is the floor of the trials' Cv on this machine (default: 5; 0: skip)",
+    )
+    parser.add_argument(
         "--output-dir",
         type=Path,
         default=Path("bench-results"),
@@ -181,11 +190,14 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
         interval=args.interval,
         repeat=args.repeat,
         pin=not args.no_pin,
+        host_check=args.host_check,
     )
 
 
 def _trial_summary(trial: Trial) -> str:
     summary = f"{trial.cpu_percent:.2f}% CPU, Cv {trial.cv:.3f}"
+    if (host_cv := trial.figures.get(HOST_CV)) is not None:
+        summary += f" (host Cv {host_cv:.3f})"
     if (p99 := trial.figures.get("latency_p99_ms")) is not None:
         summary += f", p99 {p99:.1f} ms, lost {trial.figures.get('lost', 0):.0f}"
     return summary + (f" FLAGGED: {trial.flag_reason}" if trial.flagged else "")

@@ -17,6 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from papaya_trio.bench.paper import PUBLISHED
+from papaya_trio.bench.report import host_cv_by_connections
 from papaya_trio.bench.runner import Point
 
 Value = Callable[[Point], float | None]
@@ -76,6 +77,10 @@ def plot(points: Sequence[Point], path: Path, title: str) -> None:
             label = f"paper: {name}"
             ax_cv.plot(xs, [published[n].cv for n in xs], "x--", alpha=0.5, label=label)
             ax_cpu.plot(xs, [published[n].cpu_percent for n in xs], "x--", alpha=0.5, label=label)
+    host = host_cv_by_connections(points)
+    if host:
+        xs = sorted(host)
+        ax_cv.plot(xs, [host[n] for n in xs], ":", color="grey", label="host check (floor)")
     _finish((ax_cv, ax_cpu), ("coefficient of variation Cv", "mean CPU % (of one core)"), counts)
     figure.suptitle(title)
     figure.savefig(path, dpi=120)

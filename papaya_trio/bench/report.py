@@ -11,6 +11,7 @@ from pathlib import Path
 
 from papaya_trio.bench.paper import PUBLISHED
 from papaya_trio.bench.runner import Point, SweepResult
+from papaya_trio.bench.steadiness import HOST_CV
 
 KIB = 1024
 
@@ -44,18 +45,20 @@ def format_table(points: Sequence[Point]) -> str:
 
     CPU is % of one core; with repeats, the range of the repeats' means follows in
     parentheses. "!" marks a point with a flagged trial (see the JSON for the reason).
+    "host Cv" is the Cv of the host checks run before that N's trials: the floor of theirs.
     """
     modes = list(dict.fromkeys(p.mode for p in points))
     by_key = {(p.mode, p.connections): p for p in points}
     counts = sorted({p.connections for p in points})
-    header = ["N"]
+    host = host_cv_by_connections(points)
+    header = ["N", "host Cv"]
     for mode in modes:
         header += [f"{mode} CPU %", f"{mode} Cv"]
     for name in PUBLISHED:
         header += [f"paper {name} CPU %", f"paper {name} Cv"]
     rows = [header]
     for n in counts:
-        row = [str(n)]
+        row = [str(n), f"{host[n]:.3f}" if n in host else "-"]
         for mode in modes:
             row += _cell(by_key.get((mode, n)))
         for published in PUBLISHED.values():
@@ -63,6 +66,11 @@ def format_table(points: Sequence[Point]) -> str:
             row += [f"{point.cpu_percent:.2f}", f"{point.cv:.3f}"] if point else ["-", "-"]
         rows.append(row)
     return _render(rows)
+
+
+def host_cv_by_connections(points: Sequence[Point]) -> dict[int, float]:
+    """Per N, the Cv of the host checks before its trials (the same for every mode)."""
+    return {p.connections: p.figures[HOST_CV] for p in points if HOST_CV in p.figures}
 
 
 def _figure(point: Point, name: str, digits: int) -> str:
@@ -84,6 +92,7 @@ CHAT_COLUMNS = (
     "PSS KiB/conn",
     "RSS KiB/conn",
     "load CPU %",
+    "host Cv",
 )
 
 
@@ -111,6 +120,7 @@ def format_chat_table(points: Sequence[Point]) -> str:
                 f"{point.pss_per_connection_bytes / KIB:.1f}",
                 f"{point.rss_per_connection_bytes / KIB:.1f}",
                 _figure(point, "load_cpu_percent", 1),
+                _figure(point, HOST_CV, 3),
             ]
         )
     sustained = highest_sustained(points)

@@ -19,10 +19,15 @@ Everything waits under a deadline, so a server that never announces its port or 
 generator that hangs ends the trial with an error instead of the sweep hanging. A trial
 that fails is recorded with its reason, and that mode is not tried at larger N: the largest
 N a mode ran is part of the result.
+
+Before the modes of each N and repeat, a host check (`steadiness`) measures how steady the
+server CPU itself is just then; its Cv goes into each of those trials' figures as
+``host_cv``, the floor their own Cv is to be read against.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -40,6 +45,7 @@ import trio
 from papaya_trio.bench import stats
 from papaya_trio.bench.sampler import Interval, ProcessTreeSampler, Snapshot, interval
 from papaya_trio.bench.servers import ServerSpec, free_port
+from papaya_trio.bench.steadiness import HOST_CV, HostCheck, check_host
 from papaya_trio.bench.workloads import Reducer, SweepConfig, Workload, ready_timeout
 
 #: Longest wait for a server to listen, or for the generator to connect or finish.
@@ -144,6 +150,7 @@ class SweepResult:
     trials: list[Trial] = field(default_factory=list)
     #: Trials that could not be run: mode, connections, repeat and reason.
     failures: list[dict[str, object]] = field(default_factory=list)
+    host_checks: list[HostCheck] = field(default_factory=list)
 
     def points(self) -> list[Point]:
         """Trials aggregated per (mode, connections), in sweep order."""
@@ -160,6 +167,7 @@ class SweepResult:
             "placement": self.placement,
             "trials": [asdict(t) for t in self.trials],
             "failures": self.failures,
+            "host_checks": [asdict(c) for c in self.host_checks],
             "points": [asdict(p) for p in self.points()],
         }
 
@@ -415,6 +423,11 @@ def trial_order(config: SweepConfig) -> list[tuple[int, int, ServerSpec]]:
     return order
 
 
+def _checks(host: HostCheck | None, connections: int, repeat: int) -> bool:
+    """Whether `host` is the host check of this N and repeat."""
+    return host is not None and (host.connections, host.repeat) == (connections, repeat)
+
+
 async def run_sweep(
     config: SweepConfig,
     on_start: Callable[[str], None] | None = None,
@@ -440,9 +453,10 @@ async def run_sweep(
             "server_cpus": sorted(placement.server_cpus),
             "load_cpus": sorted(placement.load_cpus),
         },
-        reducers=workload.reducers,
+        reducers={**workload.reducers, HOST_CV: stats.mean},
     )
     failed: set[str] = set()
+    host: HostCheck | None = None
     own_cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, placement.load_cpus)
     try:
@@ -450,6 +464,11 @@ async def run_sweep(
             if spec.name in failed:
                 continue
             label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
+            if config.host_check and not _checks(host, connections, repeat):
+                host = await check_host(
+                    placement.server_cpus, config.host_check, config.interval, connections, repeat
+                )
+                result.host_checks.append(host)
             if on_start:
                 on_start(label)
             try:
@@ -461,6 +480,8 @@ async def run_sweep(
                 if on_fail:
                     on_fail(label, str(exc))
                 continue
+            if host is not None:
+                trial = dataclasses.replace(trial, figures={**trial.figures, HOST_CV: host.cv})
             result.trials.append(trial)
             if on_finish:
                 on_finish(label, trial)

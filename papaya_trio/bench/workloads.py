@@ -38,6 +38,8 @@ CHAT_CONNECTIONS = (16, 64, 256, 1000)
 CHAT_DURATION = 20.0
 DEFAULT_WARMUP = 2.0
 DEFAULT_INTERVAL = 0.5
+#: Seconds of fixed-loop host check before each N and repeat (see `steadiness`).
+DEFAULT_HOST_CHECK = 5.0
 #: Longest wait for the generator's clients to join, before the per-connection allowance.
 READY_TIMEOUT = 30.0
 #: Extra joining time per connection (fork mode forks two processes per client).
@@ -226,6 +228,8 @@ class SweepConfig:
     interval: float = DEFAULT_INTERVAL
     repeat: int = 1
     pin: bool = True
+    #: Seconds of host check (see `steadiness`) before each N and repeat; 0: none.
+    host_check: float = DEFAULT_HOST_CHECK
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -241,6 +245,8 @@ class SweepConfig:
             raise ValueError("duration must cover at least two sampling intervals")
         if self.warmup < 0:
             raise ValueError("warm-up can't be negative")
+        if self.host_check and self.host_check < 2 * self.interval:
+            raise ValueError("a host check must cover at least two sampling intervals (or be 0)")
 
     @property
     def load_seconds(self) -> float:

@@ -28,6 +28,7 @@ def test_defaults_are_the_papers_experiment() -> None:
     assert [s.name for s in config.servers] == ["trio", "trio-batched", "fork"]
     assert config.workload.rate_bits == 1e6
     assert parse().cpu_idle == "poll"
+    assert config.host_check == 5.0
 
 
 def test_chat_defaults_run_the_real_server_without_fsync() -> None:
@@ -51,6 +52,7 @@ def test_bad_counts_are_refused_by_the_parser() -> None:
         ["--modes", "threads"],
         ["--profile=chat", "--modes", "trio-naive"],
         ["--connections", "5000"],  # beyond the paper generator's bound
+        ["--host-check", "0.7"],  # not two 0.5 s sampling intervals
     ],
 )
 def test_bad_combinations_exit_with_2(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,11 +74,12 @@ def test_short_real_paper_sweep_writes_json_csv_and_png(
         "--warmup=0.5",
         "--modes=trio,fork",
         "--cpu-idle=system",
+        "--host-check=1",
         f"--output-dir={tmp_path}",
     )
     assert command.run(args) == 0
     out = capsys.readouterr()
-    assert "trio CPU %" in out.out and "fork CPU %" in out.out
+    assert "trio CPU %" in out.out and "fork CPU %" in out.out and "host Cv" in out.out
     assert "idle CPUs: system" in out.err
 
     data = json.loads((tmp_path / "bench-paper.json").read_text())
@@ -88,9 +91,14 @@ def test_short_real_paper_sweep_writes_json_csv_and_png(
         assert trial["cpu_percent"] > 0
         assert trial["load"]["bytes_sent"] > 0
     assert data["paper"]["C fork"]["64"]["cpu_percent"] == 14.70
+    # One host check before the two modes' trials: 1 s sampled every 0.5 s.
+    (host,) = data["host_checks"]
+    assert (host["connections"], len(host["speeds"])) == (2, 2)
+    assert all(trial["figures"]["host_cv"] == host["cv"] for trial in data["trials"])
 
     rows = list(csv.DictReader((tmp_path / "bench-paper.csv").read_text().splitlines()))
     assert sorted(r["mode"] for r in rows) == ["fork", "trio"]
+    assert all(float(r["host_cv"]) == host["cv"] for r in rows)
 
     png = (tmp_path / "bench-paper.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

@@ -95,12 +95,14 @@ def point(
     )
 
 
-def test_table_puts_the_paper_beside_our_figures() -> None:
-    table = format_table([point("trio", 64, 9.5, 0.05), point("fork", 64, 13.25, 0.04)])
+def test_table_puts_the_host_floor_and_the_paper_beside_our_figures() -> None:
+    host = {"host_cv": 0.03}
+    table = format_table([point("trio", 64, 9.5, 0.05, host), point("fork", 64, 13.25, 0.04, host)])
     header, _rule, row = table.splitlines()
-    assert "trio CPU %" in header and "paper C fork CPU %" in header
+    assert "host Cv" in header and "trio CPU %" in header and "paper C fork CPU %" in header
     assert row.split() == [
         "64",
+        "0.030",
         "9.50",
         "0.050",
         "13.25",
