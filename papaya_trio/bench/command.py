@@ -17,10 +17,12 @@ them.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -194,6 +196,31 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
     )
 
 
+#: Signals that stop a sweep the way Ctrl-C does: its servers and generators stopped.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+T = TypeVar("T")
+
+
+async def _unless_stopped(sweep: Callable[[], Awaitable[T]]) -> T | int:
+    """Run `sweep`; a stop signal cancels it (every trial stops its server and generator on
+    the way out) and its number is returned instead of the result."""
+    received: list[int] = []
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def cancel_on_signal() -> None:
+                async for signum in signals:
+                    received.append(signum)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(cancel_on_signal)
+            result = await sweep()
+            nursery.cancel_scope.cancel()
+            return result
+    return received[0]
+
+
 def _trial_summary(trial: Trial) -> str:
     summary = f"{trial.cpu_percent:.2f}% CPU, Cv {trial.cv:.3f}"
     if (host_cv := trial.figures.get(HOST_CV)) is not None:
@@ -238,7 +265,16 @@ def run(args: argparse.Namespace) -> int:
 
     with idle_polling(args.cpu_idle) as cpu_idle:
         print(f"papaya-trio bench: idle CPUs: {cpu_idle}", file=sys.stderr)
-        result = trio.run(runner.run_sweep, config, progress.start, finished, failed)
+        outcome = trio.run(
+            _unless_stopped, partial(runner.run_sweep, config, progress.start, finished, failed)
+        )
+    if isinstance(outcome, int):
+        name = signal.Signals(outcome).name
+        print(
+            f"papaya-trio bench: {name}: stopped, servers stopped, nothing written", file=sys.stderr
+        )
+        return 128 + outcome
+    result = outcome
     result.config["cpu_idle"] = cpu_idle
     points = result.points()
     if not points:

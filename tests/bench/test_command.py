@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from papaya_trio.bench import command
@@ -142,3 +147,41 @@ def test_short_real_chat_sweep_loses_nothing_and_writes_json_csv_and_png(
     png = (tmp_path / "bench-chat.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(png) > 10_000
+
+
+def chat_servers_of(process: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for child in process.children(recursive=True):
+        try:
+            if "serve" in child.cmdline():
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_for_chat_server(bench: subprocess.Popen[bytes], timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and bench.poll() is None:
+        if servers := chat_servers_of(psutil.Process(bench.pid)):
+            return servers
+        time.sleep(0.05)
+    raise AssertionError("the sweep's first server never started")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_the_sweep_and_its_servers(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    options = ["--profile=chat", "--connections=2", "--duration=60", "--host-check=0"]
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "papaya_trio.bench", *options, f"--output-dir={tmp_path}"],
+        stderr=subprocess.PIPE,
+    )
+    servers = wait_for_chat_server(bench, timeout=60)
+    bench.send_signal(signum)
+    _out, err = bench.communicate(timeout=60)
+    assert bench.returncode == 128 + signum
+    assert f"{signum.name}: stopped" in err.decode() and "Traceback" not in err.decode()
+    assert not any(server.is_running() for server in servers)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
