@@ -46,21 +46,29 @@ def _step() -> None:
 
 
 def _measure(cpus: Collection[int], seconds: float, interval: float) -> list[float]:
-    """Run the fixed loop on `cpus` for `seconds`; its speed in each `interval`."""
-    os.sched_setaffinity(0, cpus)  # this worker thread only
-    speeds = []
-    end = time.monotonic() + seconds
-    started, cpu_started, steps = time.monotonic(), time.thread_time(), 0
-    while started < end:
-        _step()
-        steps += 1
-        now = time.monotonic()
-        if now - started >= interval:
-            cpu_now = time.thread_time()
-            speeds.append(steps / (cpu_now - cpu_started))
-            started, cpu_started, steps = now, cpu_now, 0
-            trio.from_thread.check_cancelled()
-    return speeds
+    """Run the fixed loop on `cpus` for `seconds`; its speed in each `interval`.
+
+    Pins only this worker thread, and unpins it before returning: trio reuses its worker
+    threads for other jobs.
+    """
+    own_cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        speeds = []
+        end = time.monotonic() + seconds
+        started, cpu_started, steps = time.monotonic(), time.thread_time(), 0
+        while started < end:
+            _step()
+            steps += 1
+            now = time.monotonic()
+            if now - started >= interval:
+                cpu_now = time.thread_time()
+                speeds.append(steps / (cpu_now - cpu_started))
+                started, cpu_started, steps = now, cpu_now, 0
+                trio.from_thread.check_cancelled()
+        return speeds
+    finally:
+        os.sched_setaffinity(0, own_cpus)
 
 
 async def check_host(

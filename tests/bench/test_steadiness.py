@@ -38,3 +38,5 @@ async def test_the_check_leaves_the_callers_cpus_alone() -> None:
     before = os.sched_getaffinity(0)
     await check_host({CPU}, seconds=0.5, interval=0.25, connections=1, repeat=0)
     assert os.sched_getaffinity(0) == before
+    # trio hands the same idle worker thread to the next job: it must not stay pinned.
+    assert await trio.to_thread.run_sync(os.sched_getaffinity, 0) == before
