@@ -126,7 +126,7 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
 
-    With TLS, SIGHUP re-reads the certificate and key (see `tls`).
+    SIGHUP re-reads the TLS certificate and key (see `tls`).
     """
     context = tls_context(config)
     data_dir = Path(config.data_dir)
@@ -176,8 +176,7 @@ async def _serve(
         logger.info("listening papaya %s (the papayaChat dialect only, in clear)", address)
     for listener in tcp:
         logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
-    watched = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if context else [])
-    with trio.open_signal_receiver(*watched) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if log.fsync is FsyncPolicy.INTERVAL:
                 nursery.start_soon(log.run_interval_sync, config.fsync_interval)
@@ -211,16 +210,24 @@ async def _handle_signals(
     config: ServerConfig,
     context: ssl.SSLContext | None,
 ) -> None:
-    """SIGHUP re-reads the certificate and key; SIGTERM or SIGINT shuts the server down."""
+    """SIGHUP re-reads the certificate and key (and is harmless without TLS, so that a
+    service manager's reload never kills the server); SIGTERM or SIGINT shuts it down."""
     async for signum in signals:
-        if signum == signal.SIGHUP and context is not None:
-            try:
-                reload_context(context, Path(config.tls_cert), Path(config.tls_key))
-            except TlsError as exc:
-                logger.error("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", exc)
-            else:
-                logger.info("SIGHUP: reloaded the TLS certificate from %s", config.tls_cert)
+        if signum == signal.SIGHUP:
+            _reload_tls(context, config)
             continue
         logger.info("%s received: shutting down", signal.Signals(signum).name)
         server.shutdown()
         return
+
+
+def _reload_tls(context: ssl.SSLContext | None, config: ServerConfig) -> None:
+    if context is None:
+        logger.info("SIGHUP: nothing to reload without TLS")
+        return
+    try:
+        reload_context(context, Path(config.tls_cert), Path(config.tls_key))
+    except TlsError as exc:
+        logger.error("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", exc)
+    else:
+        logger.info("SIGHUP: reloaded the TLS certificate from %s", config.tls_cert)

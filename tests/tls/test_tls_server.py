@@ -187,6 +187,17 @@ def test_sighup_reloads_the_certificate_without_dropping_anyone(
     assert tls_server.stop() == 0
 
 
+def test_sighup_without_tls_changes_nothing(trio_servers: ServerFactory) -> None:
+    server = trio_servers.start()
+    server.process.send_signal(signal.SIGHUP)
+    wait_for_log(server, "SIGHUP: nothing to reload without TLS")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT) as sock:
+        sock.sendall(json.dumps({"type": "hello", "key": server.key, "user": "a"}).encode())
+        sock.sendall(b"\n")
+        assert json.loads(sock.makefile("rb").readline())["type"] == "welcome"
+    assert server.stop() == 0
+
+
 @pytest.mark.parametrize("broken", ["missing", "garbage", "mismatch"])
 def test_a_bad_certificate_or_key_stops_the_start(pki: Pki, tmp_path: Path, broken: str) -> None:
     key = pki.key
