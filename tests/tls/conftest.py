@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ssl
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +54,6 @@ def make_pki(folder: Path, *names: str, not_after: datetime.datetime | None = No
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki")
-
-
-@pytest.fixture
-def trio_servers(tmp_path: Path) -> Iterator[ServerFactory]:
-    factory = ServerFactory(tmp_path, "trio")
-    yield factory
-    factory.cleanup()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from tests.real_server import RunningServer, ServerFactory
 from tests.terminal.conftest import key_file
 from tests.tls.conftest import Pki, make_pki
-from tests.tls.test_tls_server import TlsLineClient
+from tests.web.browser import TcpClient
 
 CLIENT = [sys.executable, "-m", "clients.terminal"]
 TIMEOUT = 20
@@ -26,11 +26,9 @@ def client_env(tmp_path: Path) -> dict[str, str]:
     return {"HOME": str(home), "PATH": "/usr/bin:/bin", "TZ": "UTC", "LANG": "C.UTF-8"}
 
 
-def once(
-    server: RunningServer, env: dict[str, str], text: str, *extra: str
-) -> subprocess.CompletedProcess[str]:
+def papaya_chat(env: dict[str, str], text: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLIENT, "--once", "--user", "bob", "--key-file", str(key_file(server)), *extra],
+        [*CLIENT, "--once", *args],
         input=text,
         env=env,
         capture_output=True,
@@ -39,11 +37,16 @@ def once(
     )
 
 
+def once(
+    server: RunningServer, env: dict[str, str], text: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return papaya_chat(env, text, "--user", "bob", "--key-file", str(key_file(server)), *extra)
+
+
 def history(server: RunningServer, pki: Pki) -> list[str]:
-    reader = TlsLineClient(server.port, pki.client_context())
+    reader = TcpClient(server.port, "reader", server.key, pki.client_context())
     try:
-        welcome = reader.hello("reader", server.key)
-        return [reader.receive()["text"] for _ in range(welcome["head"])]
+        return reader.wait_messages(reader.welcome["head"])
     finally:
         reader.close()
 
@@ -120,13 +123,8 @@ def test_tls_against_a_plaintext_server_fails_clearly(
 
 
 def test_a_missing_ca_file_is_a_usage_error(pki: Pki, client_env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [*CLIENT, "--once", "--tls", "--ca-file", "/nonexistent/ca.pem", "--key", "k" * 128],
-        input="",
-        env=client_env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    result = papaya_chat(
+        client_env, "", "--tls", "--ca-file", "/nonexistent/ca.pem", "--key", "k" * 128
     )
     assert result.returncode == 2
     assert "cannot use CA file /nonexistent/ca.pem" in result.stderr

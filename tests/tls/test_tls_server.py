@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -20,43 +19,15 @@ from trio_websocket import open_websocket_url
 
 from tests.real_server import RunningServer, ServerFactory
 from tests.tls.conftest import Pki, make_pki
+from tests.web.browser import TcpClient
 
 WAIT = 15.0
 
 
-class TlsLineClient:
-    """A blocking native-dialect client over TLS that remembers the certificate it was shown."""
-
-    def __init__(self, port: int, context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
-        raw = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
-        self.sock = context.wrap_socket(raw, server_hostname=host)
-        self.file = self.sock.makefile("rwb")
-        self.certificate = self.sock.getpeercert(binary_form=True)
-
-    def send(self, **obj: Any) -> None:
-        self.file.write(json.dumps(obj).encode() + b"\n")
-        self.file.flush()
-
-    def receive(self) -> dict[str, Any]:
-        line = self.file.readline()
-        assert line, "the server closed the connection"
-        obj: dict[str, Any] = json.loads(line)
-        return obj
-
-    def hello(self, user: str, key: str) -> dict[str, Any]:
-        self.send(type="hello", key=key, user=user)
-        return self.receive()
-
-    def chat(self, text: str, msg_id: str) -> int:
-        self.send(type="send", text=text, id=msg_id)
-        while (obj := self.receive())["type"] != "ack":
-            assert obj["type"] == "message", obj
-        seq: int = obj["seq"]
-        return seq
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def certificate(client: TcpClient) -> bytes | None:
+    """The certificate the server showed `client`, DER."""
+    assert isinstance(client.sock, ssl.SSLSocket)
+    return client.sock.getpeercert(binary_form=True)
 
 
 def serve(*args: str, timeout: float = WAIT) -> subprocess.CompletedProcess[str]:
@@ -78,12 +49,12 @@ def wait_for_log(server: RunningServer, text: str) -> None:
 
 
 def test_native_client_over_tls(tls_server: RunningServer, pki: Pki) -> None:
-    alice = TlsLineClient(tls_server.port, pki.client_context())
+    alice = TcpClient(tls_server.port, "alice", tls_server.key, pki.client_context())
     try:
-        assert alice.certificate == pki.leaf_der
+        assert certificate(alice) == pki.leaf_der
+        assert isinstance(alice.sock, ssl.SSLSocket)
         assert alice.sock.version() in ("TLSv1.2", "TLSv1.3")
-        assert alice.hello("alice", tls_server.key)["type"] == "welcome"
-        assert alice.chat("over TLS", "a-1") == 1
+        assert alice.chat("over TLS") == 1
     finally:
         alice.close()
     assert "listening tcp 127.0.0.1:" in tls_server.log and "(TLS)" in tls_server.log
@@ -127,16 +98,15 @@ def test_papaya_dialect_in_clear_only_on_its_own_port(
     papaya_port = int(match.split("listening papaya ")[1].split()[0].rsplit(":", 1)[1])
     assert "papayaChat dialect only, in clear" in match
 
-    member = TlsLineClient(server.port, pki.client_context())
+    member = TcpClient(server.port, "alice", server.key, pki.client_context())
     try:
-        assert member.hello("alice", server.key)["type"] == "welcome"
         with socket.create_connection(("127.0.0.1", papaya_port), timeout=WAIT) as papaya:
             papaya.sendall(server.key.encode())
             papaya.sendall(b"bob: hello in clear\n")
             while (obj := member.receive())["type"] != "message":
                 pass
             assert (obj["user"], obj["text"]) == ("bob", "hello in clear")
-            member.chat("hi bob", "a-1")
+            member.chat("hi bob")
             received = b""
             while b"hi bob" not in received:
                 chunk = papaya.recv(4096)
@@ -155,20 +125,18 @@ def test_papaya_dialect_in_clear_only_on_its_own_port(
 def test_sighup_reloads_the_certificate_without_dropping_anyone(
     tls_server: RunningServer, pki: Pki, tmp_path: Path
 ) -> None:
-    old = TlsLineClient(tls_server.port, pki.client_context())
+    old = TcpClient(tls_server.port, "old", tls_server.key, pki.client_context())
     try:
-        assert old.hello("old", tls_server.key)["type"] == "welcome"
         renewed = make_pki(tmp_path / "renewed")
         pki.cert.write_bytes(renewed.cert.read_bytes())
         pki.key.write_bytes(renewed.key.read_bytes())
         tls_server.process.send_signal(signal.SIGHUP)
         wait_for_log(tls_server, "SIGHUP: reloaded the TLS certificate")
 
-        new = TlsLineClient(tls_server.port, renewed.client_context())
+        new = TcpClient(tls_server.port, "new", tls_server.key, renewed.client_context())
         try:
-            assert new.certificate == renewed.leaf_der != old.certificate
-            assert new.hello("new", tls_server.key)["type"] == "welcome"
-            assert old.chat("still here", "o-1") == 1  # the old connection is up
+            assert certificate(new) == renewed.leaf_der != certificate(old)
+            assert old.chat("still here") == 1  # the old connection is up
         finally:
             new.close()
 
@@ -176,12 +144,12 @@ def test_sighup_reloads_the_certificate_without_dropping_anyone(
         pki.key.write_text("not a key\n")
         tls_server.process.send_signal(signal.SIGHUP)
         wait_for_log(tls_server, "SIGHUP: TLS certificate not reloaded, keeping the old one")
-        again = TlsLineClient(tls_server.port, renewed.client_context())
+        again = TcpClient(tls_server.port, "again", tls_server.key, renewed.client_context())
         try:
-            assert again.certificate == renewed.leaf_der
+            assert certificate(again) == renewed.leaf_der
         finally:
             again.close()
-        assert old.chat("and still", "o-2") == 2
+        assert old.chat("and still") == 2
     finally:
         old.close()
     assert tls_server.stop() == 0

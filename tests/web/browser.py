@@ -188,8 +188,8 @@ class TcpClient:
         self._prefix = f"t{next(CLIENT_NUMBERS)}"
         self._ids = 0
         self.send(type="hello", key=key, user=user)
-        welcome = self.receive()
-        assert welcome["type"] == "welcome", welcome
+        self.welcome = self.receive()
+        assert self.welcome["type"] == "welcome", self.welcome
 
     def send(self, **obj: Any) -> None:
         self.file.write(json.dumps(obj).encode() + b"\n")
