@@ -5,7 +5,11 @@ Theory of operation
 `server_context` loads `tls_cert` (a PEM chain, leaf first) and `tls_key` once at start; the
 TCP port (`trio.SSLListener`) and the HTTP port (the same, `https_compatible=True`) wrap every
 accepted socket with it. Only TLS 1.2 and newer are offered, with the standard library's
-default ciphers.
+default ciphers. `SSLListener.accept` only wraps the socket: the handshake happens on the
+connection's first read, in its own handler task and under the deadline that covers the
+client's first words (`auth_timeout` on the TCP port, `ws_handshake_timeout` on the HTTP
+port), so a client that stalls its handshake blocks nobody and holds its slot no longer than
+one that connects and says nothing.
 
 `reload_context` loads a new pair into the *same* context, so no listener needs to change:
 OpenSSL gives each connection its own reference to the certificate and key when the connection
