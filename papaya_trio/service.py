@@ -46,8 +46,13 @@ def wall_clock_ms() -> int:
 
 
 @contextmanager
-def locked_data_dir(data_dir: Path) -> Iterator[None]:
-    """Create the data folder and hold its lock file: one server per folder at a time."""
+def locked_data_dir(data_dir: Path) -> Iterator[int]:
+    """Create the data folder and hold its lock file: one server per folder at a time.
+
+    Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
+    a forked child shares: fork mode closes this descriptor in every child, so only the server
+    itself holds the folder.
+    """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -55,7 +60,7 @@ def locked_data_dir(data_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ServiceError(f"another server is using {data_dir}") from None
-        yield
+        yield fd
     finally:
         os.close(fd)
 
