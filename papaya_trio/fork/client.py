@@ -32,7 +32,7 @@ from typing import NoReturn
 from papaya_trio.chatlog import FsyncPolicy
 from papaya_trio.fork.auth import Admitted, admit, refuse
 from papaya_trio.fork.connection import Connection
-from papaya_trio.fork.logfile import LogFile, LogIndex, LogWriter, read_records
+from papaya_trio.fork.logfile import DurableEnd, LogFile, LogIndex, LogWriter, read_records
 from papaya_trio.fork.overload import EXHAUSTION_ERRORS
 from papaya_trio.fork.recv import Receiver
 from papaya_trio.fork.send import Sender
@@ -59,6 +59,7 @@ class ForkContext:
     key: bytes
     log_path: Path
     fsync: FsyncPolicy
+    durable: DurableEnd
     index: LogIndex  # the parent's, as of the fork; each process then keeps its copy current
     notify_fd: int
 
@@ -99,7 +100,7 @@ def _serve_pair(conn: Connection, ctx: ForkContext, admitted: Admitted, wake_fd:
     log = LogFile(ctx.log_path)
     index = ctx.index
     with log.locked(fcntl.LOCK_SH):
-        index.catch_up(log)
+        index.catch_up(log, ctx.durable.limit())
     head = index.head
     cursor = _start_cursor(admitted.identity.history, head, log, index)
     recv_pid = os.getpid()
@@ -123,10 +124,11 @@ def _serve_pair(conn: Connection, ctx: ForkContext, admitted: Admitted, wake_fd:
     close_quietly([wake_fd, reply_read, partner_write])
     who = admitted.identity.user or "papayaChat client"
     logger.info("%s: %s joined", conn.label, who)
+    writer = LogWriter(log, index, ctx.durable, wall_clock_ms)
     receiver = Receiver(
         conn,
         admitted.decoder,
-        LogWriter(log, index, ctx.fsync, wall_clock_ms),
+        writer,
         user=admitted.identity.user,
         native=admitted.native,
         notify_fd=ctx.notify_fd,
@@ -138,6 +140,7 @@ def _serve_pair(conn: Connection, ctx: ForkContext, admitted: Admitted, wake_fd:
     finally:
         os.close(reply_write)  # SEND writes what is queued, then ends
         os.waitpid(pid, 0)
+        writer.close()
         log.close()
     logger.info("%s: %s left: %s", conn.label, who, reason)
 
@@ -168,6 +171,7 @@ def _run_send(
         conn,
         log,
         index.reader_for(log, cursor + 1),
+        ctx.durable,
         user=admitted.identity.user,
         cursor=cursor,
         head=head,

@@ -49,7 +49,7 @@ from papaya_trio.chatlog import FsyncPolicy
 from papaya_trio.config import OPTIONS, ConfigError, ServerConfig
 from papaya_trio.fork import wakeup
 from papaya_trio.fork.client import ForkContext, run_child, serve_connection
-from papaya_trio.fork.logfile import LogFile, open_index, recover_log
+from papaya_trio.fork.logfile import DurableEnd, LogFile, open_index, recover_log
 from papaya_trio.fork.overload import EXHAUSTION_ERRORS, Exhaustion, Refusals
 from papaya_trio.fork.signals import (
     WATCHED,
@@ -116,12 +116,14 @@ def run_fork_service(config: ServerConfig) -> None:
         try:
             index = open_index(log)
             logger.info("log %s: %d messages", path, index.head)
+            os.fsync(log.fd)  # what an earlier run wrote may not have reached the disk yet
+            durable = DurableEnd(fsync, index.end)
             signals = SignalWatch(WATCHED)  # before "listening": a SIGTERM from then on is ours
             listeners = open_listeners(config)
             try:
                 notify_read, notify_write = wakeup.open_wake_pipe()
                 context = ForkContext(
-                    room_settings(config), key.encode(), path, fsync, index, notify_write
+                    room_settings(config), key.encode(), path, fsync, durable, index, notify_write
                 )
                 supervisor = Supervisor(config, context, log, listeners, signals, notify_read)
                 supervisor.serve(lock_fd)
@@ -271,7 +273,7 @@ class Supervisor:
     def _spawn(self, sock: socket.socket, label: str) -> bool:
         """Fork the connection's process; False if resources ran out (the pause has begun)."""
         with self._log.locked(fcntl.LOCK_SH):
-            self._context.index.catch_up(self._log)
+            self._context.index.catch_up(self._log, self._context.durable.limit())
         try:
             wake_read, wake_write = wakeup.open_wake_pipe()
         except OSError as exc:
