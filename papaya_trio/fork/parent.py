@@ -125,8 +125,8 @@ def run_fork_service(config: ServerConfig) -> None:
                 context = ForkContext(
                     room_settings(config), key.encode(), path, fsync, durable, index, notify_write
                 )
-                supervisor = Supervisor(config, context, log, listeners, signals, notify_read)
-                supervisor.serve(lock_fd)
+                fds = SupervisorFds(lock_fd, notify_read)
+                Supervisor(config, context, log, listeners, signals, fds).serve()
             finally:
                 for listener in listeners:
                     listener.close()
@@ -173,6 +173,14 @@ class ClientProcess:
     wake_fd: int
 
 
+@dataclass(frozen=True, slots=True)
+class SupervisorFds:
+    """The parent's own descriptors that the supervisor needs (no child keeps them)."""
+
+    lock: int  # the data folder's lock (`service.locked_data_dir`)
+    notify: int  # the notify pipe's read end (`wakeup`)
+
+
 class Supervisor:
     """The parent's poll loop. `serve()` returns once every child has ended after a stop."""
 
@@ -183,19 +191,19 @@ class Supervisor:
         log: LogFile,
         listeners: list[socket.socket],
         signals: SignalWatch,
-        notify_fd: int,
+        fds: SupervisorFds,
     ) -> None:
         self._config = config
         self._context = context
         self._log = log
         self._listeners = listeners
-        self._notify_fd = notify_fd
+        self._notify_fd = fds.notify
+        self._lock_fd = fds.lock
         self._signals = signals
         self._clients: dict[int, ClientProcess] = {}
         self._refusals = Refusals(config.papaya_auth_timeout)
         self._exhaustion = Exhaustion()
         self._pid = os.getpid()
-        self._lock_fd = -1
         self._unsynced = False
         self._last_sync = time.monotonic()
 
@@ -205,12 +213,8 @@ class Supervisor:
             f"head={self._context.index.head}>"
         )
 
-    def serve(self, lock_fd: int) -> None:
-        """Accept, broadcast and reap until a stop signal; then shut down (see the module).
-
-        `lock_fd` is the data folder's lock, which no child may keep.
-        """
-        self._lock_fd = lock_fd
+    def serve(self) -> None:
+        """Accept, broadcast and reap until a stop signal; then shut down (see the module)."""
         while not self._signals.stop_requested:
             now = time.monotonic()
             pause = self._exhaustion.pause(now)

@@ -21,6 +21,7 @@ import psutil
 import pytest
 import trio
 
+from papaya_trio.fork.overload import MAX_REFUSALS
 from tests.fork.conftest import WAIT_TIMEOUT, Clients, children_of, wait_until
 from tests.memory_world import LineClient
 from tests.real_server import RunningServer, ServerFactory
@@ -99,6 +100,24 @@ async def test_over_the_limit_the_parent_refuses_without_forking(
             await wait_until(lambda: closed_by_server(silent) == 40, "silent refusals closed")
         assert await alice.chat("still here") == 1
     assert "carol" not in server.log  # refused before anyone read the hello
+    assert server.stop() == 0
+
+
+async def test_refused_connections_waiting_in_the_parent_are_bounded(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    server = fork_servers.start("--max-connections", "1", "--papaya-auth-timeout", "60")
+    with trio.fail_after(WAIT_TIMEOUT):
+        await clients.native(server, "alice")
+        with silent_connections(server.port, MAX_REFUSALS + 6) as silent:
+            refused = LineClient(await clients.connect(server.port))
+            await refused.send(type="hello", key=server.key, user="carol")
+            assert (await refused.expect("error"))["code"] == "server_full"
+            # The native one came last: by its answer every silent one had been taken, and
+            # each newcomer past the bound pushed out the one that had waited longest.
+            assert [closed_by_server([sock]) for sock in silent] == [1] * 7 + [0] * (
+                MAX_REFUSALS - 1
+            )
     assert server.stop() == 0
 
 
