@@ -23,6 +23,7 @@ sockets it is refusing, and never blocks anywhere else:
 - the notify pipe: poke every client's wake pipe (see `wakeup`); with ``fsync = "interval"``
   note that there is something to sync.
 - SIGCHLD: reap every finished connection process and close its wake pipe.
+- SIGHUP (a service manager's reload): logged; fork mode has nothing to reload.
 - SIGTERM or SIGINT: stop accepting (close the listeners), send SIGTERM to every client's
   process group (native clients are told ``shutdown``), wait up to ``shutdown_deadline`` for
   them, SIGKILL what is left, reap, fsync the log and return (the program exits 0).
@@ -243,9 +244,10 @@ class Supervisor:
     def _handle(self, ready: set[int]) -> None:
         if self._signals.fileno() in ready:
             arrived = self._signals.take()
-            if arrived & {signal.SIGTERM, signal.SIGINT}:
-                name = signal.Signals(min(arrived - {signal.SIGCHLD})).name
-                logger.info("%s received: shutting down", name)
+            if stop := arrived & {signal.SIGTERM, signal.SIGINT}:
+                logger.info("%s received: shutting down", signal.Signals(min(stop)).name)
+            if signal.SIGHUP in arrived:
+                logger.info("SIGHUP: nothing to reload in fork mode")
             self._reap()
         if self._notify_fd in ready:
             self._broadcast()

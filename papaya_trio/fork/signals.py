@@ -32,7 +32,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
-WATCHED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
+# SIGHUP: the service manager's reload (trio mode re-reads TLS files); its default would kill.
+WATCHED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP})
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 DRAIN_BYTES = 4096
 MAX_DRAIN_READS = 16

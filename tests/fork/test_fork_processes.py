@@ -185,3 +185,16 @@ async def test_concurrent_writers_under_fsync_always_are_all_acked_and_stored_on
         record = json.loads(body)
         stored[record["id"]] = (record["seq"], record["text"])
     assert stored == {cid: (seq, cid.replace("-", " ")) for cid, seq in acked.items()}
+
+
+async def test_sighup_leaves_the_server_and_its_clients_alone(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    """`systemctl reload` sends SIGHUP, whose default action would end the parent."""
+    server = fork_servers.start()
+    with trio.fail_after(WAIT_TIMEOUT):
+        alice = await clients.native(server, "alice")
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: "SIGHUP: nothing to reload" in server.log, "the SIGHUP")
+        assert await alice.chat("still here") == 1
+    assert server.stop() == 0
