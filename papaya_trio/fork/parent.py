@@ -311,12 +311,12 @@ class Supervisor:
         self, sock: socket.socket, label: str, wake: tuple[int, int], connected_at: float
     ) -> None:
         """The connection process: let go of the parent's descriptors, then serve."""
-        os.setpgid(0, 0)
         wake_fd, wake_write = wake
         inherited = [self._lock_fd, self._notify_fd, self._log.fd, wake_write]
         inherited += self._listening_fds()
         inherited += self._refusals.fds() + [client.wake_fd for client in self._clients.values()]
         signals = become_child(self._signals, self._pid, inherited)
+        os.setpgid(0, 0)
         serve_connection(
             sock, self._context, signals, label=label, wake_fd=wake_fd, connected_at=connected_at
         )

@@ -81,7 +81,8 @@ async def welcome_with_retries(server: RunningServer, clients: Clients, user: st
 async def test_over_the_limit_the_parent_refuses_without_forking(
     fork_servers: ServerFactory, clients: Clients
 ) -> None:
-    server = fork_servers.start("--max-connections", "2")
+    # A refused socket waits 5 s for its first byte: ample for a hello sent at once.
+    server = fork_servers.start("--max-connections", "2", "--papaya-auth-timeout", "5")
     with trio.fail_after(WAIT_TIMEOUT):
         alice = await clients.native(server, "alice")
         await clients.native(server, "bob")
