@@ -1,4 +1,4 @@
-"""The `papaya-trio` command: serve, keygen, default-config, bench."""
+"""The `papaya-trio` command: serve, keygen, default-config, log export/import, bench."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from papaya_trio.chatlog import LogCorrupted, StorageFailed
 from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
-from papaya_trio.service import ServiceError, run_service
+from papaya_trio.logtransfer import TransferError, export_records, import_lines, record_line
+from papaya_trio.service import ServiceError, open_log_store, run_service
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -32,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("path", type=Path, nargs="?", default=Path("papaya-data/key"))
     keygen.add_argument("--force", action="store_true", help="replace an existing key file")
     commands.add_parser("default-config", help="print the default configuration as TOML")
+    log = commands.add_parser("log", help="move a room's messages between stores (JSON lines)")
+    log_commands = log.add_subparsers(dest="log_command", required=True)
+    export = log_commands.add_parser("export", help="write every message to stdout")
+    add_flags(export)
+    restore = log_commands.add_parser("import", help="append messages, numbers and times kept")
+    restore.add_argument("file", type=Path, help="JSON lines from `log export` ('-': stdin)")
+    add_flags(restore)
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
     )
@@ -57,9 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote a new key to {args.path} (owner-only permissions)")
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "log":
+            trio.run(_transfer, args)
         elif args.command == "bench":
             return bench_command.run(args)
-    except (ConfigError, KeyFileError, ServiceError, LogCorrupted) as exc:
+    except (ConfigError, KeyFileError, ServiceError, LogCorrupted, TransferError) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
     except (StorageFailed, OSError) as exc:
@@ -68,3 +78,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _transfer(args: argparse.Namespace) -> None:
+    """`log export` or `log import` on the store the configuration names."""
+    config = load_config(args)
+    async with open_log_store(config) as store:
+        if args.log_command == "export":
+            async for record in export_records(store):
+                sys.stdout.write(record_line(record) + "\n")
+            sys.stdout.flush()
+        else:
+            lines = sys.stdin if args.file == Path("-") else _read_lines(args.file)
+            count = await import_lines(store, lines)
+            print(f"imported {count} messages; the log ends at {store.head}", file=sys.stderr)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransferError(f"cannot read {path}: {exc}") from None

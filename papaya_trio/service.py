@@ -1,4 +1,4 @@
-"""The server as a real program: data folder, key, log file, TCP listeners, signals.
+"""The server as a real program: data folder, key, log store, TCP listeners, signals.
 
 Everything here touches the real world (files, sockets, wall clock, signals); the server
 underneath (`ChatServer`, `Room`, `ChatLog`) does not, so tests and the simulation run it
@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -21,6 +21,8 @@ import trio
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.config import ServerConfig
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
+from papaya_trio.logstore import LogStore
+from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
@@ -43,10 +45,15 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data folder (owner-only) if it does not exist."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 @contextmanager
 def locked_data_dir(data_dir: Path) -> Iterator[None]:
     """Create the data folder and hold its lock file: one server per folder at a time."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_data_dir(data_dir)
     fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -113,24 +120,52 @@ async def open_tcp_listeners(
     return listeners
 
 
-async def run_service(config: ServerConfig) -> None:
-    """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully."""
+@asynccontextmanager
+async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
+    """The configured log store, open; flushed and released on exit.
+
+    The file store holds the data folder's lock throughout; the Redis store shares its stream
+    with any number of servers, so it takes no lock (the data folder only holds the key).
+    """
     data_dir = Path(config.data_dir)
+    fsync = FsyncPolicy(config.fsync)
+    if config.store == "redis":
+        make_data_dir(data_dir)
+        try:
+            async with open_redis_log(
+                config.redis_url,
+                key=config.redis_key,
+                clock_ms=wall_clock_ms,
+                fsync=fsync,
+                replicas=config.redis_replicas,
+                command_timeout=config.redis_timeout,
+            ) as redis_log:
+                logger.info("log in redis stream %s: %d messages", redis_log.stream, redis_log.head)
+                yield redis_log
+        except RedisStoreError as exc:
+            raise ServiceError(str(exc)) from None
+        return
     with locked_data_dir(data_dir):
-        key = load_or_create_key(config.key_path)
         storage = FileStorage(data_dir / LOG_FILE)
         log, recovery = await ChatLog.open(
-            storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
+            storage, clock_ms=wall_clock_ms, fsync=fsync, sync_interval=config.fsync_interval
         )
         logger.info("log %s: %d messages", storage.path, recovery.records)
         try:
-            await _serve(config, log, key)
+            yield log
         finally:
             await log.aclose()
-        logger.info("stopped; log flushed")
 
 
-async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
+async def run_service(config: ServerConfig) -> None:
+    """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully."""
+    async with open_log_store(config) as log:
+        key = load_or_create_key(config.key_path)
+        await _serve(config, log, key)
+    logger.info("stopped; log flushed")
+
+
+async def _serve(config: ServerConfig, log: LogStore, key: str) -> None:
     room = Room(log, key, room_settings(config))
     server = ChatServer(
         room,
@@ -153,8 +188,7 @@ async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
         logger.info("listening tcp %s", format_address(listener.socket.getsockname()))
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            if log.fsync is FsyncPolicy.INTERVAL:
-                nursery.start_soon(log.run_interval_sync, config.fsync_interval)
+            await nursery.start(log.run)
             nursery.start_soon(_shutdown_on_signal, signals, server)
             await server.serve(listeners, http_listeners)
             nursery.cancel_scope.cancel()

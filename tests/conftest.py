@@ -9,6 +9,7 @@ import pytest
 from hypothesis import settings
 
 from tests.real_server import ServerFactory
+from tests.redis_server import RedisServer
 
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci")
@@ -22,3 +23,12 @@ def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerFa
     factory = ServerFactory(tmp_path, request.param)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real redis-server with `appendonly yes` and `appendfsync always`."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
