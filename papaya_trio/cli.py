@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 stream=sys.stderr, level=config.log_level.upper(), format=LOG_FORMAT
             )
+            if config.log_level != "debug":
+                # The Redis client narrates reconnects and script loads at info; the Redis
+                # store logs each outage and recovery itself, once.
+                logging.getLogger("coredis").setLevel(logging.WARNING)
             if config.mode == "fork":
                 run_fork_service(config)
             else:

@@ -27,20 +27,22 @@ unless R replicas have the entry within `redis_timeout` (the entry is then store
 primary; the sender's resend with the same id is answered with its number, stored once).
 With `"interval"` and `"never"` the store does not check Redis's persistence settings.
 
-**Reading.** Every process runs one reader (`run`): a loop of XREAD BLOCK after the newest
-number it knows, which learns each new entry and moves `head`, telling the broadcaster, as
-the file store does after an append. This process's own appends move `head` too, as soon as
-they return. Records live in a bounded cache of consecutive recent records (filled by the
-reader, own appends and the startup read of the stream's tail); `read_after` serves from it
-and fetches anything older or not yet learned with XRANGE by number, so a reader never waits
-for the stream reader and a gap in the cache is never a gap in what a client gets.
+**Reading.** Every process runs one reader (`run`): a loop of XREAD BLOCK after its head,
+which learns each new entry. This process's own appends are learned as they return. The head
+is the newest number up to which every record has been learned, so it moves densely, and each
+move tells the broadcaster, as the file store does after an append; the records up to it are
+in a bounded cache of recent records (the startup read of the stream's tail fills it too).
+`read_after` serves from the cache and fetches older records with XRANGE by number.
 
 **Failures.** Every Redis error or timeout (`redis_timeout`) in an append raises
 StorageFailed: the sender gets `storage_failed` and never an ack for an entry that is not
-stored (if Redis stored it but the reply was lost, the resend with the same id finds it). The
-reader retries with exponential backoff on trio time (RETRY_MIN to RETRY_MAX), logs the
-outage once when it starts and once when it ends, and carries on from its last position, so
-live delivery resumes with nothing lost or repeated.
+stored. If Redis stored it but the reply was lost, the resend with the same id finds it; the
+client library's own retries are off, as a blind retry would store a message without an id
+twice. A read that Redis cannot serve closes that client's session with a fatal
+`storage_failed`; it reconnects with `since` and loses nothing. The reader retries with
+exponential backoff on trio time (RETRY_MIN to RETRY_MAX), logs the outage once when it
+starts and once when it ends, and carries on from its last position, so live delivery resumes
+with nothing lost or repeated.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from typing import Any
 import coredis
 import coredis.exceptions
 import trio
+from coredis.retry import NoRetryPolicy
 
 from papaya_trio.logstore import AppendResult, FsyncPolicy, StorageFailed
 from papaya_trio.records import Record
@@ -62,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 DEDUPE_ENTRIES = 65536
 READ_BATCH = 512  # entries one XREAD or XRANGE fetches at most
+PENDING_RECORDS = 4 * READ_BATCH  # records held while waiting for a predecessor
 RESTORE_BATCH = 256  # records one import script call stores
 RETRY_MIN = 0.1  # seconds before the reader's first retry after a failure
 RETRY_MAX = 5.0
@@ -155,7 +159,8 @@ class RedisLog:
         self._append_script = client.register_script(APPEND_SCRIPT)
         self._restore_script = client.register_script(RESTORE_SCRIPT)
         self._visible = 0
-        self._cache: list[Record] = []  # consecutive records, newest last
+        self._cache: list[Record] = []  # consecutive records, the newest is the head
+        self._pending: dict[int, Record] = {}  # records learned before their predecessors
         self._broken: str | None = None
         self._down: str | None = None  # why the reader cannot reach Redis, while it cannot
         self.on_visible: Callable[[int], None] = lambda head: None
@@ -186,8 +191,6 @@ class RedisLog:
         seq, duplicate = int(reply[0]), bool(reply[1])
         if not duplicate:
             self._learn([Record(seq, time_ms, user, text, client_id)])
-        else:
-            self._advance(seq)
         return AppendResult(seq, duplicate)
 
     async def restore(self, records: Sequence[Record]) -> None:
@@ -226,22 +229,27 @@ class RedisLog:
 
     # --- learning what is in the stream -----------------------------------------------------
     def _learn(self, records: Sequence[Record]) -> None:
-        """Cache records known to be in the stream and move the head past them."""
+        """Take in records known to be in the stream; move the head over every consecutive one.
+
+        Concurrent appends return in any order, and another process's entries arrive through
+        the reader, so a record may come before its predecessor: it waits in `_pending` until
+        the gap is filled. The reader always reads after the head, so it fills every gap even
+        if `_pending` was dropped at its bound.
+        """
         for record in records:
-            tail = self._cache[-1].seq if self._cache else None
-            if tail is None or record.seq == tail + 1:
-                self._cache.append(record)
-            elif record.seq > tail + 1:
-                self._cache = [record]  # the records between are fetched by number if needed
+            if record.seq > self._visible:
+                self._pending[record.seq] = record
+        head = self._visible
+        while head + 1 in self._pending:
+            head += 1
+            self._cache.append(self._pending.pop(head))
+        if len(self._pending) > PENDING_RECORDS:
+            self._pending.clear()
         if len(self._cache) >= 2 * self._cache_records:
             del self._cache[: len(self._cache) - self._cache_records]
-        if records:
-            self._advance(records[-1].seq)
-
-    def _advance(self, seq: int) -> None:
-        if seq > self._visible:
-            self._visible = seq
-            self.on_visible(seq)
+        if head > self._visible:
+            self._visible = head
+            self.on_visible(head)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The stream reader: learn every new entry, whoever stored it; never returns."""
@@ -274,7 +282,7 @@ class RedisLog:
         if last <= cursor:
             return []
         first = cursor + 1
-        if self._cache and self._cache[0].seq <= first <= self._cache[-1].seq:
+        if self._cache and self._cache[0].seq <= first:
             base = self._cache[0].seq
             return self._cache[first - base : last - base + 1]
         try:
@@ -305,7 +313,8 @@ class RedisLog:
                     f'{settings.get("appendfsync")}); or set fsync = "interval"'
                 )
         tail = await self._client.xrevrange(self.stream, count=self._cache_records)
-        self._learn([_record(entry) for entry in reversed(tail)])
+        self._cache = [_record(entry) for entry in reversed(tail)]
+        self._visible = self._cache[-1].seq if self._cache else 0
 
     async def aclose(self) -> None:
         """Nothing to flush: every acknowledged append is already in Redis."""
@@ -345,6 +354,9 @@ async def open_redis_log(
         stream_timeout=command_timeout,
         connect_timeout=command_timeout,
         decode_responses=False,
+        # No retries behind our back: an append retried after a lost reply, whose first
+        # attempt was stored, would store a message without an id twice.
+        retry_policy=NoRetryPolicy(),
     )
     try:
         async with client:

@@ -180,7 +180,11 @@ class Session:
         await self._write([Welcome(SERVER_NAME, user, welcome_head)])
         while True:
             while self._closing is None:
-                batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
+                try:
+                    batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
+                except StorageFailed as exc:  # the client resumes later with `since`
+                    self.close("storage_failed", f"cannot read the log now: {exc}")
+                    break
                 if not batch:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])

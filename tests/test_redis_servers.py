@@ -1,0 +1,230 @@
+"""Several real `papaya-trio serve` processes sharing one real redis-server."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.memory_world import LineClient
+from tests.real_server import RunningServer, ServerFactory
+from tests.redis_server import RedisServer
+
+WAIT = 15.0  # seconds any one step of these tests may take
+
+
+class RedisServers(ServerFactory):
+    """Trio-mode servers with `store = "redis"` on one Redis, sharing one data folder (key)."""
+
+    def __init__(self, tmp_path: Path, redis: RedisServer) -> None:
+        super().__init__(tmp_path, "trio")
+        self.redis = redis
+
+    def start_redis_node(self) -> RunningServer:
+        return self.start("--store", "redis", "--redis-url", self.redis.url, "--redis-timeout", "2")
+
+
+@pytest.fixture
+def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[RedisServers]:
+    factory = RedisServers(tmp_path, redis_server)
+    yield factory
+    factory.cleanup()
+
+
+class Connections:
+    """Native clients on real sockets, all closed when the test ends."""
+
+    def __init__(self) -> None:
+        self.streams: list[trio.SocketStream] = []
+
+    async def join(self, server: RunningServer, user: str, **hello: Any) -> LineClient:
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        self.streams.append(stream)
+        client = LineClient(stream)
+        await client.hello(user, key=server.key, **hello)
+        return client
+
+
+@pytest.fixture
+async def connections() -> AsyncIterator[Connections]:
+    opened = Connections()
+    yield opened
+    for stream in opened.streams:
+        await trio.aclose_forcefully(stream)
+
+
+def summary(messages: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    return [(m["seq"], m["user"], m["text"]) for m in messages]
+
+
+async def messages_until_end(client: LineClient) -> list[dict[str, Any]]:
+    """Every message a client gets until its connection ends (its server was killed)."""
+    found = list(client.seen)
+    for _ in range(100_000):
+        try:
+            obj = await client.receive()
+        except trio.BrokenResourceError:
+            break
+        if obj is None:
+            break
+        if obj["type"] == "message":
+            found.append(obj)
+    return found
+
+
+async def test_clients_spread_over_three_servers_see_one_order(
+    nodes: RedisServers, connections: Connections
+) -> None:
+    servers = [nodes.start_redis_node() for _ in range(3)]
+    users = [f"user{i}" for i in range(6)]
+    per_user = 10
+    with trio.fail_after(WAIT):
+        clients = [
+            await connections.join(servers[i % 3], user, since=0) for i, user in enumerate(users)
+        ]
+
+        async def chat(client: LineClient, user: str) -> None:
+            for n in range(per_user):
+                await client.chat(f"{user} says {n}", f"{user}-{n}")
+
+        async with trio.open_nursery() as nursery:
+            for client, user in zip(clients, users, strict=True):
+                nursery.start_soon(chat, client, user)
+        seen = [summary(await client.messages(len(users) * per_user)) for client in clients]
+    assert [seq for seq, _, _ in seen[0]] == list(range(1, len(users) * per_user + 1))
+    assert all(view == seen[0] for view in seen)
+    for user in users:  # each sender's messages in the order it sent them
+        assert [t for _, u, t in seen[0] if u == user] == [f"{user} says {n}" for n in range(10)]
+
+
+async def test_a_killed_servers_clients_resume_on_another_exactly(
+    nodes: RedisServers, connections: Connections
+) -> None:
+    doomed, survivor = nodes.start_redis_node(), nodes.start_redis_node()
+    with trio.fail_after(WAIT):
+        reader = await connections.join(doomed, "reader", since=0)
+        sender = await connections.join(doomed, "alice", since=0)
+        other = await connections.join(survivor, "bob", since=0)
+        for n in range(10):
+            await sender.chat(f"alice {n}", f"a-{n}")
+            await other.chat(f"bob {n}", f"b-{n}")
+        await sender.send(type="send", text="alice 10", id="a-10")  # in flight at the kill
+        doomed.kill()
+        before = await messages_until_end(reader)
+        since = before[-1]["seq"]
+        reader = await connections.join(survivor, "reader", since=since)
+        sender = await connections.join(survivor, "alice", since=0)
+        for n in range(10, 15):  # resend the one in flight, then go on
+            await sender.chat(f"alice {n}", f"a-{n}")
+        head = await other.chat("bob last", "b-last")
+        after = await reader.messages(head - since)
+    stored = summary(before) + summary(after)
+    assert [seq for seq, _, _ in stored] == list(range(1, head + 1))
+    alice = [text for _, user, text in stored if user == "alice"]
+    assert alice == [f"alice {n}" for n in range(15)]  # nothing lost, nothing twice
+
+
+async def test_acknowledged_messages_survive_a_redis_kill(
+    nodes: RedisServers, connections: Connections, redis_server: RedisServer
+) -> None:
+    server = nodes.start_redis_node()
+    acked: dict[str, int] = {}
+    failed: list[str] = []
+    burst = 40
+    with trio.fail_after(WAIT):
+        watcher = await connections.join(server, "watcher", since=0)
+        senders = [await connections.join(server, f"user{i}") for i in range(3)]
+
+        async def send_burst(client: LineClient, name: str) -> None:
+            for n in range(burst):
+                await client.send(type="send", text=f"{name} {n}", id=f"{name}-{n}")
+            answers = 0
+            while answers < burst:
+                obj = await client.receive()
+                assert obj is not None
+                if obj["type"] == "ack":
+                    acked[obj["id"]] = obj["seq"]
+                    answers += 1
+                elif obj["type"] == "error":
+                    assert obj["code"] == "storage_failed", obj
+                    failed.append(obj["id"])
+                    answers += 1
+
+        async def kill_redis_mid_traffic() -> None:
+            while len(acked) < 10:  # noqa: ASYNC110 (the acks arrive on other tasks' sockets)
+                await trio.sleep(0.001)
+            redis_server.kill()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_redis_mid_traffic)
+            for i, client in enumerate(senders):
+                nursery.start_soon(send_burst, client, f"user{i}")
+        assert len(acked) + len(failed) == 3 * burst and failed, "redis died mid-traffic"
+        redis_server.start()
+        # Redis is back: a resend of a failed message is stored (once) and delivered live.
+        resent = failed[0]
+        user, n = resent.split("-")
+        acked[resent] = await senders[int(user.removeprefix("user"))].chat(f"{user} {n}", resent)
+        head = max(acked.values())
+        live = await watcher.messages(head)
+        late = await connections.join(server, "late", since=0)
+        stored = await late.messages(head)
+    assert [m["seq"] for m in stored] == list(range(1, head + 1))
+    by_id = {m["text"].replace(" ", "-"): m["seq"] for m in stored}  # "user1 7" was "user1-7"
+    assert {i: by_id.get(i) for i in acked} == acked  # 0 acknowledged messages lost
+    assert len(by_id) == head  # and nothing stored twice
+    assert summary(live) == summary(stored)
+    with trio.fail_after(WAIT):
+        # The server's log file is all there is to wait on.
+        while "redis reachable again" not in server.log:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    assert server.log.count("redis unreachable") == 1
+    assert "coredis" not in server.log
+
+
+async def test_a_room_moves_from_the_file_store_to_redis_and_back(
+    tmp_path: Path, nodes: RedisServers, connections: Connections, redis_server: RedisServer
+) -> None:
+    file_data = tmp_path / "file-room"
+    file_server = nodes.start(data_dir=file_data)
+    with trio.fail_after(WAIT):
+        alice = await connections.join(file_server, "alice")
+        for n in range(5):
+            await alice.chat(f"hello {n}", f"a-{n}")
+    assert file_server.stop() == 0
+    cli = [sys.executable, "-m", "papaya_trio", "log"]
+    redis_flags = ["--store", "redis", "--redis-url", redis_server.url]
+    with trio.fail_after(WAIT):
+        exported = await trio.run_process(
+            [*cli, "export", "--data-dir", str(file_data)], capture_stdout=True
+        )
+        lines = exported.stdout.decode().splitlines()
+        dump = tmp_path / "room.jsonl"
+        dump.write_text(exported.stdout.decode())
+        await trio.run_process([*cli, "import", *redis_flags, str(dump)], capture_stderr=True)
+        again = await trio.run_process(
+            [*cli, "export", *redis_flags, "--data-dir", str(file_data)], capture_stdout=True
+        )
+        back = tmp_path / "back"
+        await trio.run_process(
+            [*cli, "import", "--data-dir", str(back), "-"],
+            stdin=exported.stdout,
+            capture_stderr=True,
+        )
+    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3, 4, 5]
+    assert again.stdout.decode().splitlines() == lines  # numbers, times and ids kept
+    node = nodes.start("--store", "redis", "--redis-url", redis_server.url, data_dir=file_data)
+    with trio.fail_after(WAIT):
+        alice = await connections.join(node, "alice", since=3)
+        assert [m["text"] for m in await alice.messages(2)] == ["hello 3", "hello 4"]
+        assert await alice.chat("hello 0", "a-0") == 1  # resend memory moved too
+        assert await alice.chat("on redis now", "a-5") == 6
+    restored = (back / "chat.log").read_text().splitlines()
+    assert [json.loads(line.split(" ", 1)[1]) for line in restored] == [
+        json.loads(line) for line in lines
+    ]
