@@ -33,6 +33,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket_path(self) -> Path:
+        return self.folder / "redis.sock"
+
     def start(self) -> None:
         """Start the server and wait (bounded) until it answers PING."""
         executable = shutil.which("redis-server")
@@ -42,6 +46,7 @@ class RedisServer:
                 executable,
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
+                "--unixsocket", str(self.socket_path),
                 "--dir", str(self.folder),
                 "--save", "",
                 "--appendonly", "yes",

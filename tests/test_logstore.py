@@ -15,6 +15,7 @@ from papaya_trio.logstore import LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.storage import FileStorage
+from tests.memory_world import open_world
 from tests.redis_server import RedisServer
 
 Opener = Callable[[], AbstractAsyncContextManager[LogStore]]
@@ -174,6 +175,15 @@ async def test_two_processes_share_one_dense_order(redis_server: RedisServer) ->
         nursery.cancel_scope.cancel()
 
 
+async def test_a_unix_socket_url_reaches_the_same_room(redis_server: RedisServer) -> None:
+    async with open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as tcp:
+        await tcp.append("alice", "over tcp")
+    unix_url = f"unix://{redis_server.socket_path}"
+    async with open_redis_log(unix_url, key="room", clock_ms=counter_clock()) as unix:
+        assert (await unix.append("bob", "over a unix socket")).seq == 2
+        assert [r.text for r in await read_all(unix)] == ["over tcp", "over a unix socket"]
+
+
 async def test_fsync_always_refuses_a_redis_that_does_not_fsync(tmp_path: Path) -> None:
     lax = RedisServer(tmp_path / "lax", appendfsync="everysec")
     lax.start()
@@ -209,3 +219,28 @@ async def test_unreachable_redis_fails_appends_and_delivery_resumes(
         await wait_for_log(caplog, "redis reachable again")
         assert caplog.text.count("redis unreachable") == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_a_log_that_cannot_be_read_closes_only_that_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_world() as world:
+        alice, _ = await world.join("alice")
+        for i in range(3):
+            await alice.chat(f"m{i}", f"a-{i}")
+        readable = world.room.log.read_after
+
+        async def history_unavailable(cursor: int, limit: int) -> list[Record]:
+            if cursor == 0:
+                raise StorageFailed("redis is unavailable: connection refused")
+            return await readable(cursor, limit)
+
+        monkeypatch.setattr(world.room.log, "read_after", history_unavailable)
+        with trio.fail_after(WAIT):
+            replayer, _ = await world.join("bob", since=0)
+            error = await replayer.expect("error")
+            assert (error["code"], error["fatal"]) == ("storage_failed", True)
+            assert await replayer.receive() is None  # told why, then closed
+            assert await alice.chat("still here", "a-3") == 4
+            live = await alice.messages(4)
+            assert [m["text"] for m in live] == ["m0", "m1", "m2", "still here"]

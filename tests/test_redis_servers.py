@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from papaya_trio.cli import main
 from tests.memory_world import LineClient
 from tests.real_server import RunningServer, ServerFactory
 from tests.redis_server import RedisServer
@@ -100,6 +101,7 @@ async def test_clients_spread_over_three_servers_see_one_order(
     assert all(view == seen[0] for view in seen)
     for user in users:  # each sender's messages in the order it sent them
         assert [t for _, u, t in seen[0] if u == user] == [f"{user} says {n}" for n in range(10)]
+    assert [server.stop() for server in servers] == [0, 0, 0]
 
 
 async def test_a_killed_servers_clients_resume_on_another_exactly(
@@ -228,3 +230,17 @@ async def test_a_room_moves_from_the_file_store_to_redis_and_back(
     assert [json.loads(line.split(" ", 1)[1]) for line in restored] == [
         json.loads(line) for line in lines
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "complaint"),
+    [
+        (["--mode", "fork", "--store", "redis"], "fork mode keeps its log in a file"),
+        (["--store", "redis", "--redis-url", "http://x"], "redis_url must start with"),
+    ],
+)
+def test_impossible_redis_settings_are_refused(
+    flags: list[str], complaint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["serve", "--data-dir", str(tmp_path), *flags]) == 2
+    assert complaint in capsys.readouterr().err
