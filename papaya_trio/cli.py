@@ -16,7 +16,8 @@ from papaya_trio.chatlog import LogCorrupted, StorageFailed
 from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
-from papaya_trio.logtransfer import TransferError, export_records, import_lines, record_line
+from papaya_trio.logtransfer import TransferError, export_records, import_lines
+from papaya_trio.records import record_json
 from papaya_trio.service import ServiceError, open_log_store, run_service
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -90,7 +91,7 @@ async def _transfer(args: argparse.Namespace) -> None:
     async with open_log_store(config) as store:
         if args.log_command == "export":
             async for record in export_records(store):
-                sys.stdout.write(record_line(record) + "\n")
+                sys.stdout.write(record_json(record) + "\n")
             sys.stdout.flush()
         else:
             lines = sys.stdin if args.file == Path("-") else _read_lines(args.file)

@@ -12,11 +12,10 @@ gets a gap or a duplicate number.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Iterable
 
 from papaya_trio.logstore import LogStore
-from papaya_trio.records import Record
+from papaya_trio.records import CorruptRecord, Record, parse_record_json
 
 BATCH = 256  # records read or restored at a time
 
@@ -25,36 +24,12 @@ class TransferError(ValueError):
     """An import line is not a message record; the message says which line and why."""
 
 
-def record_line(record: Record) -> str:
-    """One message as a JSON line (without its newline)."""
-    fields: dict[str, object] = {
-        "seq": record.seq,
-        "t": record.time_ms,
-        "user": record.user,
-        "text": record.text,
-    }
-    if record.client_id is not None:
-        fields["id"] = record.client_id
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-
-
 def parse_line(line: str, number: int) -> Record:
     """The record on JSON line `number` (1-based, for the error message)."""
     try:
-        fields = json.loads(line)
-        user, text, client_id = fields["user"], fields["text"], fields.get("id")
-        record = Record(fields["seq"], fields["t"], user, text, client_id)
-    except (ValueError, KeyError, TypeError) as exc:
+        return parse_record_json(line)
+    except CorruptRecord as exc:
         raise TransferError(f"line {number} is not a message record: {exc}") from None
-    if not (
-        type(record.seq) is int
-        and type(record.time_ms) is int
-        and isinstance(record.user, str)
-        and isinstance(record.text, str)
-        and (record.client_id is None or isinstance(record.client_id, str))
-    ):
-        raise TransferError(f"line {number}: a field has the wrong type")
-    return record
 
 
 async def export_records(store: LogStore) -> AsyncIterator[Record]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import trio
 
 from papaya_trio.cli import main
 from tests.memory_world import LineClient
-from tests.real_server import RunningServer, ServerFactory
+from tests.real_server import Dialer, RunningServer, ServerFactory
 from tests.redis_server import RedisServer
 
 WAIT = 15.0  # seconds any one step of these tests may take
@@ -37,28 +37,6 @@ def nodes(tmp_path: Path, redis_server: RedisServer) -> Iterator[RedisServers]:
     factory.cleanup()
 
 
-class Connections:
-    """Native clients on real sockets, all closed when the test ends."""
-
-    def __init__(self) -> None:
-        self.streams: list[trio.SocketStream] = []
-
-    async def join(self, server: RunningServer, user: str, **hello: Any) -> LineClient:
-        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
-        self.streams.append(stream)
-        client = LineClient(stream)
-        await client.hello(user, key=server.key, **hello)
-        return client
-
-
-@pytest.fixture
-async def connections() -> AsyncIterator[Connections]:
-    opened = Connections()
-    yield opened
-    for stream in opened.streams:
-        await trio.aclose_forcefully(stream)
-
-
 def summary(messages: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
     return [(m["seq"], m["user"], m["text"]) for m in messages]
 
@@ -79,15 +57,13 @@ async def messages_until_end(client: LineClient) -> list[dict[str, Any]]:
 
 
 async def test_clients_spread_over_three_servers_see_one_order(
-    nodes: RedisServers, connections: Connections
+    nodes: RedisServers, dial: Dialer
 ) -> None:
     servers = [nodes.start_redis_node() for _ in range(3)]
     users = [f"user{i}" for i in range(6)]
     per_user = 10
     with trio.fail_after(WAIT):
-        clients = [
-            await connections.join(servers[i % 3], user, since=0) for i, user in enumerate(users)
-        ]
+        clients = [await dial.native(servers[i % 3], user, since=0) for i, user in enumerate(users)]
 
         async def chat(client: LineClient, user: str) -> None:
             for n in range(per_user):
@@ -105,13 +81,13 @@ async def test_clients_spread_over_three_servers_see_one_order(
 
 
 async def test_a_killed_servers_clients_resume_on_another_exactly(
-    nodes: RedisServers, connections: Connections
+    nodes: RedisServers, dial: Dialer
 ) -> None:
     doomed, survivor = nodes.start_redis_node(), nodes.start_redis_node()
     with trio.fail_after(WAIT):
-        reader = await connections.join(doomed, "reader", since=0)
-        sender = await connections.join(doomed, "alice", since=0)
-        other = await connections.join(survivor, "bob", since=0)
+        reader = await dial.native(doomed, "reader", since=0)
+        sender = await dial.native(doomed, "alice", since=0)
+        other = await dial.native(survivor, "bob", since=0)
         for n in range(10):
             await sender.chat(f"alice {n}", f"a-{n}")
             await other.chat(f"bob {n}", f"b-{n}")
@@ -119,8 +95,8 @@ async def test_a_killed_servers_clients_resume_on_another_exactly(
         doomed.kill()
         before = await messages_until_end(reader)
         since = before[-1]["seq"]
-        reader = await connections.join(survivor, "reader", since=since)
-        sender = await connections.join(survivor, "alice", since=0)
+        reader = await dial.native(survivor, "reader", since=since)
+        sender = await dial.native(survivor, "alice", since=0)
         for n in range(10, 15):  # resend the one in flight, then go on
             await sender.chat(f"alice {n}", f"a-{n}")
         head = await other.chat("bob last", "b-last")
@@ -132,15 +108,15 @@ async def test_a_killed_servers_clients_resume_on_another_exactly(
 
 
 async def test_acknowledged_messages_survive_a_redis_kill(
-    nodes: RedisServers, connections: Connections, redis_server: RedisServer
+    nodes: RedisServers, dial: Dialer, redis_server: RedisServer
 ) -> None:
     server = nodes.start_redis_node()
     acked: dict[str, int] = {}
     failed: list[str] = []
     burst = 40
     with trio.fail_after(WAIT):
-        watcher = await connections.join(server, "watcher", since=0)
-        senders = [await connections.join(server, f"user{i}") for i in range(3)]
+        watcher = await dial.native(server, "watcher", since=0)
+        senders = [await dial.native(server, f"user{i}") for i in range(3)]
 
         async def send_burst(client: LineClient, name: str) -> None:
             for n in range(burst):
@@ -174,7 +150,7 @@ async def test_acknowledged_messages_survive_a_redis_kill(
         acked[resent] = await senders[int(user.removeprefix("user"))].chat(f"{user} {n}", resent)
         head = max(acked.values())
         live = await watcher.messages(head)
-        late = await connections.join(server, "late", since=0)
+        late = await dial.native(server, "late", since=0)
         stored = await late.messages(head)
     assert [m["seq"] for m in stored] == list(range(1, head + 1))
     by_id = {m["text"].replace(" ", "-"): m["seq"] for m in stored}  # "user1 7" was "user1-7"
@@ -190,12 +166,12 @@ async def test_acknowledged_messages_survive_a_redis_kill(
 
 
 async def test_a_room_moves_from_the_file_store_to_redis_and_back(
-    tmp_path: Path, nodes: RedisServers, connections: Connections, redis_server: RedisServer
+    tmp_path: Path, nodes: RedisServers, dial: Dialer, redis_server: RedisServer
 ) -> None:
     file_data = tmp_path / "file-room"
     file_server = nodes.start(data_dir=file_data)
     with trio.fail_after(WAIT):
-        alice = await connections.join(file_server, "alice")
+        alice = await dial.native(file_server, "alice")
         for n in range(5):
             await alice.chat(f"hello {n}", f"a-{n}")
     assert file_server.stop() == 0
@@ -222,7 +198,7 @@ async def test_a_room_moves_from_the_file_store_to_redis_and_back(
     assert again.stdout.decode().splitlines() == lines  # numbers, times and ids kept
     node = nodes.start("--store", "redis", "--redis-url", redis_server.url, data_dir=file_data)
     with trio.fail_after(WAIT):
-        alice = await connections.join(node, "alice", since=3)
+        alice = await dial.native(node, "alice", since=3)
         assert [m["text"] for m in await alice.messages(2)] == ["hello 3", "hello 4"]
         assert await alice.chat("hello 0", "a-0") == 1  # resend memory moved too
         assert await alice.chat("on redis now", "a-5") == 6
