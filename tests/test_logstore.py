@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import coredis
 import pytest
 import trio
 
@@ -182,6 +183,23 @@ async def test_a_unix_socket_url_reaches_the_same_room(redis_server: RedisServer
     async with open_redis_log(unix_url, key="room", clock_ms=counter_clock()) as unix:
         assert (await unix.append("bob", "over a unix socket")).seq == 2
         assert [r.text for r in await read_all(unix)] == ["over tcp", "over a unix socket"]
+
+
+async def test_a_redis_that_lost_entries_is_refused_rather_than_numbers_reused(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as store:
+        for i in range(3):
+            await store.append("alice", f"m{i}")
+        # As a failover to a replica that had not got them, or a restart without the AOF:
+        async with coredis.Redis.from_url(redis_server.url) as other_client:
+            assert await other_client.xdel("room:log", ["3-0"]) == 1
+        with pytest.raises(StorageFailed, match="the stream ends at 2 but this server has seen"):
+            await store.append("bob", "would be number 3 again")
+        with pytest.raises(StorageFailed, match="refuses messages"):
+            await store.append("bob", "still refused")
+        assert store.broken is not None and store.head == 3
+    assert caplog.text.count("log refuses appends until restart") == 1
 
 
 async def test_fsync_always_refuses_a_redis_that_does_not_fsync(tmp_path: Path) -> None:
