@@ -11,7 +11,9 @@ interface, so both stores keep the same promises:
   its append returns the original sequence number with `duplicate=True`.
 - **Exact resume.** `read_after(cursor, ...)` returns the records after `cursor`, oldest
   first, so a client that reconnects with `since` N (to any server sharing the store) gets
-  every message after N once.
+  every message after N once. `catch_up(N)` first brings the head to N if the log holds N,
+  for a server that has not heard of N yet: otherwise the session would clamp N to its head
+  and send again what the client already has.
 - **Tails.** `recent(count)` serves the papayaChat dialect's history tail without waiting;
   the native dialect's `history` is `read_after(head - count, ...)`.
 - **Durability.** With `fsync = "always"` an append returns (so its sender is acknowledged)
@@ -83,6 +85,11 @@ class LogStore(Protocol):
 
     async def read_after(self, cursor: int, limit: int) -> list[Record]:
         """Up to `limit` visible records after `cursor`, oldest first (fewer is no end)."""
+        ...
+
+    async def catch_up(self, seq: int) -> None:
+        """Move the head to `seq` now if the log holds it (a client that saw `seq` elsewhere
+        is resuming here); raise StorageFailed if the store cannot tell."""
         ...
 
     def recent(self, count: int) -> list[Record]:

@@ -296,6 +296,21 @@ class RedisLog:
             raise StorageFailed(f"the redis stream lacks entry {first}")
         return records
 
+    async def catch_up(self, seq: int) -> None:
+        """Learn the stream's entries up to `seq` now, rather than when the reader gets them."""
+        for _ in range(seq // READ_BATCH + 2):  # bounded: each round learns a batch or stops
+            if self._visible >= seq:
+                return
+            try:
+                entries = await self._client.xrange(
+                    self.stream, f"{self._visible + 1}-0", "+", count=READ_BATCH
+                )
+            except REDIS_ERRORS as exc:
+                raise StorageFailed(f"redis is unavailable: {exc}") from exc
+            if not entries:
+                return  # the stream has no `seq` (yet): the session clamps it to the head
+            self._learn([_record(entry) for entry in entries])
+
     def recent(self, count: int) -> list[Record]:
         """The newest `count` cached records, oldest first (the cache ends near the head)."""
         return self._cache[-count:] if count > 0 else []

@@ -131,6 +131,11 @@ class Session:
     async def run(self) -> str:
         """Run until the client leaves or is closed; return why it ended."""
         log = self.room.log
+        if isinstance(self.identity.history, Since) and self.identity.history.seq > log.head:
+            try:  # the client may have seen `since` on another server sharing the log
+                await log.catch_up(self.identity.history.seq)
+            except StorageFailed as exc:
+                self.close("storage_failed", f"cannot read the log now: {exc}")
         head = log.head
         with (
             self.room.joined(self),

@@ -176,6 +176,23 @@ async def test_two_processes_share_one_dense_order(redis_server: RedisServer) ->
         nursery.cancel_scope.cancel()
 
 
+async def test_catch_up_learns_what_another_server_stored(redis_server: RedisServer) -> None:
+    async with (
+        open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as one,
+        open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as two,
+    ):
+        for i in range(700):  # more than one XRANGE batch
+            await one.append("alice", f"m{i}")
+        assert two.head == 0  # no reader running: `two` has not heard of them
+        woken: list[int] = []
+        two.on_visible = woken.append
+        await two.catch_up(650)
+        assert two.head >= 650 and woken == sorted(woken)
+        await two.catch_up(10_000)  # a number nobody stored: the head stays the stream's end
+        assert two.head == 700
+        assert [r.seq for r in await two.read_after(648, 3)] == [649, 650, 651]
+
+
 async def test_a_unix_socket_url_reaches_the_same_room(redis_server: RedisServer) -> None:
     async with open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as tcp:
         await tcp.append("alice", "over tcp")
