@@ -23,7 +23,7 @@ reply (XREADs included) until then. So with `fsync = "always"` the store checks 
 Redis runs with `appendonly yes` and `appendfsync always`, and an acknowledged message is on
 the Redis host's disk, and nobody saw a message that a crash could take back. With
 `redis_replicas = R` it also sends WAIT R on the same connection and reports `storage_failed`
-unless R replicas have the entry within `redis_timeout` (the entry is then stored on the
+unless R replicas have the entry within half of `redis_timeout` (the entry is then stored on the
 primary; the sender's resend with the same id is answered with its number, stored once).
 With `"interval"` and `"never"` the store does not check Redis's persistence settings.
 
@@ -209,7 +209,7 @@ class RedisLog:
         """Run a write script, with WAIT for replicas when asked; map failures."""
         try:
             if self._replicas:
-                timeout_ms = math.ceil(self._timeout * 1000)
+                timeout_ms = math.ceil(self._timeout * 500)  # WAIT must end before the reply is due
                 with self._client.ensure_replication(self._replicas, timeout_ms):
                     return await script(keys=[self.stream, self.ids], args=args)
             return await script(keys=[self.stream, self.ids], args=args)

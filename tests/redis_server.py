@@ -22,9 +22,10 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; `start` again after `kill` or `stop` reuses port and folder."""
 
-    def __init__(self, folder: Path, appendfsync: str = "always") -> None:
+    def __init__(self, folder: Path, appendfsync: str = "always", *extra: str) -> None:
         self.folder = folder
         self.appendfsync = appendfsync
+        self.extra = extra
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ class RedisServer:
                 "--appendonly", "yes",
                 "--appendfsync", self.appendfsync,
                 "--logfile", str(self.folder / "redis.log"),
+                *self.extra,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -73,6 +75,25 @@ class RedisServer:
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    def wait_replica_synced(self) -> None:
+        """Wait (bounded) until this replica reports its link to the primary up."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while b"master_link_status:up" not in self._info_replication():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync with its primary")
+            time.sleep(0.02)
+
+    def _info_replication(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
+            sock.sendall(b"INFO replication\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n\r\n") and len(reply) < 65536:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
 
     def kill(self) -> None:
         """SIGKILL: what a crash or a power cut does to the process."""

@@ -219,6 +219,31 @@ async def test_a_redis_that_lost_entries_is_refused_rather_than_numbers_reused(
     assert caplog.text.count("log refuses appends until restart") == 1
 
 
+async def test_redis_replicas_waits_for_copies_and_reports_too_few(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    primary = ("--replicaof", "127.0.0.1", str(redis_server.port))
+    replica = RedisServer(tmp_path / "replica", "always", *primary)
+    replica.start()
+    try:
+        async with open_redis_log(
+            redis_server.url, key="room", clock_ms=counter_clock(), replicas=1
+        ) as store:
+            replica.wait_replica_synced()
+            first = await store.append("alice", "copied", "a-1")
+            assert first.seq == 1
+        async with open_redis_log(
+            redis_server.url, key="room", clock_ms=counter_clock(), replicas=2, command_timeout=0.4
+        ) as store:
+            with pytest.raises(StorageFailed, match="not copied to 2 replicas in time"):
+                await store.append("bob", "only one replica", "b-1")
+        async with open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as store:
+            again = await store.append("bob", "only one replica", "b-1")
+            assert (again.seq, again.duplicate) == (2, True)  # on the primary, stored once
+    finally:
+        replica.kill()
+
+
 async def test_fsync_always_refuses_a_redis_that_does_not_fsync(tmp_path: Path) -> None:
     lax = RedisServer(tmp_path / "lax", appendfsync="everysec")
     lax.start()
