@@ -8,13 +8,15 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import coredis
+import coredis.exceptions
 import pytest
 import trio
+import trio.testing
 
 from papaya_trio.chatlog import ChatLog
-from papaya_trio.logstore import LogStore, StorageFailed
+from papaya_trio.logstore import FsyncPolicy, LogStore, StorageFailed
 from papaya_trio.records import Record
-from papaya_trio.redislog import RedisStoreError, open_redis_log
+from papaya_trio.redislog import RedisLog, RedisStoreError, open_redis_log
 from papaya_trio.storage import FileStorage
 from tests.memory_world import open_world
 from tests.redis_server import RedisServer
@@ -304,3 +306,41 @@ async def test_a_log_that_cannot_be_read_closes_only_that_client(
             assert await alice.chat("still here", "a-3") == 4
             live = await alice.messages(4)
             assert [m["text"] for m in live] == ["m0", "m1", "m2", "still here"]
+
+
+class UnreachableRedis:
+    """Stands in for the coredis client: every XREAD fails at once, as with Redis down."""
+
+    def __init__(self) -> None:
+        self.xreads: list[float] = []
+
+    def register_script(self, script: str) -> object:
+        return script
+
+    async def xread(self, *args: object, **kwargs: object) -> None:
+        self.xreads.append(trio.current_time())
+        await trio.lowlevel.checkpoint()
+        raise coredis.exceptions.ConnectionError("connection refused")
+
+
+async def test_the_reader_backs_off_without_spinning_and_logs_the_outage_once(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = UnreachableRedis()
+    store = RedisLog(
+        client,  # type: ignore[arg-type]
+        "room",
+        clock_ms=counter_clock(),
+        fsync=FsyncPolicy.ALWAYS,
+        replicas=0,
+        timeout=5.0,
+        cache_records=16,
+        dedupe_entries=16,
+    )
+    with trio.move_on_after(60):
+        await store.run()
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(client.xreads)]
+    assert gaps[:4] == [0.1, 0.2, 0.4, 0.8] and max(gaps) == 5.0
+    assert gaps == sorted(gaps)  # exponential, then flat at the cap
+    assert len(client.xreads) < 20  # a minute of outage, not a busy loop
+    assert caplog.text.count("redis unreachable") == 1
