@@ -134,6 +134,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("redis_key", str, "papaya", "prefix of the room's Redis keys (KEY:log, KEY:ids)"),
     Option(
+        "reuse_port",
+        bool,
+        False,
+        "with store = redis: listen with SO_REUSEPORT, so several servers share the ports",
+    ),
+    Option(
         "redis_replicas",
         int,
         0,
@@ -187,6 +193,7 @@ class ServerConfig:
     store: str
     redis_url: str
     redis_key: str
+    reuse_port: bool
     redis_replicas: int
     redis_timeout: float
     shutdown_deadline: float
@@ -208,6 +215,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + option.name.replace("_", "-")
         if option.kind is list:
             parser.add_argument(flag, action="append", metavar=option.metavar, help=option.help)
+        elif option.kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=option.help)
         else:
             parser.add_argument(
                 flag,
@@ -282,6 +291,8 @@ def check(config: ServerConfig) -> None:
             raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')
         if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+    elif config.reuse_port:
+        raise ConfigError('reuse_port is for servers sharing one room: it needs store = "redis"')
     if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
         raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
     if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
@@ -302,6 +313,8 @@ def default_toml() -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

@@ -107,16 +107,48 @@ async def open_tcp_listeners(
     config: ServerConfig, port: int | None = None
 ) -> list[trio.SocketListener]:
     """Listen on `port` (default: tcp_port) at every configured address ('*': all interfaces,
-    IPv4 and IPv6)."""
+    IPv4 and IPv6), with SO_REUSEPORT if `reuse_port` is set."""
     port = config.tcp_port if port is None else port
     listeners: list[trio.SocketListener] = []
     try:
         for host in config.listen:
-            listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+            address = None if host == "*" else host
+            if config.reuse_port:
+                listeners += await _open_shared_listeners(port, address)
+            else:
+                listeners += await trio.open_tcp_listeners(port, host=address)
     except OSError as exc:
         for listener in listeners:
             await listener.aclose()
         raise ServiceError(f"cannot listen on port {port}: {exc.strerror}") from None
+    return listeners
+
+
+async def _open_shared_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, plus SO_REUSEPORT: every server of the room binds the
+    same port and the kernel spreads new connections over them."""
+    listeners: list[trio.SocketListener] = []
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen()
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
     return listeners
 
 

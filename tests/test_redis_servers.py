@@ -14,7 +14,7 @@ import trio
 from papaya_trio.cli import main
 from tests.memory_world import LineClient
 from tests.real_server import Dialer, RunningServer, ServerFactory
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, free_port
 
 WAIT = 15.0  # seconds any one step of these tests may take
 
@@ -78,6 +78,25 @@ async def test_clients_spread_over_three_servers_see_one_order(
     for user in users:  # each sender's messages in the order it sent them
         assert [t for _, u, t in seen[0] if u == user] == [f"{user} says {n}" for n in range(10)]
     assert [server.stop() for server in servers] == [0, 0, 0]
+
+
+async def test_servers_sharing_one_port_spread_the_clients(
+    nodes: RedisServers, dial: Dialer
+) -> None:
+    port, http_port = free_port(), free_port()
+    flags = ["--store", "redis", "--redis-url", nodes.redis.url, "--reuse-port"]
+    shared = [nodes.start(*flags, port=port, http_port=http_port) for _ in range(2)]
+    assert [server.port for server in shared] == [port, port]
+    count = 24
+    with trio.fail_after(WAIT):
+        clients = [await dial.native(shared[0], f"user{i}", since=0) for i in range(count)]
+        for i, client in enumerate(clients):
+            await client.chat(f"hello from {i}", f"id-{i}")
+        seen = [summary(await client.messages(count)) for client in clients]
+    assert [seq for seq, _, _ in seen[0]] == list(range(1, count + 1))
+    assert all(view == seen[0] for view in seen)
+    joined = [server.log.count(" joined") for server in shared]
+    assert sum(joined) == count and min(joined) > 0  # the kernel spread them over both
 
 
 async def test_a_killed_servers_clients_resume_on_another_exactly(
@@ -213,6 +232,7 @@ async def test_a_room_moves_from_the_file_store_to_redis_and_back(
     [
         (["--mode", "fork", "--store", "redis"], "fork mode keeps its log in a file"),
         (["--store", "redis", "--redis-url", "http://x"], "redis_url must start with"),
+        (["--reuse-port"], 'reuse_port is for servers sharing one room: it needs store = "redis"'),
     ],
 )
 def test_impossible_redis_settings_are_refused(
