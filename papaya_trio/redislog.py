@@ -261,19 +261,20 @@ class RedisLog:
                 reply = await self._client.xread(
                     {self.stream: f"{self._visible}-0"}, count=READ_BATCH, block=block_ms
                 )
-            except REDIS_ERRORS as exc:
+                entries = reply.get(self.stream.encode(), ()) if reply else ()
+                records = [_record(entry) for entry in entries]
+            except (*REDIS_ERRORS, StorageFailed) as exc:
                 if self._down is None:
                     self._down = str(exc) or type(exc).__name__
-                    logger.error("redis unreachable, retrying: %s", self._down)
+                    logger.error("redis stream unreadable, retrying: %s", self._down)
                 await trio.sleep(retry)
                 retry = min(RETRY_MAX, retry * 2)
                 continue
             if self._down is not None:
-                logger.warning("redis reachable again; live delivery resumes after %d", self.head)
+                logger.warning("redis stream readable again; delivery resumes after %d", self.head)
                 self._down = None
             retry = RETRY_MIN
-            if reply:
-                self._learn([_record(entry) for entry in reply.get(self.stream.encode(), ())])
+            self._learn(records)
 
     # --- reading ----------------------------------------------------------------------------
     async def read_after(self, cursor: int, limit: int) -> list[Record]:
@@ -336,16 +337,20 @@ class RedisLog:
 
 
 def _record(entry: Any) -> Record:
-    """A stream entry as a Record."""
+    """A stream entry as a Record; StorageFailed if it is not one of ours."""
     fields = entry.field_values
-    client_id = fields.get(b"id")
-    return Record(
-        seq=int(entry.identifier.split(b"-")[0]),
-        time_ms=int(fields[b"t"]),
-        user=fields[b"user"].decode(),
-        text=fields[b"text"].decode(),
-        client_id=None if client_id is None else client_id.decode(),
-    )
+    try:
+        client_id = fields.get(b"id")
+        return Record(
+            seq=int(entry.identifier.split(b"-")[0]),
+            time_ms=int(fields[b"t"]),
+            user=fields[b"user"].decode(),
+            text=fields[b"text"].decode(),
+            client_id=None if client_id is None else client_id.decode(),
+        )
+    except (KeyError, ValueError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+        why = f"stream entry {entry.identifier!r} is not a message: {exc!r}"
+        raise StorageFailed(why) from None
 
 
 @asynccontextmanager

@@ -246,6 +246,24 @@ async def test_redis_replicas_waits_for_copies_and_reports_too_few(
         replica.kill()
 
 
+async def test_a_foreign_stream_entry_stops_the_reader_not_the_server(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as store,
+        coredis.Redis.from_url(redis_server.url) as other_client,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(store.run)
+        await other_client.xadd("room:log", {"hello": "not a message"}, identifier="1-0")
+        await wait_for_log(caplog, "is not a message")
+        with pytest.raises(StorageFailed, match="is not a message"):
+            await store.catch_up(1)
+        assert store.head == 0
+        nursery.cancel_scope.cancel()
+    assert caplog.text.count("redis stream unreadable") == 1
+
+
 async def test_fsync_always_refuses_a_redis_that_does_not_fsync(tmp_path: Path) -> None:
     lax = RedisServer(tmp_path / "lax", appendfsync="everysec")
     lax.start()
@@ -273,13 +291,13 @@ async def test_unreachable_redis_fails_appends_and_delivery_resumes(
         for i in range(3):
             with pytest.raises(StorageFailed, match="redis is unavailable"):
                 await store.append("alice", f"lost {i}", f"a-{i + 2}")
-        await wait_for_log(caplog, "redis unreachable")
+        await wait_for_log(caplog, "redis stream unreadable")
         redis_server.start()
         assert (await writer.append("bob", "after", "b-1")).seq == 2
         await wait_for_head(store, 2)
         assert [r.text for r in await read_all(store)] == ["before", "after"]
-        await wait_for_log(caplog, "redis reachable again")
-        assert caplog.text.count("redis unreachable") == 1
+        await wait_for_log(caplog, "redis stream readable again")
+        assert caplog.text.count("redis stream unreadable") == 1
         nursery.cancel_scope.cancel()
 
 
@@ -343,4 +361,4 @@ async def test_the_reader_backs_off_without_spinning_and_logs_the_outage_once(
     assert gaps[:4] == [0.1, 0.2, 0.4, 0.8] and max(gaps) == 5.0
     assert gaps == sorted(gaps)  # exponential, then flat at the cap
     assert len(client.xreads) < 20  # a minute of outage, not a busy loop
-    assert caplog.text.count("redis unreachable") == 1
+    assert caplog.text.count("redis stream unreadable") == 1

@@ -178,9 +178,9 @@ async def test_acknowledged_messages_survive_a_redis_kill(
     assert summary(live) == summary(stored)
     with trio.fail_after(WAIT):
         # The server's log file is all there is to wait on.
-        while "redis reachable again" not in server.log:  # noqa: ASYNC110
+        while "redis stream readable again" not in server.log:  # noqa: ASYNC110
             await trio.sleep(0.02)
-    assert server.log.count("redis unreachable") == 1
+    assert server.log.count("redis stream unreadable") == 1
     assert "coredis" not in server.log
 
 
