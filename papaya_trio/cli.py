@@ -19,6 +19,7 @@ from papaya_trio.keys import KeyFileError, generate_key, write_key
 from papaya_trio.logtransfer import TransferError, export_records, import_lines
 from papaya_trio.records import record_json
 from papaya_trio.service import ServiceError, open_log_store, run_service
+from papaya_trio.workers import run_workers
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 logging.getLogger("coredis").setLevel(logging.WARNING)
             if config.mode == "fork":
                 run_fork_service(config)
+            elif config.workers > 1:
+                return trio.run(run_workers, config, argv)
             else:
                 trio.run(run_service, config)
         elif args.command == "keygen":

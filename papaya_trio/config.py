@@ -134,6 +134,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("redis_key", str, "papaya", "prefix of the room's Redis keys (KEY:log, KEY:ids)"),
     Option(
+        "workers",
+        int,
+        1,
+        "with store = redis: run this many servers of the room, sharing the ports (reuse_port)",
+        minimum=1,
+    ),
+    Option(
         "reuse_port",
         bool,
         False,
@@ -193,6 +200,7 @@ class ServerConfig:
     store: str
     redis_url: str
     redis_key: str
+    workers: int
     reuse_port: bool
     redis_replicas: int
     redis_timeout: float
@@ -291,8 +299,10 @@ def check(config: ServerConfig) -> None:
             raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')
         if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
-    elif config.reuse_port:
-        raise ConfigError('reuse_port is for servers sharing one room: it needs store = "redis"')
+        if config.workers > 1 and 0 in (config.tcp_port, config.http_port):
+            raise ConfigError("workers share their ports: tcp_port and http_port cannot be 0")
+    elif config.reuse_port or config.workers > 1:
+        raise ConfigError('workers and reuse_port share one room: they need store = "redis"')
     if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
         raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
     if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 
@@ -97,6 +98,51 @@ async def test_servers_sharing_one_port_spread_the_clients(
     assert all(view == seen[0] for view in seen)
     joined = [server.log.count(" joined") for server in shared]
     assert sum(joined) == count and min(joined) > 0  # the kernel spread them over both
+
+
+def established_on(process: psutil.Process, port: int) -> int:
+    return sum(
+        1
+        for connection in process.net_connections(kind="tcp")
+        if connection.laddr and connection.laddr[1] == port and connection.status == "ESTABLISHED"
+    )
+
+
+async def start_workers(nodes: RedisServers, port: int, http_port: int) -> RunningServer:
+    """`serve --workers 2`, once both workers listen."""
+    flags = ["--store", "redis", "--redis-url", nodes.redis.url, "--workers", "2"]
+    group = nodes.start(*flags, port=port, http_port=http_port)
+    with trio.fail_after(WAIT):
+        # The supervisor's log (its workers write to it too) is all there is to wait on.
+        while group.log.count("listening tcp") < 2:  # noqa: ASYNC110
+            await trio.sleep(0.02)
+    return group
+
+
+async def test_workers_share_the_ports_and_stop_together(nodes: RedisServers, dial: Dialer) -> None:
+    port = free_port()
+    group = await start_workers(nodes, port, free_port())
+    workers = psutil.Process(group.process.pid).children()
+    assert len(workers) == 2
+    with trio.fail_after(WAIT):
+        clients = [await dial.native(group, f"user{i}", since=0) for i in range(24)]
+        for i, client in enumerate(clients):
+            await client.chat(f"hello from {i}", f"id-{i}")
+        seen = [summary(await client.messages(24)) for client in clients]
+    assert all(view == seen[0] for view in seen)
+    assert [seq for seq, _, _ in seen[0]] == list(range(1, 25))
+    assert min(established_on(worker, port) for worker in workers) > 0
+    assert group.stop() == 0
+    assert not any(worker.is_running() for worker in workers)
+
+
+async def test_a_worker_that_dies_stops_the_group(nodes: RedisServers) -> None:
+    group = await start_workers(nodes, free_port(), free_port())
+    workers = psutil.Process(group.process.pid).children()
+    workers[0].kill()
+    assert group.process.wait(WAIT) == 1
+    assert "a worker ended by itself" in group.log
+    assert not any(worker.is_running() for worker in workers)
 
 
 async def test_a_killed_servers_clients_resume_on_another_exactly(
@@ -232,7 +278,7 @@ async def test_a_room_moves_from_the_file_store_to_redis_and_back(
     [
         (["--mode", "fork", "--store", "redis"], "fork mode keeps its log in a file"),
         (["--store", "redis", "--redis-url", "http://x"], "redis_url must start with"),
-        (["--reuse-port"], 'reuse_port is for servers sharing one room: it needs store = "redis"'),
+        (["--reuse-port"], 'workers and reuse_port share one room: they need store = "redis"'),
     ],
 )
 def test_impossible_redis_settings_are_refused(
