@@ -46,6 +46,7 @@ class ChatServer:
         self._idle = trio.Event()
         self._idle.set()
         self._numbers = itertools.count(1)
+        room.metrics.watch(room.log, lambda: self.connections)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; `serve` returns when it is done."""
@@ -56,17 +57,18 @@ class ChatServer:
         tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         papaya_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        metrics_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and serve until shutdown, then close everything within the deadline.
 
         `tcp_listeners` carry both TCP dialects; `http_listeners` the browser client and its
-        WebSocket; `papaya_listeners` the papayaChat dialect alone. The listeners are closed on
-        return. Returns after every connection handler
+        WebSocket; `papaya_listeners` the papayaChat dialect alone; `metrics_listeners` only
+        `/metrics`. The listeners are closed on return. Returns after every connection handler
         has ended.
         """
-        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners]
+        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners, *metrics_listeners]
         async with trio.open_nursery() as handlers:
             try:
                 async with trio.open_nursery() as acceptors:
@@ -76,6 +78,8 @@ class ChatServer:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "http")
                     for listener in papaya_listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "papaya")
+                    for listener in metrics_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "metrics")
                     task_status.started()
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
@@ -113,8 +117,10 @@ class ChatServer:
         try:
             full = self.connections > self.max_connections
             label = self._describe(stream, kind)
-            if kind == "http":
-                await handle_http_stream(stream, self.room, label, full, self.web)
+            stream = self.room.metrics.count_bytes(stream, kind)
+            if kind in ("http", "metrics"):
+                web = self.web if kind == "http" else self.web.metrics_only(self.room.metrics)
+                await handle_http_stream(stream, self.room, label, full, web)
             else:
                 await handle_tcp_stream(stream, self.room, label, full, native=kind == "tcp")
         finally:
