@@ -58,6 +58,14 @@ async def settled(
     return await scrape(url)
 
 
+async def read_to_end(stream: trio.abc.Stream) -> bytes:
+    """Everything `stream` receives until the other side closes."""
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
 def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return (name, frozenset(labels.items()))
 

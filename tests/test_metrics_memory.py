@@ -20,7 +20,7 @@ from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage
 from tests.memory_world import KEY, MemoryListener, open_world, trio_clock_ms
-from tests.metrics_scrape import CountingStream, Samples, parse, value
+from tests.metrics_scrape import CountingStream, Samples, parse, read_to_end, value
 
 FSYNC_DELAY = 0.03
 
@@ -136,13 +136,6 @@ async def http_get(listener: MemoryListener, request: bytes) -> bytes:
     stream = await listener.connect()
     await stream.send_all(request)
     return await read_to_end(stream)
-
-
-async def read_to_end(stream: trio.abc.Stream) -> bytes:
-    data = b""
-    while chunk := await stream.receive_some(65536):
-        data += chunk
-    return data
 
 
 async def test_metrics_listener_serves_metrics_only(

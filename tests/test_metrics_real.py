@@ -10,7 +10,15 @@ import socket
 import trio
 
 from tests.memory_world import LineClient
-from tests.metrics_scrape import CountingStream, fetch, key, scrape, settled, value
+from tests.metrics_scrape import (
+    CountingStream,
+    fetch,
+    key,
+    read_to_end,
+    scrape,
+    settled,
+    value,
+)
 from tests.real_server import Dialer, RunningServer, ServerFactory
 
 TIMEOUT = 30.0
@@ -23,13 +31,6 @@ def metrics_url(server: RunningServer) -> str:
     match = METRICS_LISTENING.search(server.log)
     assert match, server.log
     return match.group(1)
-
-
-async def read_to_end(stream: trio.abc.Stream) -> bytes:
-    data = b""
-    while chunk := await stream.receive_some(65536):
-        data += chunk
-    return data
 
 
 async def test_metrics_count_a_known_sequence_exactly(
