@@ -21,6 +21,7 @@ from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage
 from tests.memory_world import KEY, MemoryListener, open_world, trio_clock_ms
 from tests.metrics_scrape import CountingStream, Samples, parse, read_to_end, value
+from tests.web.ws_world import open_web_world, upgrade_request
 
 FSYNC_DELAY = 0.03
 
@@ -230,3 +231,24 @@ def test_readme_lists_every_metric_and_the_dashboard_queries_only_those() -> Non
     queried |= set(re.findall(r"\bpapaya_[a-z_]+", (root / "docs" / "metrics.md").read_text()))
     samples = set().union(*exported.values())
     assert queried and queried <= samples, queried - samples
+
+
+async def test_websocket_clients_and_refusals(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_web_world() as world:
+        alice, _ = await world.join_ws("alice")
+        await alice.chat("over a websocket")
+        assert (
+            await world.request(upgrade_request("/ws", "Origin: http://evil.example"))
+        ).status == 403
+        assert (await world.request(upgrade_request("/elsewhere"))).status == 404
+        during = samples_of(world.room.metrics)
+        await alice.ws.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        after = samples_of(world.room.metrics)
+    assert value(during, "papaya_connections", transport="websocket", dialect="native") == 1.0
+    assert value(after, "papaya_connections", transport="websocket", dialect="native") == 0.0
+    assert value(during, "papaya_handshakes_refused_total", reason="origin") == 1.0
+    assert value(during, "papaya_handshakes_refused_total", reason="websocket_path") == 1.0
+    assert value(during, "papaya_messages_stored_total") == 1.0
+    assert (value(during, "papaya_received_bytes_total", port="http") or 0) > 0
+    assert value(during, "papaya_received_bytes_total", port="tcp") is None
