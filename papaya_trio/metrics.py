@@ -9,7 +9,8 @@ sessions by transport and dialect and refused handshakes by reason, the session 
 stores and delivers and lag evictions, the accept loop wraps each stream in `MeteredStream` to
 count bytes, and the service wraps the log file's storage in `MeteredStorage` to time fsyncs
 and track the file's size. Gauges that are a value the server already keeps (the log's head,
-the open connections) are read when scraped (`set_function`), so they cannot drift.
+the open connections, the largest send backlog) are read when scraped (`set_function`), so
+they cannot drift and cost nothing per message.
 
 Durations are measured on trio's clock, not `time.perf_counter`: in production trio's clock
 is the monotonic clock, and under `MockClock` (tests, the simulation) a simulated disk's delay
@@ -35,13 +36,13 @@ from prometheus_client import (
     generate_latest,
 )
 
+from papaya_trio.broadcaster import Broadcaster
 from papaya_trio.logstore import AppendResult, LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.storage import Storage
 
 METRICS_PATH = "/metrics"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BACKLOG_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
 
 class Metrics:
@@ -115,10 +116,9 @@ class Metrics:
             "Clients dropped for falling more than max_lag messages behind",
             registry=registry,
         )
-        self.send_backlog = Histogram(
+        self.send_backlog = Gauge(
             "papaya_send_backlog_messages",
-            "Live messages a client's send task still had to send, sampled after each write",
-            buckets=BACKLOG_BUCKETS,
+            "Live messages the furthest-behind client has yet to be sent (max_lag drops it)",
             registry=registry,
         )
         self.log_messages = Gauge(
@@ -131,6 +131,9 @@ class Metrics:
             "Size of the log file in bytes (file store only)",
             registry=registry,
         )
+        # Looked up once: a label lookup costs as much as the increment, on every write.
+        self._history = self.deliveries.labels("history")
+        self._live = self.deliveries.labels("live")
         for reason_free in (self.stored, self.resent, self.append_failures, self.lag_evictions):
             reason_free.inc(0)  # exported as 0 from the start, so rate() sees the first one
 
@@ -139,9 +142,13 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     # --- hooks: one line at each call site ------------------------------------------------
-    def watch(self, log: LogStore, open_connections: Callable[[], int]) -> None:
-        """Read the log's head and the server's connection count when scraped."""
+    def watch(
+        self, log: LogStore, broadcaster: Broadcaster, open_connections: Callable[[], int]
+    ) -> None:
+        """Read the log's head, the largest send backlog and the server's connection count
+        when scraped (nothing on the message path)."""
         self.log_messages.set_function(lambda: log.head)
+        self.send_backlog.set_function(lambda: broadcaster.largest_lag(log.head))
         self.open_connections.set_function(open_connections)
 
     @contextmanager
@@ -172,14 +179,13 @@ class Metrics:
         (self.resent if result.duplicate else self.stored).inc()
         return result
 
-    def delivered(self, batch: Sequence[Record], replayed_up_to: int, backlog: int) -> None:
-        """A send task wrote `batch` and has `backlog` live messages still to send."""
-        self.send_backlog.observe(backlog)
+    def delivered(self, batch: Sequence[Record], replayed_up_to: int) -> None:
+        """A send task wrote `batch`; records up to `replayed_up_to` were history."""
         history = sum(1 for record in batch if record.seq <= replayed_up_to)
         if history:
-            self.deliveries.labels("history").inc(history)
+            self._history.inc(history)
         if len(batch) > history:
-            self.deliveries.labels("live").inc(len(batch) - history)
+            self._live.inc(len(batch) - history)
 
     def evicted_for_lag(self) -> None:
         """A client fell more than max_lag behind and is being dropped."""

@@ -46,7 +46,7 @@ class ChatServer:
         self._idle = trio.Event()
         self._idle.set()
         self._numbers = itertools.count(1)
-        room.metrics.watch(room.log, lambda: self.connections)
+        room.metrics.watch(room.log, room.broadcaster, lambda: self.connections)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; `serve` returns when it is done."""

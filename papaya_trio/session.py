@@ -195,7 +195,7 @@ class Session:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])
                 sub.cursor = batch[-1].seq
-                self.room.metrics.delivered(batch, welcome_head, sub.lag(self.room.log.head))
+                self.room.metrics.delivered(batch, welcome_head)
             if self._closing is not None:
                 self._end(self._closing.code)
                 await self._write([self._closing])
