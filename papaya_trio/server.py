@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # Accept errors that mean "out of resources for now": wait, then go on (as trio.serve_listeners).
 TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_RETRY_DELAY = 0.1
+MAX_SCRAPES = 8  # metrics requests served at once on the metrics listener
 
 
 class ChatServer:
@@ -42,6 +43,7 @@ class ChatServer:
         self.max_connections = max_connections
         self.shutdown_deadline = shutdown_deadline
         self.connections = 0
+        self._scrapes = 0
         self._stop = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -109,7 +111,26 @@ class ChatServer:
                 logger.error("accept failed, retrying shortly: %s", exc)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            handlers.start_soon(self._handle, stream, kind)
+            if kind == "metrics":
+                handlers.start_soon(self._scrape, stream)
+            else:
+                handlers.start_soon(self._handle, stream, kind)
+
+    async def _scrape(self, stream: trio.abc.Stream) -> None:
+        """A connection to the metrics listener. It is no client: it neither counts toward
+        `max_connections` nor delays shutdown, and at most MAX_SCRAPES are served at once
+        (more are closed at once), so a flood there cannot crowd out the chat."""
+        if self._scrapes >= MAX_SCRAPES:
+            await trio.aclose_forcefully(stream)
+            return
+        self._scrapes += 1
+        try:
+            label = self._describe(stream, "metrics")
+            stream = self.room.metrics.count_bytes(stream, "metrics")
+            web = self.web.metrics_only(self.room.metrics)
+            await handle_http_stream(stream, self.room, label, False, web)
+        finally:
+            self._scrapes -= 1
 
     async def _handle(self, stream: trio.abc.Stream, kind: str) -> None:
         self.connections += 1
@@ -118,9 +139,8 @@ class ChatServer:
             full = self.connections > self.max_connections
             label = self._describe(stream, kind)
             stream = self.room.metrics.count_bytes(stream, kind)
-            if kind in ("http", "metrics"):
-                web = self.web if kind == "http" else self.web.metrics_only(self.room.metrics)
-                await handle_http_stream(stream, self.room, label, full, web)
+            if kind == "http":
+                await handle_http_stream(stream, self.room, label, full, self.web)
             else:
                 await handle_tcp_stream(stream, self.room, label, full, native=kind == "tcp")
         finally:

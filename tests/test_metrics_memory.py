@@ -17,9 +17,10 @@ from papaya_trio.cli import build_parser
 from papaya_trio.config import ConfigError, ServerConfig, load_config
 from papaya_trio.metrics import Metrics
 from papaya_trio.room import Room, RoomSettings
-from papaya_trio.server import ChatServer
+from papaya_trio.server import MAX_SCRAPES, ChatServer
 from papaya_trio.storage import MemoryStorage
-from tests.memory_world import KEY, MemoryListener, open_world, trio_clock_ms
+from papaya_trio.transports.websocket import WebSocketSettings
+from tests.memory_world import KEY, LineClient, MemoryListener, open_world, trio_clock_ms
 from tests.metrics_scrape import CountingStream, Samples, parse, read_to_end, value
 from tests.web.ws_world import open_web_world, upgrade_request
 
@@ -252,3 +253,30 @@ async def test_websocket_clients_and_refusals(autojump_clock: trio.testing.MockC
     assert value(during, "papaya_messages_stored_total") == 1.0
     assert (value(during, "papaya_received_bytes_total", port="http") or 0) > 0
     assert value(during, "papaya_received_bytes_total", port="tcp") is None
+
+
+async def test_a_flood_on_the_metrics_listener_cannot_crowd_out_the_chat(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log, _ = await ChatLog.open(MemoryStorage(), clock_ms=trio_clock_ms)
+    room = Room(log, KEY, RoomSettings())
+    server = ChatServer(room, max_connections=1)
+    tcp = MemoryListener(trio.testing.memory_stream_pair)
+    metrics = MemoryListener(trio.testing.memory_stream_pair)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(server.serve, [tcp], metrics_listeners=[metrics]))
+        silent = [await metrics.connect() for _ in range(MAX_SCRAPES)]
+        started = trio.current_time()
+        extra = await metrics.connect()
+        assert await read_to_end(extra) == b""  # over MAX_SCRAPES: closed at once
+        assert trio.current_time() == started
+        alice = LineClient(await tcp.connect())  # max_connections = 1: the scrapes are no clients
+        await alice.hello("alice")
+        for stream in silent:  # each has the handshake timeout to send its request
+            assert await read_to_end(stream) == b""
+        assert trio.current_time() - started == WebSocketSettings().handshake_timeout
+        huge = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40000 + b"\r\n\r\n"
+        assert (await http_get(metrics, huge)).startswith(b"HTTP/1.1 431 ")
+        answer = await http_get(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        server.shutdown()
