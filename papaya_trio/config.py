@@ -357,8 +357,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")
     if config.metrics not in METRICS_MODES:
         parse_host_port(config.metrics)
-    if config.mode == "fork" and config.metrics != "off":
-        raise ConfigError("fork mode has no metrics (no HTTP port, one process per client)")
+    if config.mode == "fork" and config.metrics == "http":
+        raise ConfigError('fork mode has no HTTP port: give metrics = "HOST:PORT" instead')
     if config.workers > 1 and config.metrics != "off":
         raise ConfigError(
             "metrics count one server: with workers, run each server with --reuse-port and"

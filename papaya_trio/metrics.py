@@ -46,10 +46,12 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class Metrics:
-    """Every metric of one server, in a registry of its own."""
+    """Every metric of one server, in a registry of its own; `only` limits the exposition to
+    those sample names (fork mode exports what its parent knows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, only: frozenset[str] | None = None) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._exported = registry if only is None else registry.restricted_registry(only)
         self.sessions = Gauge(
             "papaya_connections",
             "Authenticated clients connected now",
@@ -139,7 +141,7 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The registry in Prometheus's text format, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(self._exported), CONTENT_TYPE_LATEST
 
     # --- hooks: one line at each call site ------------------------------------------------
     def watch(

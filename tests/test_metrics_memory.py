@@ -180,6 +180,8 @@ def test_metrics_option_values(value_: str, address: tuple[str, int] | None) -> 
 
 def test_metrics_are_off_by_default() -> None:
     assert config_from([]).metrics == "off"
+    assert config_from(["--mode", "fork"]).metrics == "off"
+    assert config_from(["--mode", "fork", "--metrics", "127.0.0.1:0"]).metrics_address
 
 
 @pytest.mark.parametrize(
@@ -191,7 +193,7 @@ def test_metrics_are_off_by_default() -> None:
         (["--metrics", ":9772"], "metrics must be off, http or HOST:PORT"),
         (["--metrics", "127.0.0.1:65536"], "metrics must be off, http or HOST:PORT"),
         (["--metrics", "127.0.0.1:-1"], "metrics must be off, http or HOST:PORT"),
-        (["--metrics", "http", "--mode", "fork"], "fork mode has no metrics"),
+        (["--metrics", "http", "--mode", "fork"], "fork mode has no HTTP port"),
         (
             ["--metrics", "127.0.0.1:9772", "--store", "redis", "--workers", "2"],
             "metrics count one server",

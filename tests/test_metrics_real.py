@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+from pathlib import Path
 
 import trio
 
@@ -134,3 +135,32 @@ async def test_metrics_on_the_http_port(trio_servers: ServerFactory, dial: Diale
     status, content_type, _ = fetch(server.url + "metrics?x=1")
     assert (status, content_type.split(";")[0]) == (200, "text/plain")
     assert server.stop() == 0
+
+
+async def test_fork_mode_exports_what_its_parent_knows(tmp_path: Path, dial: Dialer) -> None:
+    servers = ServerFactory(tmp_path, "fork")
+    try:
+        server = servers.start("--metrics", "127.0.0.1:0", "--max-connections", "1")
+        url = metrics_url(server)
+        with trio.fail_after(TIMEOUT):
+            silent = await dial.connect(int(url.rsplit(":", 1)[1].split("/")[0]))  # never asks
+            alice = await dial.native(server, "alice")
+            await alice.chat("one", "a1")
+            await alice.chat("two", "a2")
+            refused = LineClient(await dial.connect(server.port))
+            await refused.send(type="hello", key=server.key, user="bob")
+            assert (await refused.expect("error"))["code"] == "server_full"
+            expected = {
+                key("papaya_open_connections"): 1.0,
+                key("papaya_handshakes_refused_total", reason="server_full"): 1.0,
+                key("papaya_log_messages"): 2.0,
+            }
+            samples = await settled(url, expected)
+        assert {k: samples.get(k) for k in expected} == expected
+        assert value(samples, "papaya_log_bytes") == (server.data_dir / "chat.log").stat().st_size
+        assert value(samples, "papaya_messages_stored_total") is None  # done in the children
+        assert fetch(url.replace("/metrics", "/"))[0] == 404
+        await trio.aclose_forcefully(silent)
+        assert server.stop() == 0
+    finally:
+        servers.cleanup()
