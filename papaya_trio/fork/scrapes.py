@@ -12,8 +12,10 @@ is not exported; `rate(papaya_log_messages[5m])` is the message rate all the sam
 `Scrapes` takes each connection to that listener non-blocking and keeps it in the parent's
 poll set until its request head is complete (parsed by h11, at most MAX_REQUEST_HEAD bytes)
 or SCRAPE_TIMEOUT has passed. The answer, a few kilobytes, is one non-blocking send into the
-socket's empty send buffer; then the socket is closed. At most MAX_SCRAPES wait at once: a
-newcomer past that is closed at once, so a flood there costs the parent nothing but accepts.
+socket's empty send buffer; then what the client still sent is read away (bounded) and the
+socket closed, so that the close is a FIN and not a reset that could overtake the answer. At
+most MAX_SCRAPES wait at once: a newcomer past that is closed at once, so a flood there costs
+the parent nothing but accepts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import h11
 
+from papaya_trio.fork.overload import close_gently
 from papaya_trio.metrics import Metrics
 from papaya_trio.transports.http import MAX_REQUEST_HEAD, metrics_response
 from papaya_trio.transports.static import Response, render
@@ -128,4 +131,4 @@ class Scrapes:
         scrape = self._waiting.pop(fd)
         with suppress(OSError, h11.LocalProtocolError):  # best effort, like every refusal
             scrape.sock.send(render(scrape.conn, response), socket.MSG_NOSIGNAL)
-        scrape.sock.close()
+        close_gently(scrape.sock)  # a reset could overtake the answer
