@@ -4,6 +4,10 @@
 runs each accepted connection in a handler task in its own nursery, apart from the accept
 loops (as hypercorn does), so that shutdown can stop accepting first, then give the sessions a
 deadline to say goodbye, then cancel whatever is left.
+
+Each chat connection's stream is wrapped to count its bytes (`metrics`). Connections to the
+metrics listener are not clients: they are served apart (`_scrape`), outside
+`max_connections` and the shutdown wait, at most MAX_SCRAPES at once.
 """
 
 from __future__ import annotations
