@@ -128,11 +128,6 @@ class Metrics:
             "Messages in the log (its newest sequence number)",
             registry=registry,
         )
-        self.log_bytes = Gauge(
-            "papaya_log_bytes",
-            "Size of the log file in bytes (file store only)",
-            registry=registry,
-        )
         # Looked up once: a label lookup costs as much as the increment, on every write.
         self._history = self.deliveries.labels("history")
         self._live = self.deliveries.labels("live")
@@ -204,8 +199,14 @@ class Metrics:
     def storage(self, storage: Storage) -> MeteredStorage:
         """`storage`, its fsyncs timed and its size exported as papaya_log_bytes."""
         metered = MeteredStorage(storage, self.fsync_seconds)
-        self.log_bytes.set_function(lambda: metered.size_now)
+        self.watch_log_file(lambda: metered.size_now)
         return metered
+
+    def watch_log_file(self, size: Callable[[], float]) -> None:
+        """Export papaya_log_bytes, read from `size` when scraped. Only a log kept in a file
+        has it: with the Redis store the metric is absent, not a misleading 0."""
+        gauge = Gauge("papaya_log_bytes", "Size of the log file in bytes", registry=self.registry)
+        gauge.set_function(size)
 
 
 class MeteredStream(trio.abc.Stream):

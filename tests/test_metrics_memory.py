@@ -107,6 +107,17 @@ async def test_fsync_and_append_latency_on_trio_time(
     assert value(samples, "papaya_log_bytes") == len(disk.data)
 
 
+async def test_without_a_log_file_there_is_no_log_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_world() as world:  # storage not metered, as with the Redis store
+        alice, _ = await world.join("alice")
+        await alice.chat("hello")
+        samples = samples_of(world.room.metrics)
+    assert value(samples, "papaya_log_messages") == 1.0
+    assert value(samples, "papaya_log_bytes") is None
+
+
 def counted_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
     client, server = trio.testing.memory_stream_pair()
     return CountingStream(client), server
@@ -208,7 +219,9 @@ def test_bad_metrics_option_is_a_clear_error(argv: list[str], message: str) -> N
 def exported_names() -> dict[str, set[str]]:
     """Each metric family the server exports: its name in the README -> its sample names."""
     names: dict[str, set[str]] = {}
-    for family in Metrics().registry.collect():
+    metrics = Metrics()
+    metrics.watch_log_file(lambda: 0)  # a file store's server
+    for family in metrics.registry.collect():
         if family.type == "counter":
             names[family.name + "_total"] = {family.name + "_total"}
         elif family.type == "histogram":

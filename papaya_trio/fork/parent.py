@@ -242,7 +242,7 @@ class Supervisor:
         metrics = scrapes.metrics
         metrics.open_connections.set_function(lambda: len(self._clients))
         metrics.log_messages.set_function(self._catch_up)
-        metrics.log_bytes.set_function(lambda: os.fstat(self._log.fd).st_size)
+        metrics.watch_log_file(lambda: os.fstat(self._log.fd).st_size)
 
     def __repr__(self) -> str:
         return (
