@@ -4,6 +4,12 @@
 runs each accepted connection in a handler task in its own nursery, apart from the accept
 loops (as hypercorn does), so that shutdown can stop accepting first, then give the sessions a
 deadline to say goodbye, then cancel whatever is left.
+
+Each accepted connection first asks admission control (`papaya_trio.admission`) for a ticket,
+before anything is read: a refused connection is closed at once; an admitted one gets TCP
+keepalive and runs its transport inside the ticket's cancel scope, through which admission
+control evicts a handshake or ends it at the pressure deadline. The transports promote the
+ticket once the key was right.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from collections.abc import Sequence
 
 import trio
 
+from papaya_trio.admission import Admission, AdmissionSettings
+from papaya_trio.keepalive import TcpKeepalive, set_tcp_keepalive
 from papaya_trio.room import Room
 from papaya_trio.transports.http import WebSettings, handle_http_stream
 from papaya_trio.transports.tcp import handle_tcp_stream
@@ -27,7 +35,11 @@ ACCEPT_RETRY_DELAY = 0.1
 
 
 class ChatServer:
-    """Serves one room on a set of listeners until `shutdown()` is called."""
+    """Serves one room on a set of listeners until `shutdown()` is called.
+
+    `admission` holds every connection limit; without it, the defaults with
+    `max_connections` members. `keepalive` is set on every accepted TCP socket.
+    """
 
     def __init__(
         self,
@@ -36,10 +48,15 @@ class ChatServer:
         max_connections: int = 1024,
         shutdown_deadline: float = 5.0,
         web: WebSettings | None = None,
+        admission: AdmissionSettings | None = None,
+        keepalive: TcpKeepalive | None = None,
     ) -> None:
         self.room = room
         self.web = web if web is not None else WebSettings()
-        self.max_connections = max_connections
+        if admission is None:
+            admission = AdmissionSettings(max_connections=max_connections)
+        self.admission = Admission(admission)
+        self.keepalive = keepalive if keepalive is not None else TcpKeepalive()
         self.shutdown_deadline = shutdown_deadline
         self.connections = 0
         self._stop = trio.Event()
@@ -66,6 +83,7 @@ class ChatServer:
         """
         listeners = [*tcp_listeners, *http_listeners]
         async with trio.open_nursery() as handlers:
+            handlers.start_soon(self.admission.serve_reports)
             try:
                 async with trio.open_nursery() as acceptors:
                     for listener in tcp_listeners:
@@ -88,6 +106,7 @@ class ChatServer:
             if deadline.cancelled_caught:
                 logger.warning("shutdown deadline passed: dropping %d", self.connections)
             handlers.cancel_scope.cancel()
+        self.admission.report()
 
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery, kind: str
@@ -107,24 +126,48 @@ class ChatServer:
         self.connections += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            full = self.connections > self.max_connections
-            label = self._describe(stream, kind)
-            if kind == "http":
-                await handle_http_stream(stream, self.room, label, full, self.web)
-            else:
-                await handle_tcp_stream(stream, self.room, label, full)
+            address = _peer_address(stream)
+            ticket = self.admission.admit(address)
+            if ticket is None:
+                return  # refused: closed at once, nothing read (counted for the summary)
+            with ticket:
+                if isinstance(stream, trio.SocketStream):
+                    self._set_keepalive(stream)
+                label = self._describe(address, kind)
+                with ticket.scope:
+                    if kind == "http":
+                        await handle_http_stream(stream, self.room, label, ticket, self.web)
+                    else:
+                        await handle_tcp_stream(stream, self.room, label, ticket)
+                if ticket.scope.cancelled_caught:
+                    ticket.note("evicted" if ticket.evicted else "cut short under pressure")
         finally:
+            await trio.aclose_forcefully(stream)
             self.connections -= 1
             if not self.connections:
                 self._idle.set()
 
-    def _describe(self, stream: trio.abc.Stream, kind: str) -> str:
-        if isinstance(stream, trio.SocketStream):
-            try:
-                return f"{kind} {format_address(stream.socket.getpeername())}"
-            except OSError:
-                pass
+    def _set_keepalive(self, stream: trio.SocketStream) -> None:
+        try:
+            set_tcp_keepalive(stream.socket, self.keepalive)
+        except OSError as exc:  # the peer is already gone; its first read will say so
+            logger.debug("cannot set keepalive: %s", exc)
+
+    def _describe(self, address: object, kind: str) -> str:
+        if address is not None:
+            return f"{kind} {format_address(address)}"
         return f"{kind} #{next(self._numbers)}"
+
+
+def _peer_address(stream: trio.abc.Stream) -> object:
+    """The peer's socket address, or None when there is none (memory streams)."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            address: object = stream.socket.getpeername()
+        except OSError:
+            return None
+        return address
+    return None
 
 
 def format_address(address: object) -> str:

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import trio
 
+from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.config import ServerConfig
+from papaya_trio.keepalive import TcpKeepalive
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
@@ -77,6 +79,32 @@ def room_settings(config: ServerConfig) -> RoomSettings:
         max_lag=config.max_lag,
         auth_timeout=config.auth_timeout,
         papaya_auth_timeout=config.papaya_auth_timeout,
+        idle_timeout=config.idle_timeout,
+        rate_messages=config.rate_messages,
+        rate_burst=config.rate_burst,
+        rate_bytes=config.rate_bytes,
+        rate_burst_bytes=config.rate_burst_bytes,
+    )
+
+
+def admission_settings(config: ServerConfig) -> AdmissionSettings:
+    """The connection limits of the configuration."""
+    return AdmissionSettings(
+        max_connections=config.max_connections,
+        max_handshakes=config.max_handshakes,
+        max_connections_per_ip=config.max_connections_per_ip,
+        max_handshakes_per_ip=config.max_handshakes_per_ip,
+        pressure_auth_timeout=config.pressure_auth_timeout,
+        wrong_key_rate=config.wrong_key_rate,
+        wrong_key_burst=config.wrong_key_burst,
+        log_interval=config.auth_log_interval,
+    )
+
+
+def tcp_keepalive(config: ServerConfig) -> TcpKeepalive:
+    """The keepalive timings of the configuration."""
+    return TcpKeepalive(
+        config.tcp_keepalive_idle, config.tcp_keepalive_interval, config.tcp_keepalive_count
     )
 
 
@@ -134,9 +162,10 @@ async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
     room = Room(log, key, room_settings(config))
     server = ChatServer(
         room,
-        max_connections=config.max_connections,
         shutdown_deadline=config.shutdown_deadline,
         web=web_settings(config),
+        admission=admission_settings(config),
+        keepalive=tcp_keepalive(config),
     )
     listeners = await open_tcp_listeners(config)
     try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from papaya_trio.admission import Ticket
 from papaya_trio.peer import PeerGone
 from papaya_trio.room import Room
 from papaya_trio.transports.static import Response, StaticSite, render
@@ -123,10 +124,11 @@ async def read_request_head(stream: trio.abc.Stream) -> RequestHead | None:
 
 
 async def handle_http_stream(
-    stream: trio.abc.Stream, room: Room, label: str, full: bool, web: WebSettings
+    stream: trio.abc.Stream, room: Room, label: str, ticket: Ticket, web: WebSettings
 ) -> None:
     """Serve one connection to the HTTP port to the end; never raises for anything the client
-    does. The request head and the WebSocket handshake share one deadline."""
+    does. The request head and the WebSocket handshake share one deadline. The connection is a
+    handshake for admission control until a WebSocket client's key was right."""
     deadline = trio.current_time() + web.websocket.handshake_timeout
     try:
         head: RequestHead | None = None
@@ -135,23 +137,26 @@ async def handle_http_stream(
         if head is None:
             reason = "timed out" if timer.cancelled_caught else "closed"
             logger.debug("%s: %s before a complete request", label, reason)
+            ticket.note(f"http: {reason} before a request")
             return
         if head.is_websocket:
             ws_label = label.replace("http", "ws", 1)
             stream = PrefixedStream(stream, head.raw)
-            await serve_websocket(stream, room, ws_label, full, web.websocket, deadline)
+            await serve_websocket(stream, room, ws_label, ticket, web.websocket, deadline)
             return
         request = head.request
-        response = web.site.respond(request.method, request.target, full=full)
+        response = web.site.respond(request.method, request.target, full=ticket.members_full)
         logger.debug("%s: %r %r %d", label, request.method, request.target, response.status)
         await _answer(stream, head.conn, response, head_only=request.method == b"HEAD")
     except BadRequest as exc:
-        logger.info("%s: bad HTTP request (%d)", label, exc.status)
+        logger.debug("%s: bad HTTP request (%d)", label, exc.status)
+        ticket.note("http: bad request")
         if exc.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             answer = Response(exc.status, "text/plain; charset=utf-8", b"bad request\n")
             await _answer(stream, exc.conn, answer)
     except PeerGone as exc:
-        logger.info("%s: connection lost: %s", label, exc)
+        logger.debug("%s: connection lost: %s", label, exc)
+        ticket.note("http: connection lost")
     finally:
         await trio.aclose_forcefully(stream)
 

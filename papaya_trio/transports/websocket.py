@@ -39,9 +39,10 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from papaya_trio.handshake import native_handshake, refuse
+from papaya_trio.admission import Ticket
+from papaya_trio.handshake import SERVER_FULL, native_handshake, refuse
 from papaya_trio.peer import PeerGone
-from papaya_trio.protocol.events import ClientEvent, EndOfStream, Error, ServerEvent, Violation
+from papaya_trio.protocol.events import ClientEvent, EndOfStream, ServerEvent, Violation
 from papaya_trio.protocol.native import encode_json, parse_object
 from papaya_trio.room import Room
 
@@ -148,7 +149,7 @@ async def serve_websocket(
     stream: trio.abc.Stream,
     room: Room,
     label: str,
-    full: bool,
+    ticket: Ticket,
     settings: WebSocketSettings,
     deadline: float,
 ) -> None:
@@ -176,12 +177,13 @@ async def serve_websocket(
                     ws, label, room.settings.max_message_bytes, settings.max_message_bytes
                 )
                 nursery.start_soon(_keep_alive, ws, stream, settings, label)
-                code = await _run_session(peer, room, full)
+                code = await _run_session(peer, room, ticket)
                 oversize = peer.oversize
                 with trio.move_on_after(settings.handshake_timeout):
                     await ws.aclose(MESSAGE_TOO_BIG if oversize else code)
             except PeerGone as exc:
-                logger.info("%s: connection lost during handshake: %s", label, exc)
+                logger.debug("%s: connection lost during handshake: %s", label, exc)
+                ticket.note("lost during handshake")
             finally:
                 nursery.cancel_scope.cancel()  # the reader and keepalive tasks
     except* LocalProtocolError:
@@ -220,15 +222,18 @@ def _header(request: WebSocketRequest, name: bytes) -> str | None:
     return None
 
 
-async def _run_session(peer: WebSocketPeer, room: Room, full: bool) -> int:
+async def _run_session(peer: WebSocketPeer, room: Room, ticket: Ticket) -> int:
     """Authenticate and run the session; return the close code that says how it ended."""
-    if full:
-        logger.warning("%s: refused: server full", peer.label)
-        await refuse(peer, Error("server_full", "the server is full", fatal=True))
-        return TRY_AGAIN_LATER
-    identity = await native_handshake(peer, room, trio.current_time() + room.settings.auth_timeout)
+    identity = await native_handshake(
+        peer, room, trio.current_time() + room.settings.auth_timeout, ticket
+    )
     if identity is None:
         return GOING_AWAY if room.closed else POLICY_VIOLATION
+    if not ticket.promote():
+        logger.debug("%s: refused: server full", peer.label)
+        ticket.note("refused: server full")
+        await refuse(peer, SERVER_FULL)
+        return TRY_AGAIN_LATER
     session = room.session_class(room, peer, identity)
     logger.info("%s: %s joined", peer.label, identity.user)
     reason = await session.run()
