@@ -284,12 +284,7 @@ class Admission:
         if len(self._handshakes) >= PRESSURE_SHARE * settings.max_handshakes:
             if not self._pressed:
                 self._pressed = True
-                logger.warning(
-                    "handshakes under pressure (%d of %d): pre-auth deadline now %gs",
-                    len(self._handshakes),
-                    settings.max_handshakes,
-                    settings.pressure_auth_timeout,
-                )
+                self._count("times under pressure", None)  # it may flap: no line each time
                 for waiting in self._handshakes:
                     self._tighten(waiting)
             else:
@@ -307,7 +302,6 @@ class Admission:
         self._move(group, len(group.handshakes) + 1, len(group.handshakes))
         if self._pressed and len(self._handshakes) < PRESSURE_SHARE * self.settings.max_handshakes:
             self._pressed = False
-            logger.info("handshakes no longer under pressure")
 
     def _move(self, group: _Group, old: int, new: int) -> None:
         """Keep `_by_count` and `_heaviest` right when a group's handshakes go old -> new."""
