@@ -17,11 +17,16 @@ What it guarantees, and why:
    `max_connections` members; a promotion past that fails (the client is told `server_full`).
 2. **Handshakes have their own budget**, `max_handshakes`, apart from the members', so
    connections that never authenticate cannot take a member's place. When the budget is used
-   up, a newcomer evicts the oldest handshake of the group holding the most handshakes, unless
-   its own group holds as many: then the newcomer is refused. Hence a client from an address
-   with fewer handshakes in progress than some other address always gets a handshake slot,
-   and a flood from many addresses cannot shut out a client from an address it does not use:
-   it can only churn its own slots.
+   up, a newcomer may evict a handshake if its own group holds none, or at least two fewer
+   than the busiest group, and has not had a handshake evicted within the last
+   `pressure_auth_timeout`; any other newcomer is refused. The victim is the oldest handshake
+   of a group that was itself evicted lately (it is flooding; the first `VICTIM_SCAN` such
+   groups are looked at), else of the busiest group (the one that got there first). Hence a
+   client from an address that is not flooding always gets a slot, however many addresses
+   the flood comes from; it is evicted in turn only when no flooding group holds one of the
+   handshakes looked at; and the flood's reconnections are mostly refused, which is cheap,
+   rather than evicting each other, which is not: every connection waits in the same listen
+   queue, and the cost of the churn ahead of it is what a legitimate client feels.
 3. **Per-address caps**: a group may hold `max_connections_per_ip` connections (handshakes
    and members) and `max_handshakes_per_ip` handshakes; a newcomer past either is refused
    (0 turns a cap off, e.g. behind a reverse proxy, where every client has the proxy's
@@ -34,7 +39,7 @@ What it guarantees, and why:
    `pressure_auth_timeout` of connecting, or it is closed without a word.
 6. **Bounded memory**: a group's entry exists while it has connections; a wrong-key bucket is
    kept until it is full again (checked oldest first at each admission) and at most
-   `MAX_WRONG_KEY_GROUPS` of them are kept (past that the oldest is forgotten). Each operation
+   `MAX_REMEMBERED_GROUPS` of them are kept (past that the oldest is forgotten). Each operation
    is O(1), except entering pressure, which walks the handshakes once.
 7. **Bounded logs**: refusals, evictions and failed handshakes are not logged one by one
    (a flood would write a line per attempt) but counted, and `serve_reports` writes one
@@ -63,7 +68,8 @@ from papaya_trio.bucket import TokenBucket
 logger = logging.getLogger(__name__)
 
 PRESSURE_SHARE = 0.5  # share of max_handshakes in use from which the pressure deadline holds
-MAX_WRONG_KEY_GROUPS = 65536  # wrong-key buckets kept at most (64 bytes or so each)
+MAX_REMEMBERED_GROUPS = 65536  # wrong-key buckets, and recent evictions, kept at most (each)
+VICTIM_SCAN = 32  # groups evicted lately looked at for the next victim (bounds the work)
 REPORTED_GROUPS = 1024  # groups counted per report interval (the busiest one is named)
 
 
@@ -72,7 +78,7 @@ class AdmissionSettings:
     """The admission limits (see the module docstring for what each one does)."""
 
     max_connections: int = 1024
-    max_handshakes: int = 256
+    max_handshakes: int = 1024
     max_connections_per_ip: int = 64
     max_handshakes_per_ip: int = 8
     pressure_auth_timeout: float = 2.0
@@ -209,8 +215,10 @@ class Admission:
         self._heaviest = 0
         self._pressed = False
         self._wrong_keys: OrderedDict[str, TokenBucket] = OrderedDict()  # last charged last
+        self._evictions: OrderedDict[str, float] = OrderedDict()  # group -> when, oldest first
         self._anonymous = itertools.count(1)
         self._outcomes: Counter[str] = Counter()
+        self._counting_since = 0.0
         self._reported_groups: Counter[str] = Counter()
         self._news = trio.Event()
 
@@ -249,7 +257,8 @@ class Admission:
                 self._count(refusal, key)
                 return None
         if len(self._handshakes) >= settings.max_handshakes:
-            if len(group.handshakes) >= self._heaviest:
+            held = len(group.handshakes)
+            if (held and held + 1 >= self._heaviest) or self._evicted_lately(group):
                 self._count("refused: handshake budget", key)
                 return None
             self._evict_one()
@@ -316,10 +325,30 @@ class Admission:
         while self._heaviest and self._heaviest not in self._by_count:
             self._heaviest -= 1
 
+    def _evicted_lately(self, group: _Group) -> bool:
+        """Whether a handshake of `group` was evicted within the last pressure_auth_timeout."""
+        horizon = trio.current_time() - self.settings.pressure_auth_timeout
+        while self._evictions:
+            key, when = next(iter(self._evictions.items()))
+            if when > horizon:
+                break
+            del self._evictions[key]
+        return group.key in self._evictions
+
     def _evict_one(self) -> None:
-        """Evict the oldest handshake of the group that reached the most handshakes first."""
+        """Evict the oldest handshake of a group evicted lately (it is flooding), else of the
+        group that reached the most handshakes first."""
         key = next(iter(self._by_count[self._heaviest]))
+        for flooder in itertools.islice(self._evictions, VICTIM_SCAN):
+            if (flooding := self._groups.get(flooder)) is not None and flooding.handshakes:
+                key = flooder
+                break
         group = self._groups[key]
+        if group.addressed:
+            self._evictions.pop(key, None)
+            self._evictions[key] = trio.current_time()
+            if len(self._evictions) > MAX_REMEMBERED_GROUPS:
+                self._evictions.popitem(last=False)
         victim = next(iter(group.handshakes))
         self.end_handshake(victim)
         victim.state = State.GONE
@@ -342,7 +371,7 @@ class Admission:
             return
         bucket = self._wrong_keys.pop(group.key, None)
         if bucket is None:
-            if len(self._wrong_keys) >= MAX_WRONG_KEY_GROUPS:
+            if len(self._wrong_keys) >= MAX_REMEMBERED_GROUPS:
                 self._wrong_keys.popitem(last=False)
             settings = self.settings
             bucket = TokenBucket(settings.wrong_key_rate, settings.wrong_key_burst)
@@ -362,6 +391,8 @@ class Admission:
         self._count(outcome, group.key if group.addressed else None)
 
     def _count(self, outcome: str, key: str | None) -> None:
+        if not self._outcomes:
+            self._counting_since = trio.current_time()
         self._outcomes[outcome] += 1
         if key is not None and (
             key in self._reported_groups or len(self._reported_groups) < REPORTED_GROUPS
@@ -374,7 +405,8 @@ class Admission:
         if not self._outcomes:
             return
         outcomes = ", ".join(f"{count} {what}" for what, count in self._outcomes.most_common())
-        line = f"failed or refused connections in the last {self.settings.log_interval:g}s: "
+        seconds = trio.current_time() - self._counting_since
+        line = f"failed or refused connections in the last {seconds:.0f}s: "
         line += outcomes
         if self._reported_groups:
             [(busiest, count)] = self._reported_groups.most_common(1)

@@ -70,9 +70,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_handshakes",
         int,
-        256,
-        "connections still authenticating at once, apart from members; when all are in use "
-        "a newcomer evicts the oldest handshake of the busiest address",
+        1024,
+        "connections still authenticating at once, apart from members; when all are in use, "
+        "a newcomer from an address with none evicts the oldest of the busiest address",
         minimum=1,
     ),
     Option(

@@ -5,8 +5,9 @@ runs each accepted connection in a handler task in its own nursery, apart from t
 loops (as hypercorn does), so that shutdown can stop accepting first, then give the sessions a
 deadline to say goodbye, then cancel whatever is left.
 
-Each accepted connection first asks admission control (`papaya_trio.admission`) for a ticket,
-before anything is read: a refused connection is closed at once; an admitted one gets TCP
+The accept loop asks admission control (`papaya_trio.admission`) for a ticket for each
+connection, before anything is read: a refused connection is closed at once, without a task;
+an admitted one gets a handler task (which releases the ticket however it ends), TCP
 keepalive and runs its transport inside the ticket's cancel scope, through which admission
 control evicts a handshake or ends it at the pressure deadline. The transports promote the
 ticket once the key was right.
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 
 import trio
 
-from papaya_trio.admission import Admission, AdmissionSettings
+from papaya_trio.admission import Admission, AdmissionSettings, Ticket
 from papaya_trio.keepalive import TcpKeepalive, set_tcp_keepalive
 from papaya_trio.room import Room
 from papaya_trio.transports.http import WebSettings, handle_http_stream
@@ -120,16 +121,21 @@ class ChatServer:
                 logger.error("accept failed, retrying shortly: %s", exc)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            handlers.start_soon(self._handle, stream, kind)
-
-    async def _handle(self, stream: trio.abc.Stream, kind: str) -> None:
-        self.connections += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
-        try:
             address = _peer_address(stream)
             ticket = self.admission.admit(address)
             if ticket is None:
-                return  # refused: closed at once, nothing read (counted for the summary)
+                # Refused: closed at once, nothing read, no task started (counted for the
+                # summary). Under a flood this is most connections, so it must be cheap.
+                await trio.aclose_forcefully(stream)
+                continue
+            handlers.start_soon(self._handle, stream, kind, address, ticket)
+
+    async def _handle(
+        self, stream: trio.abc.Stream, kind: str, address: object, ticket: Ticket
+    ) -> None:
+        self.connections += 1
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        try:
             with ticket:
                 if isinstance(stream, trio.SocketStream):
                     self._set_keepalive(stream)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE = "chat.log"
 LOCK_FILE = "server.lock"
+SPARE_FILES = 64  # descriptors beyond the connections: log, lock, listeners, libraries
 
 
 class ServiceError(Exception):
@@ -58,6 +60,24 @@ def locked_data_dir(data_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def raise_open_file_limit(needed: int) -> None:
+    """Raise the soft limit on open files to `needed` (at most the hard limit), so that the
+    configured connections fit; warn when they do not. A server at the limit can accept
+    nobody, legitimate clients included, which is what a flood wants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "open file limit %d is below the %d that max_connections + max_handshakes need",
+            target,
+            needed,
+        )
 
 
 def load_or_create_key(path: Path) -> str:
@@ -144,6 +164,7 @@ async def open_tcp_listeners(
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully."""
     data_dir = Path(config.data_dir)
+    raise_open_file_limit(config.max_connections + config.max_handshakes + SPARE_FILES)
     with locked_data_dir(data_dir):
         key = load_or_create_key(config.key_path)
         storage = FileStorage(data_dir / LOG_FILE)

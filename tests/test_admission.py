@@ -81,13 +81,27 @@ async def test_a_newcomer_evicts_from_the_busiest_address_never_a_member(
 async def test_among_equally_busy_addresses_the_oldest_handshake_goes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    admission = Admission(AdmissionSettings(max_handshakes=3))
+    admission = Admission(AdmissionSettings(max_handshakes=3, pressure_auth_timeout=2.0))
     first, second, third = (admit(admission, f"10.0.0.{i}") for i in (1, 2, 3))
     admit(admission, "10.0.0.4")
     assert first.evicted and not second.evicted and not third.evicted
-    # 10.0.0.1 holds none now: it gets in at the expense of the next oldest.
-    admit(admission, "10.0.0.1")
+    admit(admission, "10.0.0.5")  # another address that holds none
     assert second.evicted and not third.evicted
+
+
+async def test_an_address_that_was_just_evicted_cannot_evict(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    admission = Admission(AdmissionSettings(max_handshakes=2, pressure_auth_timeout=2.0))
+    first, second = admit(admission, "10.0.0.1"), admit(admission, "10.0.0.2")
+    admit(admission, "10.0.0.3")
+    assert first.evicted
+    # 10.0.0.1 holds none now, but it is the flooder that keeps reconnecting: refused (cheap),
+    # rather than evicting someone else (which would only make it reconnect again).
+    assert admission.admit(addr("10.0.0.1")) is None
+    await trio.sleep(2.0)
+    admit(admission, "10.0.0.1")
+    assert second.evicted
 
 
 async def test_per_address_caps(autojump_clock: trio.testing.MockClock) -> None:
@@ -152,7 +166,7 @@ async def test_bookkeeping_goes_away_when_connections_end(
 async def test_wrong_key_buckets_are_capped(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(admission_module, "MAX_WRONG_KEY_GROUPS", 5)
+    monkeypatch.setattr(admission_module, "MAX_REMEMBERED_GROUPS", 5)
     admission = Admission(AdmissionSettings(wrong_key_burst=1))
     for i in range(20):
         with admit(admission, f"10.0.0.{i}") as ticket:
