@@ -73,16 +73,18 @@ class ChatServer:
         self,
         tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        papaya_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and serve until shutdown, then close everything within the deadline.
 
         `tcp_listeners` carry both TCP dialects; `http_listeners` the browser client and its
-        WebSocket. The listeners are closed on return. Returns after every connection handler
+        WebSocket; `papaya_listeners` the papayaChat dialect alone. The listeners are closed on
+        return. Returns after every connection handler
         has ended.
         """
-        listeners = [*tcp_listeners, *http_listeners]
+        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners]
         async with trio.open_nursery() as handlers:
             handlers.start_soon(self.admission.serve_reports)
             try:
@@ -91,6 +93,8 @@ class ChatServer:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "tcp")
                     for listener in http_listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "http")
+                    for listener in papaya_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "papaya")
                     task_status.started()
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
@@ -137,14 +141,15 @@ class ChatServer:
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
             with ticket:
-                if isinstance(stream, trio.SocketStream):
-                    self._set_keepalive(stream)
+                if (socket_stream := _socket_stream(stream)) is not None:
+                    self._set_keepalive(socket_stream)
                 label = self._describe(address, kind)
                 with ticket.scope:
                     if kind == "http":
                         await handle_http_stream(stream, self.room, label, ticket, self.web)
                     else:
-                        await handle_tcp_stream(stream, self.room, label, ticket)
+                        native = kind == "tcp"
+                        await handle_tcp_stream(stream, self.room, label, ticket, native=native)
                 if ticket.scope.cancelled_caught:
                     ticket.note("evicted" if ticket.evicted else "cut short under pressure")
         finally:
@@ -165,11 +170,18 @@ class ChatServer:
         return f"{kind} #{next(self._numbers)}"
 
 
+def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
+    """The TCP stream under `stream` (under TLS, too), or None (memory streams)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream if isinstance(stream, trio.SocketStream) else None
+
+
 def _peer_address(stream: trio.abc.Stream) -> object:
     """The peer's socket address, or None when there is none (memory streams)."""
-    if isinstance(stream, trio.SocketStream):
+    if (socket_stream := _socket_stream(stream)) is not None:
         try:
-            address: object = stream.socket.getpeername()
+            address: object = socket_stream.socket.getpeername()
         except OSError:
             return None
         return address

@@ -65,10 +65,19 @@ ACCEPT_BATCH = 64  # connections accepted per wake-up before the other sources g
 # has a default in every configuration (and the test harness sets it for both modes); fork mode
 # just opens no HTTP listener and says so when it starts.
 WEBSOCKET_OPTIONS = ("allowed_origins",)
+# Options of TLS and of the plaintext port that exists because of it: fork mode has neither.
+TLS_OPTIONS = ("tls_cert", "tls_key", "papaya_port")
 
 
 def check_fork_config(config: ServerConfig) -> None:
-    """Refuse WebSocket options: fork mode serves the TCP dialects only."""
+    """Refuse WebSocket and TLS options: fork mode serves the TCP dialects only, in clear."""
+    tls = [
+        "--" + option.name.replace("_", "-")
+        for option in OPTIONS
+        if option.name in TLS_OPTIONS and getattr(config, option.name) != option.default
+    ]
+    if tls:
+        raise ConfigError(f"fork mode does not serve TLS: drop {', '.join(tls)} or use --mode trio")
     given = [
         "--" + option.name.replace("_", "-")
         for option in OPTIONS

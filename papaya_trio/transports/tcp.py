@@ -1,4 +1,5 @@
-"""Raw TCP: both dialects on one port, told apart by the first byte.
+"""Raw TCP: both dialects on one port, told apart by the first byte; or, on `papaya_port`,
+the papayaChat dialect alone.
 
 `handle_tcp_stream` owns one accepted stream from sniffing to close: it reads the first bytes,
 builds the dialect's peer, authenticates, runs the session and closes the stream in `finally`.
@@ -18,7 +19,7 @@ from papaya_trio.handshake import SERVER_FULL, native_handshake, papaya_handshak
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol import native, papaya
 from papaya_trio.protocol.decoding import NEED_DATA, NeedData
-from papaya_trio.protocol.events import ClientEvent, ServerEvent
+from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
 from papaya_trio.protocol.native import NativeDecoder
 from papaya_trio.protocol.papaya import PapayaDecoder
 from papaya_trio.room import Room
@@ -34,7 +35,9 @@ async def _stream_errors() -> AsyncIterator[None]:
     try:
         yield
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        raise PeerGone(str(exc) or type(exc).__name__) from exc
+        # A failed TLS handshake is a BrokenResourceError caused by an ssl.SSLError.
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise PeerGone(str(cause) or type(cause).__name__) from exc
 
 
 class StreamPeer:
@@ -88,11 +91,18 @@ class PapayaPeer(StreamPeer):
         return papaya.encode_writes(events)
 
 
+#: Told to a native client on `papaya_port`, which is in clear for the papayaChat client only.
+WRONG_PORT = Error(
+    "wrong_port", "this port serves the papayaChat dialect only: use the TCP port", fatal=True
+)
+
+
 async def handle_tcp_stream(
-    stream: trio.abc.Stream, room: Room, label: str, ticket: Ticket
+    stream: trio.abc.Stream, room: Room, label: str, ticket: Ticket, *, native: bool = True
 ) -> None:
     """Serve one TCP connection to the end; never raises for anything the client does.
 
+    With `native` false (on `papaya_port`) a native client is refused with `wrong_port`.
     Failed handshakes are counted on `ticket` for admission control's summary line (a flood
     must not write a log line per attempt); joins and leaves are logged one by one.
     """
@@ -112,6 +122,11 @@ async def handle_tcp_stream(
         if first.startswith(b"{"):
             peer = NativePeer(stream, NativeDecoder(*sizes), f"{label} native")
             peer.feed(first)
+            if not native:
+                logger.debug("%s: refused: native dialect on papaya_port", label)
+                ticket.note("refused: native dialect on papaya_port")
+                await refuse(peer, WRONG_PORT)
+                return
             deadline = connected_at + settings.auth_timeout
             identity = await native_handshake(peer, room, deadline, ticket)
         else:
