@@ -36,7 +36,9 @@ What it guarantees, and why:
    less than one, its new connections are closed at once, before anything is read.
 5. **Under pressure the pre-auth deadline shrinks**: while at least half of `max_handshakes`
    are in use, every handshake (those already waiting included) must be done within
-   `pressure_auth_timeout` of connecting, or it is closed without a word.
+   `pressure_auth_timeout` of connecting, or it is closed without a word. The deadlines are
+   spread over the second half of that time, so a flood admitted at once does not time out,
+   and come back, at once.
 6. **Bounded memory**: a group's entry exists while it has connections; a wrong-key bucket is
    kept until it is full again (checked oldest first at each admission) and at most
    `MAX_REMEMBERED_GROUPS` of them are kept (past that the oldest is forgotten). Each operation
@@ -68,6 +70,7 @@ from papaya_trio.bucket import TokenBucket
 logger = logging.getLogger(__name__)
 
 PRESSURE_SHARE = 0.5  # share of max_handshakes in use from which the pressure deadline holds
+GOLDEN_RATIO = (1 + 5**0.5) / 2
 MAX_REMEMBERED_GROUPS = 65536  # wrong-key buckets, and recent evictions, kept at most (each)
 VICTIM_SCAN = 32  # groups evicted lately looked at for the next victim (bounds the work)
 REPORTED_GROUPS = 1024  # groups counted per report interval (the busiest one is named)
@@ -217,6 +220,7 @@ class Admission:
         self._wrong_keys: OrderedDict[str, TokenBucket] = OrderedDict()  # last charged last
         self._evictions: OrderedDict[str, float] = OrderedDict()  # group -> when, oldest first
         self._anonymous = itertools.count(1)
+        self._spread = itertools.count(1)
         self._outcomes: Counter[str] = Counter()
         self._counting_since = 0.0
         self._reported_groups: Counter[str] = Counter()
@@ -300,7 +304,12 @@ class Admission:
                 self._tighten(ticket)
 
     def _tighten(self, ticket: Ticket) -> None:
-        deadline = ticket.connected_at + self.settings.pressure_auth_timeout
+        # Spread the deadlines over the second half of pressure_auth_timeout: a flood admitted
+        # in one burst would otherwise time out in one burst and reconnect in one burst, and a
+        # member connecting then would wait behind all of it. The spread comes from a
+        # low-discrepancy sequence (multiples of the golden ratio), not from randomness.
+        share = 0.5 + 0.5 * (next(self._spread) * GOLDEN_RATIO % 1.0)
+        deadline = ticket.connected_at + share * self.settings.pressure_auth_timeout
         ticket.scope.deadline = min(ticket.scope.deadline, deadline)
 
     def end_handshake(self, ticket: Ticket) -> None:

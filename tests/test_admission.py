@@ -186,8 +186,9 @@ async def test_under_pressure_every_handshake_gets_the_short_deadline(
     await trio.sleep(1.0)
     second = admit(admission, "10.0.0.2")  # 2 of 4: pressure
     assert admission.statistics().under_pressure
-    assert early.scope.deadline == pytest.approx(early.connected_at + 2.0)
-    assert second.scope.deadline == pytest.approx(second.connected_at + 2.0)
+    for ticket in (early, second):  # spread over the second half of the 2 s
+        assert 1.0 <= ticket.scope.deadline - ticket.connected_at <= 2.0
+    assert early.scope.deadline - early.connected_at != second.scope.deadline - second.connected_at
     assert second.promote()  # members are not held to it
     assert second.scope.deadline == math.inf
     assert not admission.statistics().under_pressure

@@ -66,7 +66,7 @@ async def test_under_pressure_a_silent_handshake_is_closed_sooner(
         start = trio.current_time()
         assert await first.receive() is None  # closed without a word, at the short deadline
         assert await second.receive() is None
-        assert trio.current_time() - start == pytest.approx(2.0)
+        assert 1.0 <= trio.current_time() - start <= 2.0
 
 
 async def test_failed_handshakes_are_summed_up_not_logged_one_by_one(
