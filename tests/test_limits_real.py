@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,26 +28,16 @@ from sim.world import KEY, sim_clock_ms
 from tests.flood import connect_from, measure_under_flood
 from tests.memory_world import LineClient
 from tests.real_server import RunningServer, ServerFactory
+from tests.test_real_server import Dialer as ServerDialer
 
 STEP_TIMEOUT = 10.0
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="127.0.0.0/8 is loopback on Linux")
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Trio-mode servers only (fork mode has its own admission control)."""
-    factory = ServerFactory(tmp_path, "trio")
-    yield factory
-    factory.cleanup()
+class Dialer(ServerDialer):
+    """The real-server tests' dialer, connecting from a chosen loopback address."""
 
-
-class Dialer:
-    """Connects from a chosen loopback address, and closes every connection at the end."""
-
-    def __init__(self) -> None:
-        self.streams: list[trio.SocketStream] = []
-
-    async def connect(self, port: int, source: str = "127.0.0.1") -> trio.SocketStream:
+    async def connect_from(self, port: int, source: str) -> trio.SocketStream:
         stream = await connect_from(source, port)
         self.streams.append(stream)
         return stream
@@ -55,7 +45,7 @@ class Dialer:
     async def member(
         self, server: RunningServer, user: str, source: str = "127.0.0.1"
     ) -> LineClient:
-        client = LineClient(await self.connect(server.port, source))
+        client = LineClient(await self.connect_from(server.port, source))
         with trio.fail_after(STEP_TIMEOUT):
             await client.hello(user, key=server.key)
         return client
@@ -79,11 +69,11 @@ async def closed_without_a_word(stream: trio.SocketStream) -> bool:
 
 
 async def test_keyless_flood_from_199_addresses_never_keeps_a_member_out(
-    servers: ServerFactory,
+    trio_servers: ServerFactory,
 ) -> None:
     # More flooding addresses than half the handshake budget: the hard case, where the flood
     # cannot be told apart by how many handshakes an address holds (see admission.py).
-    server = servers.start("--max-handshakes", "64")
+    server = trio_servers.start("--max-handshakes", "64")
     latencies, flood = await measure_under_flood(
         server.port, server.key, sockets=300, attempts=20, warmup=300, pause=0.02
     )
@@ -95,17 +85,17 @@ async def test_keyless_flood_from_199_addresses_never_keeps_a_member_out(
     assert flood.dropped >= 300  # the flood did run into the budget all along
 
 
-async def test_per_address_caps_hold(servers: ServerFactory, dial: Dialer) -> None:
-    server = servers.start("--max-connections-per-ip", "3", "--max-handshakes-per-ip", "2")
-    silent = [await dial.connect(server.port, "127.0.0.5") for _ in range(2)]
+async def test_per_address_caps_hold(trio_servers: ServerFactory, dial: Dialer) -> None:
+    server = trio_servers.start("--max-connections-per-ip", "3", "--max-handshakes-per-ip", "2")
+    silent = [await dial.connect_from(server.port, "127.0.0.5") for _ in range(2)]
     for stream in silent:
         await stream.send_all(b"{")
-    third = await dial.connect(server.port, "127.0.0.5")
+    third = await dial.connect_from(server.port, "127.0.0.5")
     await third.send_all(b"{")
     assert await closed_without_a_word(third)  # two handshakes from .5 already
     await dial.member(server, "other", "127.0.0.6")  # another address is not affected
     members = [await dial.member(server, f"m{n}", "127.0.0.7") for n in range(3)]
-    fourth = await dial.connect(server.port, "127.0.0.7")
+    fourth = await dial.connect_from(server.port, "127.0.0.7")
     assert await closed_without_a_word(fourth)  # three connections from .7 already
     await members[0].stream.aclose()
     with trio.fail_after(STEP_TIMEOUT):
@@ -118,9 +108,9 @@ async def test_per_address_caps_hold(servers: ServerFactory, dial: Dialer) -> No
 
 
 async def test_wrong_key_flood_is_slowed_per_address_and_logged_in_summaries(
-    servers: ServerFactory,
+    trio_servers: ServerFactory,
 ) -> None:
-    server = servers.start(
+    server = trio_servers.start(
         *("--wrong-key-burst", "3", "--wrong-key-rate", "2", "--auth-log-interval", "0.5")
     )
     answered: Counter[str] = Counter()
@@ -161,9 +151,9 @@ async def test_wrong_key_flood_is_slowed_per_address_and_logged_in_summaries(
 
 
 async def test_a_silent_native_member_is_reaped_after_the_idle_timeout(
-    servers: ServerFactory, dial: Dialer
+    trio_servers: ServerFactory, dial: Dialer
 ) -> None:
-    server = servers.start("--idle-timeout", "1")
+    server = trio_servers.start("--idle-timeout", "1")
     silent = await dial.member(server, "silent")
     start = trio.current_time()
     with trio.fail_after(STEP_TIMEOUT):
@@ -238,9 +228,9 @@ def test_a_dead_peer_is_reaped_within_the_keepalive_bound() -> None:
 
 
 async def test_a_member_over_its_rate_is_slowed_while_another_is_not(
-    servers: ServerFactory, dial: Dialer
+    trio_servers: ServerFactory, dial: Dialer
 ) -> None:
-    server = servers.start("--rate-messages", "20", "--rate-burst", "10", "--fsync", "never")
+    server = trio_servers.start("--rate-messages", "20", "--rate-burst", "10", "--fsync", "never")
     flooder = await dial.member(server, "flooder")
     calm = await dial.member(server, "calm")
     lines = b"".join(
