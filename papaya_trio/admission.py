@@ -231,11 +231,6 @@ class Admission:
         """Whether the server has `max_connections` members."""
         return self.members >= self.settings.max_connections
 
-    @property
-    def handshakes(self) -> int:
-        """Handshakes in progress."""
-        return len(self._handshakes)
-
     def statistics(self) -> AdmissionStatistics:
         """A snapshot of what admission control holds."""
         return AdmissionStatistics(

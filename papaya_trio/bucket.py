@@ -1,9 +1,9 @@
 """A token bucket on trio's clock, shared by admission control and the per-member rate limits.
 
-A bucket holds at most `capacity` tokens and gains `rate` tokens per second. Taking tokens
-spends them; a taker that finds too few either waits for them (`take`, the members' "fakelag")
-or is told no (`take_nowait`); `charge` spends after the fact and may leave a debt (the tokens
-go below zero), which the refill pays back first.
+A bucket holds at most `capacity` tokens and gains `rate` tokens per second. `take` waits
+until there are enough tokens and spends them (the members' "fakelag"); `charge` spends after
+the fact and may leave a debt (the tokens go below zero), which the refill pays back first,
+and `tokens` tells whether there is one to spend (admission control's wrong-key limit).
 
 Time comes only from `trio.current_time()`, so `MockClock` drives every bucket in the tests
 and the simulation. A bucket stores two numbers and computes its level when asked: it costs
@@ -49,13 +49,6 @@ class TokenBucket:
         capacity counts as the capacity, so it never waits forever."""
         missing = min(cost, self.capacity) - self.tokens
         return max(0.0, missing / self.rate)
-
-    def take_nowait(self, cost: float = 1.0) -> bool:
-        """Spend `cost` tokens if they are there; False (and nothing spent) if not."""
-        if self.tokens < min(cost, self.capacity):
-            return False
-        self._tokens -= cost
-        return True
 
     def charge(self, cost: float = 1.0) -> None:
         """Spend `cost` tokens whether or not they are there (a debt paid back by refill)."""

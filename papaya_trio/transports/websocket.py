@@ -177,7 +177,7 @@ async def serve_websocket(
                         message_queue_size=MESSAGE_QUEUE_SIZE,
                         max_message_size=settings.max_message_bytes,
                     )
-                    ws = await _accept(request, settings, label, host)
+                    ws = await _accept(request, settings, label, host, ticket)
                 if ws is None:
                     return
                 peer = WebSocketPeer(
@@ -203,18 +203,25 @@ async def serve_websocket(
 
 
 async def _accept(
-    request: WebSocketRequest, settings: WebSocketSettings, label: str, host: str | None
+    request: WebSocketRequest,
+    settings: WebSocketSettings,
+    label: str,
+    host: str | None,
+    ticket: Ticket,
 ) -> WebSocketConnection | None:
-    """Check the path and the Origin; accept, or reject with an HTTP status."""
+    """Check the path and the Origin; accept, or reject with an HTTP status (counted on
+    `ticket` for the summary line, not logged one by one)."""
     with _websocket_errors():
         path = request.path.split("?", 1)[0]
         if path != WEBSOCKET_PATH:
-            logger.info("%s: refused: no WebSocket at %r", label, path)
+            logger.debug("%s: refused: no WebSocket at %r", label, path)
+            ticket.note("ws: refused: no WebSocket at that path")
             await request.reject(404, body=b"no WebSocket here; try " + WEBSOCKET_PATH.encode())
             return None
         origin = _header(request, b"origin")
         if origin is not None and not _origin_allowed(origin, host, settings):
-            logger.warning("%s: refused: origin %r is not allowed", label, origin)
+            logger.debug("%s: refused: origin %r is not allowed", label, origin)
+            ticket.note("ws: refused: origin not allowed")
             await request.reject(403, body=b"this Origin is not allowed\n")
             return None
         return await request.accept()
