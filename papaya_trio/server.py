@@ -150,8 +150,8 @@ class ChatServer:
                     else:
                         native = kind == "tcp"
                         await handle_tcp_stream(stream, self.room, label, ticket, native=native)
-                if ticket.scope.cancelled_caught:
-                    ticket.note("evicted" if ticket.evicted else "cut short under pressure")
+                if ticket.scope.cancelled_caught and not ticket.evicted:  # evictions: counted
+                    ticket.note("cut short under pressure")
         finally:
             await trio.aclose_forcefully(stream)
             self.connections -= 1

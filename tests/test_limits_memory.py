@@ -21,7 +21,7 @@ async def silent_native(world: World) -> LineClient:
 
 
 async def test_keyless_connections_cannot_take_a_members_place(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     limits = AdmissionSettings(max_connections=4, max_handshakes=8)
     async with open_world(admission=limits) as world:
@@ -35,6 +35,8 @@ async def test_keyless_connections_cannot_take_a_members_place(
         assert world.server.admission.statistics().members == 4
         for client in flood:
             await client.stream.aclose()
+    # 22 beyond the budget, and one for bob (then the slot he leaves is free): each once.
+    assert "23 evicted" in caplog.text
 
 
 async def test_handshakers_never_push_out_a_member(
