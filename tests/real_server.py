@@ -9,6 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import trio
+
+from tests.flood import connect_from
+from tests.memory_world import LineClient
+
 LISTENING = re.compile(r"listening tcp (\S+):(\d+)")
 HTTP_LISTENING = re.compile(r"listening http (https?://(\S+):(\d+)/)")
 START_TIMEOUT = 20.0
@@ -97,3 +102,33 @@ class ServerFactory:
     def cleanup(self) -> None:
         for server in self.started:
             server.kill()
+
+
+class Dialer:
+    """Opens client connections and closes them all when the test ends."""
+
+    def __init__(self) -> None:
+        self.streams: list[trio.SocketStream] = []
+
+    async def connect(
+        self, port: int, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> trio.SocketStream:
+        """A connection to `host`, or to 127.0.0.1 from the loopback address `source`."""
+        if source is None:
+            stream = await trio.open_tcp_stream(host, port)
+        else:
+            stream = await connect_from(source, port)
+        self.streams.append(stream)
+        return stream
+
+    async def native(
+        self, server: RunningServer, user: str, *, source: str | None = None, **hello: object
+    ) -> LineClient:
+        client = LineClient(await self.connect(server.port, source=source))
+        await client.hello(user, key=server.key, **hello)
+        return client
+
+    async def papaya(self, server: RunningServer) -> trio.SocketStream:
+        stream = await self.connect(server.port)
+        await stream.send_all(server.key.encode())
+        return stream

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,36 +26,10 @@ from papaya_trio.storage import MemoryStorage
 from sim.world import KEY, sim_clock_ms
 from tests.flood import connect_from, measure_under_flood
 from tests.memory_world import LineClient
-from tests.real_server import RunningServer, ServerFactory
-from tests.test_real_server import Dialer as ServerDialer
+from tests.real_server import Dialer, ServerFactory
 
 STEP_TIMEOUT = 10.0
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="127.0.0.0/8 is loopback on Linux")
-
-
-class Dialer(ServerDialer):
-    """The real-server tests' dialer, connecting from a chosen loopback address."""
-
-    async def connect_from(self, port: int, source: str) -> trio.SocketStream:
-        stream = await connect_from(source, port)
-        self.streams.append(stream)
-        return stream
-
-    async def member(
-        self, server: RunningServer, user: str, source: str = "127.0.0.1"
-    ) -> LineClient:
-        client = LineClient(await self.connect_from(server.port, source))
-        with trio.fail_after(STEP_TIMEOUT):
-            await client.hello(user, key=server.key)
-        return client
-
-
-@pytest.fixture
-async def dial() -> AsyncIterator[Dialer]:
-    dialer = Dialer()
-    yield dialer
-    for stream in dialer.streams:
-        await trio.aclose_forcefully(stream)
 
 
 async def closed_without_a_word(stream: trio.SocketStream) -> bool:
@@ -87,21 +60,21 @@ async def test_keyless_flood_from_199_addresses_never_keeps_a_member_out(
 
 async def test_per_address_caps_hold(trio_servers: ServerFactory, dial: Dialer) -> None:
     server = trio_servers.start("--max-connections-per-ip", "3", "--max-handshakes-per-ip", "2")
-    silent = [await dial.connect_from(server.port, "127.0.0.5") for _ in range(2)]
+    silent = [await dial.connect(server.port, source="127.0.0.5") for _ in range(2)]
     for stream in silent:
         await stream.send_all(b"{")
-    third = await dial.connect_from(server.port, "127.0.0.5")
+    third = await dial.connect(server.port, source="127.0.0.5")
     await third.send_all(b"{")
     assert await closed_without_a_word(third)  # two handshakes from .5 already
-    await dial.member(server, "other", "127.0.0.6")  # another address is not affected
-    members = [await dial.member(server, f"m{n}", "127.0.0.7") for n in range(3)]
-    fourth = await dial.connect_from(server.port, "127.0.0.7")
+    await dial.native(server, "other", source="127.0.0.6")  # another address is not affected
+    members = [await dial.native(server, f"m{n}", source="127.0.0.7") for n in range(3)]
+    fourth = await dial.connect(server.port, source="127.0.0.7")
     assert await closed_without_a_word(fourth)  # three connections from .7 already
     await members[0].stream.aclose()
     with trio.fail_after(STEP_TIMEOUT):
         while True:  # the server notices the close a moment later
             try:
-                await dial.member(server, "back", "127.0.0.7")
+                await dial.native(server, "back", source="127.0.0.7")
                 break
             except (AssertionError, trio.BrokenResourceError):
                 await trio.sleep(0.05)
@@ -154,7 +127,7 @@ async def test_a_silent_native_member_is_reaped_after_the_idle_timeout(
     trio_servers: ServerFactory, dial: Dialer
 ) -> None:
     server = trio_servers.start("--idle-timeout", "1")
-    silent = await dial.member(server, "silent")
+    silent = await dial.native(server, "silent")
     start = trio.current_time()
     with trio.fail_after(STEP_TIMEOUT):
         error = await silent.expect("error")
@@ -231,8 +204,8 @@ async def test_a_member_over_its_rate_is_slowed_while_another_is_not(
     trio_servers: ServerFactory, dial: Dialer
 ) -> None:
     server = trio_servers.start("--rate-messages", "20", "--rate-burst", "10", "--fsync", "never")
-    flooder = await dial.member(server, "flooder")
-    calm = await dial.member(server, "calm")
+    flooder = await dial.native(server, "flooder")
+    calm = await dial.native(server, "calm")
     lines = b"".join(
         json.dumps({"type": "send", "text": f"flood {n}", "id": f"f{n}"}).encode() + b"\n"
         for n in range(50)
