@@ -128,7 +128,7 @@ async def measure_under_flood(
         for number in range(attempts):
             try:
                 latencies.seconds.append(await welcome_latency(port, key, f"m{number}"))
-            except (OSError, ConnectionError, trio.TooSlowError, ValueError) as exc:
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
                 latencies.failures.append(f"{type(exc).__name__}: {exc}")
             await trio.sleep(pause)
         nursery.cancel_scope.cancel()
