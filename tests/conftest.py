@@ -10,6 +10,7 @@ import trio
 from hypothesis import settings
 
 from tests.real_server import Dialer, ServerFactory
+from tests.redis_server import RedisServer
 
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci")
@@ -31,6 +32,15 @@ def trio_servers(tmp_path: Path) -> Iterator[ServerFactory]:
     factory = ServerFactory(tmp_path, "trio")
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real redis-server with `appendonly yes` and `appendfsync always`."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture
