@@ -32,6 +32,7 @@ SHUTDOWN_DEADLINE = "shutdown-within-deadline"
 REPLIES = "replies-are-right"
 NO_CRASH = "no-unhandled-exception"
 RUN_ENDS = "run-ends"
+LIVELOCK = "time-advances"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from sim.actors import (
 )
 from sim.entropy import seeded_websocket_entropy
 from sim.instrument import TaskCounter
-from sim.invariants import LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
+from sim.invariants import LIVELOCK, LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
 from sim.profiles import Profile, profile_for
 from sim.scheduler import seeded_scheduling
 from sim.script import Op, run_script
@@ -236,7 +236,11 @@ def run_seed(
     """Run one seed to the end (or its first failure); with `ops`, play that script instead
     of the profile's actors (the profile still sets the faults)."""
     chosen = profile or profile_for(profile_name, seed)
-    counter = TaskCounter()
+
+    def runaway(second: int, steps: int) -> None:
+        world.fail(LIVELOCK, f"{steps} scheduler steps within simulated second {second}")
+
+    counter = TaskCounter(runaway)
     clock = trio.testing.MockClock(autojump_threshold=0)
     scope = trio.CancelScope()
     world = World(seed, chosen, components or Components(), clock, counter, scope.cancel)

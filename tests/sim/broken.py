@@ -166,3 +166,14 @@ class ConfirmsBeforeFsyncLog(ChatLog):
 
     async def _wait_durable(self, seq: int) -> None:
         self._make_visible(seq)
+
+
+# --- 5. a send task that polls its outbox instead of waiting (a livelock) -------------------
+class PollingSession(Session):
+    """Waits for news by checking the outbox in a loop: it checkpoints but never sleeps, so
+    the mock clock never moves again once the run gets quiet."""
+
+    async def _send_loop(self, sub: Subscription, welcome_head: int) -> None:
+        while not self._outbox.statistics().current_buffer_used:
+            await trio.lowlevel.checkpoint()
+        await super()._send_loop(sub, welcome_head)

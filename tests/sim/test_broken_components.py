@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sim.invariants import DURABLE, GAP_FREE, LIVENESS, NO_DUPLICATES
+from sim.invariants import DURABLE, GAP_FREE, LIVELOCK, LIVENESS, NO_DUPLICATES
 from sim.runner import run_seed
 from sim.world import Components
 from tests.sim import broken
@@ -47,6 +47,12 @@ CASES = {
         Components(log_class=broken.ConfirmsBeforeFsyncLog),
         frozenset({DURABLE}),
         3,
+    ),
+    "send task polls its outbox (livelock)": Case(
+        "smoke",
+        Components(session_class=broken.PollingSession),
+        frozenset({LIVELOCK}),
+        1,
     ),
 }
 
