@@ -19,7 +19,7 @@ import trio
 
 from papaya_trio.protocol.rules import KEY_CHARS
 from papaya_trio.session import SEND_BATCH
-from sim.invariants import REPLIES, SLOW_BOUND, NativeView, PapayaView
+from sim.invariants import REPLIES, SLOW_BOUND, NativeView, PapayaView, papaya_line
 from sim.network import Link
 from sim.wire import FrameReader, FrameTooLong, line, record_from
 from sim.world import EPOCH_MS, KEY, World
@@ -410,12 +410,15 @@ class PapayaClient:
 
     def settled(self) -> bool:
         """Connected, and the newest line seen is the log's newest message."""
-        room = self.world.host.room
-        if self.link is None or self.view is None or self.ended.is_set() or room is None:
+        world = self.world
+        if self.link is None or self.view is None or self.ended.is_set() or not world.host.up:
             return False
-        newest = room.log.recent(1)
+        head = world.host.head
+        logged = world.logged()
+        if not head or head > len(logged):
+            return not head
         seen = self.view.history + self.view.live
-        return not newest or (bool(seen) and seen[-1] == newest[0].raw_line)
+        return bool(seen) and seen[-1] == papaya_line(logged[head - 1])
 
 
 # --- actors -----------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class SimDisk:
         self.data = bytearray()
         self.synced = 0
         self.generation = 0  # bumped by each power cut; older handles are dead
+        self.version = 0  # bumped by every change of `data`
 
     def open(self) -> SimStorage:
         """A new handle, as a (re)started server opens the file."""
@@ -59,6 +60,7 @@ class SimDisk:
         del self.data[self.synced + kept :]
         self.synced = len(self.data)
         self.generation += 1
+        self.version += 1
         self.trace.record("power_cut", lost=unsynced - kept, kept=kept)
 
 
@@ -90,14 +92,17 @@ class SimStorage:
         if disk.rng.random() < disk.faults.write_failure:
             written = disk.rng.randint(0, len(data) - 1)
             disk.data += data[:written]
+            disk.version += 1
             disk.trace.record("disk_full", wrote=written, of=len(data))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         disk.data += data
+        disk.version += 1
 
     async def truncate(self, size: int) -> None:
         disk = await self._io(NO_LATENCY)
         del disk.data[size:]
         disk.synced = min(disk.synced, size)
+        disk.version += 1
 
     async def sync(self) -> None:
         disk = await self._io(self._disk.faults.sync_latency)

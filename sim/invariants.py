@@ -7,16 +7,26 @@ ends. A run is cut into epochs by crashes and graceful restarts; within an epoch
 number names one record, and across a crash under `fsync = always` every record a client was
 shown or confirmed must survive with the same number.
 
+The oracle never calls the code it checks. What the server promises is stated here from the
+protocol documents: the log is read with this module's own reader of docs/log-format.md
+(`read_log`, not the server's `RecordScanner`), the papayaChat history tail and line form come
+from docs/protocol.md (`papaya_tail`, `papaya_line`, not the server's `history_tail` and
+`Record.raw_line`). `Record` is used only as a value (a frozen dataclass of the four fields).
+The director also reads the server's visible head (`ServerHost.head`) as the target clients
+must reach; once they have, the settling phase checks that head against the last record this
+reader finds on the disk, so a server that misreports its head is caught too.
+
 The first broken invariant ends the run: `fail` records it and cancels the whole simulation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from papaya_trio.protocol.papaya import history_tail
-from papaya_trio.records import Record, RecordScanner
+from papaya_trio.records import Record
 from sim.trace import Trace
 
 # Invariant names, as they appear in failure reports.
@@ -33,6 +43,11 @@ REPLIES = "replies-are-right"
 NO_CRASH = "no-unhandled-exception"
 RUN_ENDS = "run-ends"
 LIVELOCK = "time-advances"
+
+# docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
+# lines, no more of them than fit in the last 1050 bytes".
+PAPAYA_TAIL_LINES = 7
+PAPAYA_TAIL_BYTES = 1050
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +78,50 @@ class PapayaView:
     live: list[str] = field(default_factory=list)
 
 
-def scan_log(data: bytes) -> list[Record]:
-    """Every intact record at the start of `data` (a torn or bad tail is ignored), without
-    client ids, as clients see them."""
-    return [replace(s.record, client_id=None) for s in RecordScanner().feed(data)]
+def read_log(data: bytes) -> list[Record]:
+    """Every intact record at the start of `data`, without client ids (as clients see them),
+    read as docs/log-format.md defines a record: `<crc32> <json>\n`, eight lower-case hex
+    digits of zlib's CRC-32 of the JSON bytes, an object with integer `seq` and `t` and string
+    `user` and `text`, `seq` one more than the record before. Reading stops at the first line
+    that is torn or corrupt (what follows it is not the log the server may serve)."""
+    records: list[Record] = []
+    start = 0
+    while (end := data.find(b"\n", start)) != -1:
+        crc, space, body = data[start:end].partition(b" ")
+        start = end + 1
+        if not space or crc != b"%08x" % zlib.crc32(body):
+            break
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            break
+        if not isinstance(obj, dict):
+            break
+        seq, t, user, text = (obj.get(name) for name in ("seq", "t", "user", "text"))
+        if not (type(seq) is int and type(t) is int and isinstance(user, str)):
+            break
+        if not isinstance(text, str) or seq != len(records) + 1:
+            break
+        records.append(Record(seq, t, user, text))
+    return records
+
+
+def papaya_line(record: Record) -> str:
+    """A message as the papayaChat dialect shows it (`user: text`, without the newline)."""
+    return f"{record.user}: {record.text}"
+
+
+def papaya_tail(lines: Sequence[str]) -> list[str]:
+    """The papayaChat history a client must get when the log ends with `lines`: the newest
+    ones, at most PAPAYA_TAIL_LINES, as many as fit (newline included) in PAPAYA_TAIL_BYTES."""
+    tail: list[str] = []
+    size = 0
+    for text in reversed(lines[-PAPAYA_TAIL_LINES:]):
+        size += len(text.encode()) + 1
+        if size > PAPAYA_TAIL_BYTES:
+            break
+        tail.append(text)
+    return tail[::-1]
 
 
 class Oracle:
@@ -132,7 +187,7 @@ class Oracle:
     # --- epochs ---------------------------------------------------------------------------
     def end_epoch(self, written: bytes) -> None:
         """The server stops; `written` is every byte it wrote (synced or not)."""
-        log = scan_log(written)
+        log = read_log(written)
         for record in log:
             self._check_sent(record.user, record.text, "the log")
         texts: dict[str, int] = {}
@@ -152,7 +207,7 @@ class Oracle:
         self._papaya.clear()
 
     def _check_papaya(self, view: PapayaView, log: list[Record]) -> None:
-        lines = [r.raw_line for r in log]
+        lines = [papaya_line(r) for r in log]
         position = {line: index for index, line in enumerate(lines)}
         received = view.history + view.live
         if not received:
@@ -166,7 +221,7 @@ class Oracle:
             self.fail(GAP_FREE, f"{view.who} got a stream that is not a run of the log")
             return
         if view.history:
-            expected = [r.raw_line for r in history_tail(log[: start + len(view.history)])]
+            expected = papaya_tail(lines[: start + len(view.history)])
             if expected != view.history:
                 self.fail(HISTORY, f"{view.who} got history {view.history}, not {expected}")
 

@@ -203,12 +203,17 @@ async def _settle(world: World, nursery: trio.Nursery) -> None:
     clients = [c for c in world.clients if c.settles]
     deadline = trio.current_time() + world.profile.settle_bound
     while trio.current_time() < deadline:
-        if all(client.settled() for client in clients):
+        # The server's head must also be the log's end (as the oracle reads the disk).
+        if host.head == len(world.logged()) and all(c.settled() for c in clients):
             world.trace.record("settled", head=host.head)
             return
         await trio.sleep(0.1)
     behind = [c.user for c in clients if not c.settled()]
-    world.fail(LIVENESS, f"head {host.head}; not there after the bound: {', '.join(behind)}")
+    world.fail(
+        LIVENESS,
+        f"head {host.head} (the log holds {len(world.logged())}); not there after the bound: "
+        f"{', '.join(behind)}",
+    )
 
 
 async def _check_left(world: World) -> None:

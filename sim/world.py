@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
+from papaya_trio.records import Record
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.session import Session
@@ -26,7 +27,7 @@ from papaya_trio.transports.static import StaticSite
 from papaya_trio.transports.websocket import WebSocketSettings
 from sim.disk import SimDisk
 from sim.instrument import TaskCounter
-from sim.invariants import SHUTDOWN_DEADLINE, Failure, Oracle, scan_log
+from sim.invariants import SHUTDOWN_DEADLINE, Failure, Oracle, read_log
 from sim.network import HTTP_PORT, TCP_PORT, SimNetwork
 from sim.profiles import Profile
 from sim.trace import Trace
@@ -120,6 +121,14 @@ class World:
         self.settling = trio.Event()  # faults have stopped: clients must now reach the head
         self.finishing = trio.Event()  # clients must now leave
         self.quiet = False  # a quiet window: nobody sends anything new
+        self._logged: tuple[int, list[Record]] = (-1, [])
+
+    def logged(self) -> list[Record]:
+        """The records on the disk (synced or not), as the oracle reads them; cached until the
+        disk changes."""
+        if self._logged[0] != self.disk.version:
+            self._logged = (self.disk.version, read_log(bytes(self.disk.data)))
+        return self._logged[1]
 
     def rng(self, name: str) -> random.Random:
         """An independent random stream for one part of the world, from the run's seed."""
@@ -176,7 +185,7 @@ class ServerHost:
                 # start it again, so the simulation does too.
                 world.trace.record("start_failed", error=str(exc))
                 await trio.sleep(START_RETRY)
-        world.oracle.begin_epoch(scan_log(bytes(world.disk.data)))
+        world.oracle.begin_epoch(read_log(bytes(world.disk.data)))
         world.trace.record("start", records=recovery.records, cut=recovery.truncated_bytes)
         components = self._components
         self.room = components.room_class(

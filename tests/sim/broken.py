@@ -17,9 +17,10 @@ from papaya_trio import SERVER_NAME
 from papaya_trio.broadcaster import Broadcaster, Subscription
 from papaya_trio.chatlog import AppendResult, ChatLog, FsyncPolicy, StorageFailed
 from papaya_trio.protocol.events import Ack, Error, Message, Pong, Welcome
+from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 from papaya_trio.records import Record, encode_record
 from papaya_trio.room import Room, RoomSettings
-from papaya_trio.session import FINISH, SEND_BATCH, Session
+from papaya_trio.session import FINISH, SEND_BATCH, PapayaTail, Session
 
 
 class OutboxBroadcaster(Broadcaster):
@@ -177,3 +178,15 @@ class PollingSession(Session):
         while not self._outbox.statistics().current_buffer_used:
             await trio.lowlevel.checkpoint()
         await super()._send_loop(sub, welcome_head)
+
+
+# --- 6. a papayaChat history tail one line short --------------------------------------------
+class ShortTailSession(Session):
+    """Gives papayaChat clients at most 6 history lines instead of 7 (an off-by-one in the
+    tail; the oracle states the tail from docs/protocol.md, not with `history_tail`)."""
+
+    def _start_cursor(self, head: int) -> int:
+        if not isinstance(self.identity.history, PapayaTail):
+            return super()._start_cursor(head)
+        tail = history_tail(self.room.log.recent(HISTORY_LINES))[-(HISTORY_LINES - 1) :]
+        return tail[0].seq - 1 if tail else head

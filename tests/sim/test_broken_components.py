@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from sim.invariants import DURABLE, GAP_FREE, LIVELOCK, LIVENESS, NO_DUPLICATES
+from sim.invariants import DURABLE, GAP_FREE, HISTORY, LIVELOCK, LIVENESS, NO_DUPLICATES
 from sim.runner import run_seed
 from sim.world import Components
 from tests.sim import broken
@@ -53,6 +53,12 @@ CASES = {
         Components(session_class=broken.PollingSession),
         frozenset({LIVELOCK}),
         1,
+    ),
+    "papayaChat history tail one line short": Case(
+        "churn",
+        Components(session_class=broken.ShortTailSession),
+        frozenset({HISTORY}),
+        2,
     ),
 }
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sim import invariants
 from sim.__main__ import main, seed_range
 from sim.entropy import check as check_entropy
 from sim.invariants import LIVENESS, SLOW_BOUND, Failure
@@ -128,3 +129,14 @@ def test_summary_groups_failures_by_invariant() -> None:
         "  python -m sim --seed 2 --profile churn    # b is 300 behind",
     ]
     assert lines[5].startswith("4 seeds, 3 failed in 3s; 80.0 seeds/minute")
+
+
+def test_oracle_calls_no_server_code() -> None:
+    """The checker states the server's promises itself: of the server's package it uses only
+    the `Record` value type (see the docstring of sim.invariants)."""
+    from_server = {
+        name
+        for name, value in vars(invariants).items()
+        if getattr(value, "__module__", "").startswith("papaya_trio")
+    }
+    assert from_server == {"Record"}
