@@ -19,7 +19,7 @@ import trio
 
 from papaya_trio.protocol.rules import KEY_CHARS
 from papaya_trio.session import SEND_BATCH
-from sim.invariants import REPLIES, SLOW_BOUND, NativeView, PapayaView, papaya_line
+from sim.invariants import ANNOUNCED, REPLIES, SLOW_BOUND, NativeView, PapayaView, papaya_line
 from sim.network import Link
 from sim.wire import FrameReader, FrameTooLong, line, record_from
 from sim.world import EPOCH_MS, KEY, World
@@ -46,6 +46,8 @@ class Connection:
     welcomed_at: float = 0.0
     unanswered: set[str] = field(default_factory=set)  # ids sent here without a reply yet
     errors: int = 0
+    leaving: bool = False  # the client began to leave
+    notice_owed: bool = False  # see `NativeClient.expect_notice`
 
 
 class NativeClient:
@@ -162,6 +164,7 @@ class NativeClient:
         except FrameTooLong as exc:
             self.world.fail(REPLIES, f"{self.user}: {exc}")
         finally:
+            self.check_notice(conn)
             conn.ended.set()
 
     def _dispatch(self, conn: Connection, obj: dict[str, object]) -> None:
@@ -248,9 +251,34 @@ class NativeClient:
             return None
         return (conn.view.last or 0) < head
 
+    def expect_notice(self, head: int) -> None:
+        """See `sim.world.Client.expect_notice`."""
+        conn = self.conn
+        if conn is None:
+            return
+        conn.notice_owed = (
+            not self.slow
+            and conn.welcomed.is_set()
+            and not conn.ended.is_set()
+            and not conn.leaving
+            and conn.link.healthy
+            and (conn.view.last or 0) >= head
+        )
+
+    def check_notice(self, conn: Connection) -> None:
+        """The connection ends: if it was owed the shutdown notice and neither the client nor
+        a fault ended it, it must have got the notice."""
+        if not conn.notice_owed or conn.end == "shutdown" or conn.leaving:
+            return
+        if conn.link.healthy and not conn.link.up.broken:
+            self.world.fail(
+                ANNOUNCED, f"{self.user}: connection ended ({conn.end}) without the shutdown notice"
+            )
+
     async def leave(self, conn: Connection, style: str) -> None:
         """End the connection in one of LEAVE_STYLES."""
         world, stream = self.world, conn.link.client
+        conn.leaving = True
         world.trace.record("leave", who=self.user, style=style, link=conn.link.number)
         if style == "reset":
             conn.link.reset()
@@ -408,6 +436,9 @@ class PapayaClient:
         """papayaChat lines carry no sequence numbers: only the settling phase checks them."""
         return None
 
+    def expect_notice(self, head: int) -> None:
+        """The papayaChat dialect has no way to say why a connection ends."""
+
     def settled(self) -> bool:
         """Connected, and the newest line seen is the log's newest message."""
         world = self.world
@@ -480,7 +511,7 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
                 resent = True
                 await client.resend()
             await client.retry_failed()
-            idle = world.settling.is_set() or world.quiet
+            idle = world.settling.is_set() or world.quiet > 0
             if talks and not idle and len(client.pending) < WINDOW:
                 await client.send_new()
         pause = profile.send_every if talks else 0.5

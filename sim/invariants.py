@@ -43,6 +43,7 @@ REPLIES = "replies-are-right"
 NO_CRASH = "no-unhandled-exception"
 RUN_ENDS = "run-ends"
 LIVELOCK = "time-advances"
+ANNOUNCED = "shutdown-announced"
 
 # docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
 # lines, no more of them than fit in the last 1050 bytes".

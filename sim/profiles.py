@@ -1,5 +1,7 @@
 """Named profiles: how many actors of each kind, which faults, and how often.
 
+`shutdown` takes its fsync policy from the seed (always, interval, never in turn).
+
 `swarm` is not one profile but a family: it draws from the seed which fault families are on
 and at what rates, so a long run of seeds covers combinations nobody thought to write down.
 """
@@ -7,7 +9,7 @@ and at what rates, so a long run of seeds covers combinations nobody thought to 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from papaya_trio.chatlog import FsyncPolicy
 from sim.disk import DiskFaults
@@ -159,6 +161,10 @@ def profile_for(name: str, seed: int) -> Profile:
     if name == "swarm":
         return swarm(seed)
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(NAMES)}") from None
+    if name == "shutdown":
+        # A graceful stop must sync what is written under every policy: seeds take turns.
+        return replace(profile, fsync=list(FsyncPolicy)[seed % len(FsyncPolicy)])
+    return profile

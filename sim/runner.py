@@ -39,6 +39,7 @@ from sim.world import Components, World
 from sim.wsclient import WsClient, WsGarbageClient
 
 LEAVE_BOUND = 10.0  # simulated seconds for the server to notice every client has left
+LULL = 0.5  # simulated seconds nobody sends before a graceful restart in a lull
 QUIET_SETTLE = 1.0  # simulated seconds of a quiet window before the head is noted, and after
 RUN_SLACK = 120.0  # simulated seconds a run may take past its traffic and settling phases
 # Tasks of one connection (a session, a handler, trio-websocket's reader, the keepalive).
@@ -162,7 +163,15 @@ async def _restarts(world: World, nursery: trio.Nursery) -> None:
                 host.crash()
                 await host.wait_stopped()
             else:
-                await host.shutdown()
+                # Half the graceful restarts come in a lull, when nothing else would wake a
+                # session: the shutdown notice must not wait for the next message.
+                lull = rng.random() < 0.5
+                world.quiet += lull
+                try:
+                    await trio.sleep(LULL if lull else 0.0)
+                    await host.shutdown()
+                finally:
+                    world.quiet -= lull
             await trio.sleep(rng.uniform(0.0, 3.0))
             await host.start(nursery)
 
@@ -175,7 +184,7 @@ async def _quiet_windows(world: World) -> None:
         return
     while True:
         await trio.sleep(rng.expovariate(1.0 / world.profile.quiet_every))
-        world.quiet = True
+        world.quiet += 1
         try:
             await trio.sleep(QUIET_SETTLE)
             head, noted_at = world.host.head, trio.current_time()
@@ -186,7 +195,7 @@ async def _quiet_windows(world: World) -> None:
                     LIVENESS, f"quiet for {2 * QUIET_SETTLE}s, still short of {head}: {late}"
                 )
         finally:
-            world.quiet = False
+            world.quiet -= 1
 
 
 async def _settle(world: World, nursery: trio.Nursery) -> None:

@@ -27,7 +27,7 @@ from papaya_trio.transports.static import StaticSite
 from papaya_trio.transports.websocket import WebSocketSettings
 from sim.disk import SimDisk
 from sim.instrument import TaskCounter
-from sim.invariants import SHUTDOWN_DEADLINE, Failure, Oracle, read_log
+from sim.invariants import DURABLE, SHUTDOWN_DEADLINE, Failure, Oracle, read_log
 from sim.network import HTTP_PORT, TCP_PORT, SimNetwork
 from sim.profiles import Profile
 from sim.trace import Trace
@@ -72,6 +72,11 @@ class Client(Protocol):
         """Whether a connection welcomed by `noted_at` that has seen no fault has not reached
         `head` (None: it is newer, still replaying the history it was welcomed with, has seen
         a fault or is not connected: no bound applies; the settling phase still checks it)."""
+        ...
+
+    def expect_notice(self, head: int) -> None:
+        """A graceful shutdown begins with the log at `head`: a connection that has seen
+        everything up to it on a healthy link is owed the `shutdown` error before it ends."""
         ...
 
 
@@ -120,7 +125,7 @@ class World:
         self.host = ServerHost(self, components)
         self.settling = trio.Event()  # faults have stopped: clients must now reach the head
         self.finishing = trio.Event()  # clients must now leave
-        self.quiet = False  # a quiet window: nobody sends anything new
+        self.quiet = 0  # while above 0 (a quiet window, a lull before a restart) nobody sends
         self._logged: tuple[int, list[Record]] = (-1, [])
 
     def logged(self) -> list[Record]:
@@ -243,7 +248,10 @@ class ServerHost:
     async def shutdown(self) -> None:
         """The real graceful shutdown; fails the run if it overruns its deadline."""
         assert self.server is not None and self._scope is not None, "no server to stop"
-        world = self._world
+        assert self.room is not None
+        world, log, disk = self._world, self.room.log, self._world.disk
+        for client in world.clients:
+            client.expect_notice(self.head)
         started = trio.current_time()
         self.server.shutdown()
         await self._exited.wait()
@@ -251,5 +259,10 @@ class ServerHost:
         world.trace.record("shutdown", seconds=round(took, 6))
         if took > world.profile.shutdown_deadline + SHUTDOWN_SLACK:
             world.fail(SHUTDOWN_DEADLINE, f"graceful shutdown took {took:.3f}s")
+        # Whatever the fsync policy, a graceful stop syncs everything written
+        # (docs/log-format.md), unless an fsync failed and the log refused to go on.
+        if log.broken is None and disk.synced < len(disk.data):
+            unsynced = len(disk.data) - disk.synced
+            world.fail(DURABLE, f"graceful shutdown left {unsynced} bytes not synced")
         world.oracle.end_epoch(bytes(world.disk.data))
         self.room = None

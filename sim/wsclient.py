@@ -127,6 +127,7 @@ class WsClient(NativeClient):
         except ConnectionClosed as exc:
             self._closed(conn, exc.reason.code if exc.reason is not None else ABNORMAL)
         finally:
+            self.check_notice(conn)
             conn.ended.set()
 
     async def _ping_into_close(self, conn: WsConnection) -> None:
@@ -162,6 +163,7 @@ class WsClient(NativeClient):
         """End the connection in one of WS_LEAVE_STYLES."""
         assert isinstance(conn, WsConnection) and conn.ws is not None
         self.world.trace.record("leave", who=self.user, style=style, link=conn.link.number)
+        conn.leaving = True
         if style == "close":
             with trio.move_on_after(CLOSE_WAIT):
                 await conn.ws.aclose()

@@ -190,3 +190,48 @@ class ShortTailSession(Session):
             return super()._start_cursor(head)
         tail = history_tail(self.room.log.recent(HISTORY_LINES))[-(HISTORY_LINES - 1) :]
         return tail[0].seq - 1 if tail else head
+
+
+# --- 7. a group commit that counts records written during its fsync as durable -------------
+class LateTargetLog(ChatLog):
+    """Reads how far the fsync reached only after it returns: records written while it ran
+    are shown and confirmed as if on disk."""
+
+    async def _wait_durable(self, seq: int) -> None:
+        while self._synced < seq:
+            self._check_usable()
+            if self._syncing:
+                await self._sync_done.wait()
+                continue
+            self._syncing = True
+            try:
+                await self._storage.sync()
+            except OSError as exc:
+                self._fail(f"fsync failed: {exc}")
+                raise StorageFailed(f"could not sync the log: {exc.strerror or exc}") from exc
+            finally:
+                self._syncing = False
+                done, self._sync_done = self._sync_done, trio.Event()
+                done.set()
+            target = self._written
+            self._synced = max(self._synced, target)
+            self._make_visible(target)
+
+
+# --- 8. a log that skips its final sync at graceful shutdown --------------------------------
+class NoFinalSyncLog(ChatLog):
+    """Closes without the final fsync: under `fsync = "interval"` or `"never"` the newest
+    records are only in the page cache when the server says it has stopped."""
+
+    async def aclose(self) -> None:
+        await self._storage.aclose()
+
+
+# --- 9. closing a session from outside without waking its send task -------------------------
+class UnwokenCloseSession(Session):
+    """Sets the closing notice but does not wake the send task: the notice waits for the next
+    unrelated event (a new message, a reply), and in a lull until the shutdown deadline."""
+
+    def close(self, code: str, message: str) -> None:
+        if self._closing is None:
+            self._closing = Error(code, message, fatal=True)

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from sim.invariants import DURABLE, GAP_FREE, HISTORY, LIVELOCK, LIVENESS, NO_DUPLICATES
+from sim.invariants import (
+    ANNOUNCED,
+    DURABLE,
+    GAP_FREE,
+    HISTORY,
+    LIVELOCK,
+    LIVENESS,
+    NO_DUPLICATES,
+)
 from sim.runner import run_seed
 from sim.world import Components
 from tests.sim import broken
@@ -59,6 +67,24 @@ CASES = {
         Components(session_class=broken.ShortTailSession),
         frozenset({HISTORY}),
         2,
+    ),
+    "group commit counts records written during its fsync": Case(
+        "crash",
+        Components(log_class=broken.LateTargetLog),
+        frozenset({DURABLE}),
+        6,
+    ),
+    "no final sync at graceful shutdown": Case(
+        "shutdown",
+        Components(log_class=broken.NoFinalSyncLog),
+        frozenset({DURABLE}),
+        3,
+    ),
+    "session closed from outside without waking its send task": Case(
+        "shutdown",
+        Components(session_class=broken.UnwokenCloseSession),
+        frozenset({ANNOUNCED}),
+        5,
     ),
 }
 
