@@ -164,8 +164,7 @@ class NativeClient:
         except FrameTooLong as exc:
             self.world.fail(REPLIES, f"{self.user}: {exc}")
         finally:
-            self.check_notice(conn)
-            conn.ended.set()
+            self.connection_ended(conn)
 
     def _dispatch(self, conn: Connection, obj: dict[str, object]) -> None:
         world = self.world
@@ -265,9 +264,12 @@ class NativeClient:
             and (conn.view.last or 0) >= head
         )
 
-    def check_notice(self, conn: Connection) -> None:
-        """The connection ends: if it was owed the shutdown notice and neither the client nor
-        a fault ended it, it must have got the notice."""
+    def connection_ended(self, conn: Connection) -> None:
+        """The connection has ended (`conn.end` says how): trace it and check the notice (if
+        it was owed the shutdown notice and neither the client nor a fault ended it, it must
+        have got the notice)."""
+        self.world.trace.record("closed", who=self.user, link=conn.link.number, end=conn.end)
+        conn.ended.set()
         if not conn.notice_owed or conn.end == "shutdown" or conn.leaving:
             return
         if conn.link.healthy and not conn.link.up.broken:
@@ -430,6 +432,7 @@ class PapayaClient:
         except GONE:
             pass
         finally:
+            self.world.trace.record("closed", who=self.user, link=self.link.number)
             self.ended.set()
 
     def behind(self, head: int, noted_at: float) -> bool | None:

@@ -158,6 +158,7 @@ class Oracle:
     def record_seen(self, record: Record, who: str) -> None:
         """A native client was delivered `record`."""
         self.delivered += 1
+        self._trace.record("deliver", who=who, seq=record.seq)
         self._check_sent(record.user, record.text, who)
         known = self._by_seq.setdefault(record.seq, record)
         if known != record:
@@ -167,6 +168,7 @@ class Oracle:
 
     def ack_seen(self, user: str, client_id: str, seq: int, text: str, who: str) -> None:
         """A native client was told its message `client_id` is stored as `seq`."""
+        self._trace.record("ack", who=who, id=client_id, seq=seq)
         earlier = self._acked.setdefault((user, client_id), seq)
         if earlier != seq:
             self.fail(

@@ -33,6 +33,7 @@ class Profile:
     reconnect_every: float = 0.0  # mean seconds a client stays connected (0: for good)
     crash_every: float = 0.0  # mean seconds between server crashes (0: never)
     shutdown_every: float = 0.0  # mean seconds between graceful restarts (0: never)
+    commit_kills: float = 0.0  # share of crashes that wait for a group commit's worst moment
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS
     fsync_interval: float = 0.5
     network: NetworkFaults = field(default_factory=NetworkFaults)
@@ -87,6 +88,7 @@ PROFILES: dict[str, Profile] = {
         send_every=0.3,
         reconnect_every=8.0,
         crash_every=6.0,
+        commit_kills=0.5,
         disk=DiskFaults(write_failure=0.01, sync_failure=0.005),
     ),
     "shutdown": Profile(

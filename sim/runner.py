@@ -156,9 +156,13 @@ async def _restarts(world: World, nursery: trio.Nursery) -> None:
     while True:
         await trio.sleep(rng.expovariate(sum(rates)))
         crash_rate = 1.0 / profile.crash_every if profile.crash_every else 0.0
+        crash = rng.random() * sum(rates) < crash_rate
+        if crash and rng.random() < profile.commit_kills:
+            # SIGKILL between the write and the fsync of late writers in a group commit.
+            await world.disk.wait_commit_window()
         # Once begun, a restart completes even if the traffic phase ends meanwhile.
         with trio.CancelScope(shield=True):
-            if rng.random() * sum(rates) < crash_rate:
+            if crash:
                 world.trace.record("crash")
                 host.crash()
                 await host.wait_stopped()

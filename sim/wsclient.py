@@ -127,8 +127,7 @@ class WsClient(NativeClient):
         except ConnectionClosed as exc:
             self._closed(conn, exc.reason.code if exc.reason is not None else ABNORMAL)
         finally:
-            self.check_notice(conn)
-            conn.ended.set()
+            self.connection_ended(conn)
 
     async def _ping_into_close(self, conn: WsConnection) -> None:
         """Sometimes ping just as the server is closing (its close frame follows the error

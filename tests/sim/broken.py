@@ -235,3 +235,17 @@ class UnwokenCloseSession(Session):
     def close(self, code: str, message: str) -> None:
         if self._closing is None:
             self._closing = Error(code, message, fatal=True)
+
+
+# --- 10. group commit waiters that take a running fsync for their own -----------------------
+class SharedSyncLog(ChatLog):
+    """A writer that finds an fsync running waits for it and counts itself durable, even if
+    its record was written after that fsync began."""
+
+    async def _wait_durable(self, seq: int) -> None:
+        if self._syncing:
+            await self._sync_done.wait()
+            self._check_usable()
+            self._make_visible(seq)
+            return
+        await super()._wait_durable(seq)

@@ -72,7 +72,13 @@ CASES = {
         "crash",
         Components(log_class=broken.LateTargetLog),
         frozenset({DURABLE}),
-        6,
+        3,
+    ),
+    "group commit waiters take a running fsync for their own": Case(
+        "crash",
+        Components(log_class=broken.SharedSyncLog),
+        frozenset({DURABLE}),
+        3,
     ),
     "no final sync at graceful shutdown": Case(
         "shutdown",
