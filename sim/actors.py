@@ -46,7 +46,7 @@ class Connection:
     welcomed_at: float = 0.0
     unanswered: set[str] = field(default_factory=set)  # ids sent here without a reply yet
     errors: int = 0
-    leaving: bool = False  # the client began to leave
+    leaving: bool = False  # the client began to leave (or sent what ends the connection)
     notice_owed: bool = False  # see `NativeClient.expect_notice`
 
 
@@ -270,7 +270,8 @@ class NativeClient:
         have got the notice)."""
         self.world.trace.record("closed", who=self.user, link=conn.link.number, end=conn.end)
         conn.ended.set()
-        if not conn.notice_owed or conn.end == "shutdown" or conn.leaving:
+        # Still "open": the client stopped reading (it hung up), the server did not end it.
+        if not conn.notice_owed or conn.end in ("shutdown", "open") or conn.leaving:
             return
         if conn.link.healthy and not conn.link.up.broken:
             self.world.fail(
@@ -362,6 +363,7 @@ class GarbageClient(NativeClient):
     async def send_oversize(self, conn: Connection, sent: int) -> None:
         """A line past max_line_bytes (after `sent` bad lines): the server must say so, then
         close."""
+        conn.leaving = True  # the connection ends for this line, shutdown or not
         await self.write(b"z" * (self.world.settings.max_line_bytes + 1))
 
 

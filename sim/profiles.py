@@ -34,6 +34,9 @@ class Profile:
     crash_every: float = 0.0  # mean seconds between server crashes (0: never)
     shutdown_every: float = 0.0  # mean seconds between graceful restarts (0: never)
     commit_kills: float = 0.0  # share of crashes that wait for a group commit's worst moment
+    # Mean seconds between jumps of the wall clock that stamps records (0: none); not with a
+    # latency bound, which reads those stamps.
+    clock_jump_every: float = 0.0
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS
     fsync_interval: float = 0.5
     network: NetworkFaults = field(default_factory=NetworkFaults)
@@ -60,7 +63,10 @@ PROFILES: dict[str, Profile] = {
         ws_garbage_senders=1,
         send_every=0.5,
         reconnect_every=4.0,
-        network=NetworkFaults(tiny_chunks=0.3, stall_every=5.0, reset_every=6.0),
+        clock_jump_every=8.0,
+        network=NetworkFaults(
+            tiny_chunks=0.3, stall_every=5.0, reset_every=6.0, fd_exhaustion_every=8.0
+        ),
     ),
     "slow-consumer": Profile(
         "slow-consumer",
@@ -140,6 +146,7 @@ def swarm(seed: int) -> Profile:
         reconnect_every=maybe(0.5, 1.0, 10.0),
         crash_every=crash_every,
         shutdown_every=maybe(0.3, 3.0, 15.0),
+        clock_jump_every=maybe(0.3, 2.0, 20.0),
         fsync=rng.choice(list(FsyncPolicy)),
         network=NetworkFaults(
             latency=(0.0, rng.uniform(0.001, 0.2)),
@@ -147,6 +154,7 @@ def swarm(seed: int) -> Profile:
             tiny_chunks=rng.uniform(0.0, 0.5),
             stall_every=maybe(0.5, 1.0, 10.0),
             reset_every=maybe(0.5, 1.0, 10.0),
+            fd_exhaustion_every=maybe(0.3, 2.0, 15.0),
         ),
         disk=DiskFaults(
             write_failure=maybe(0.3, 0.001, 0.05),

@@ -108,6 +108,8 @@ async def _director(world: World, ops: list[Op] | None) -> None:
         async with trio.open_nursery() as actors:
             async with trio.open_nursery() as chaos:
                 chaos.start_soon(world.network.run_faults)
+                chaos.start_soon(world.network.run_fd_exhaustion, world.rng("descriptors"))
+                chaos.start_soon(_clock_jumps, world)
                 chaos.start_soon(_restarts, world, nursery)
                 chaos.start_soon(_quiet_windows, world)
                 if ops is None:
@@ -178,6 +180,19 @@ async def _restarts(world: World, nursery: trio.Nursery) -> None:
                     world.quiet -= lull
             await trio.sleep(rng.uniform(0.0, 3.0))
             await host.start(nursery)
+
+
+async def _clock_jumps(world: World) -> None:
+    """The wall clock that stamps records jumps, forward or back, by up to an hour (NTP, a
+    suspended VM): nothing about sequence numbers, order or delivery may change."""
+    rng, every = world.rng("wall clock"), world.profile.clock_jump_every
+    if not every:
+        return
+    while True:
+        await trio.sleep(rng.expovariate(1.0 / every))
+        jump = rng.choice((-1, 1)) * rng.randint(1, 3_600_000)
+        world.wall_jump_ms += jump
+        world.trace.record("clock_jump", ms=jump)
 
 
 async def _quiet_windows(world: World) -> None:

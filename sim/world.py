@@ -40,11 +40,6 @@ WS_PING_INTERVAL = 3.0  # simulated seconds; short, so silent WebSocket clients 
 WS_PING_TIMEOUT = 4.0  # longer than most stalls, shorter than the longest
 
 
-def sim_clock_ms() -> int:
-    """Record timestamps from trio's (mock) clock, so they are part of the simulation."""
-    return EPOCH_MS + int(trio.current_time() * 1000)
-
-
 @dataclass(frozen=True, slots=True)
 class Components:
     """The server parts the run uses; tests swap in deliberately broken subclasses."""
@@ -52,6 +47,7 @@ class Components:
     log_class: type[ChatLog] = ChatLog
     room_class: type[Room] = Room
     session_class: type[Session] = Session
+    server_class: type[ChatServer] = ChatServer
 
 
 class Client(Protocol):
@@ -127,6 +123,12 @@ class World:
         self.finishing = trio.Event()  # clients must now leave
         self.quiet = 0  # while above 0 (a quiet window, a lull before a restart) nobody sends
         self._logged: tuple[int, list[Record]] = (-1, [])
+        self.wall_jump_ms = 0  # how far the wall clock has jumped, in total
+
+    def wall_clock_ms(self) -> int:
+        """The server's wall clock for record timestamps: trio's (mock) clock plus the jumps
+        the wall clock has made (`wall_jump_ms`), so it is part of the simulation."""
+        return EPOCH_MS + int(trio.current_time() * 1000) + self.wall_jump_ms
 
     def logged(self) -> list[Record]:
         """The records on the disk (synced or not), as the oracle reads them; cached until the
@@ -179,7 +181,7 @@ class ServerHost:
             try:
                 log, recovery = await self._components.log_class.open(
                     world.disk.open(),
-                    clock_ms=sim_clock_ms,
+                    clock_ms=world.wall_clock_ms,
                     fsync=profile.fsync,
                     cache_records=profile.cache_records,
                 )
@@ -196,7 +198,7 @@ class ServerHost:
         self.room = components.room_class(
             log, KEY, world.settings, session_class=components.session_class
         )
-        self.server = ChatServer(
+        self.server = components.server_class(
             self.room,
             max_connections=64,
             shutdown_deadline=profile.shutdown_deadline,

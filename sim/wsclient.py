@@ -229,6 +229,7 @@ class WsGarbageClient(WsClient, GarbageClient):
         (nothing may follow a close frame), so the replies to the `sent` frames before come
         first."""
         await wait_replies(conn, sent)
+        conn.leaving = True  # the connection ends for this frame, shutdown or not
         limit = self.world.settings.max_line_bytes  # the WebSocket frame limit in the sim
         if self.rng.random() < 0.5:
             await self.send_frame("z" * (limit + 1))

@@ -7,19 +7,20 @@ sessions through `Room(session_class=...)`, which every transport uses to build 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from papaya_trio import SERVER_NAME
 from papaya_trio.broadcaster import Broadcaster, Subscription
 from papaya_trio.chatlog import AppendResult, ChatLog, FsyncPolicy, StorageFailed
-from papaya_trio.protocol.events import Ack, Error, Message, Pong, Welcome
+from papaya_trio.protocol.events import Ack, Error, Message, Pong, ServerEvent, Welcome
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 from papaya_trio.records import Record, encode_record
 from papaya_trio.room import Room, RoomSettings
+from papaya_trio.server import ChatServer
 from papaya_trio.session import FINISH, SEND_BATCH, PapayaTail, Session
 
 
@@ -249,3 +250,30 @@ class SharedSyncLog(ChatLog):
             self._make_visible(seq)
             return
         await super()._wait_durable(seq)
+
+
+# --- 11. an accept loop that retries at once when out of descriptors ------------------------
+class RetryAtOnceServer(ChatServer):
+    """Retries a failed accept without pausing: out of file descriptors it spins, and (under
+    the mock clock, as a real one burns a core) nothing else makes progress."""
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery, kind: str
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError:
+                continue
+            handlers.start_soon(self._handle, stream, kind)
+
+
+# --- 12. a session that orders each batch by timestamp --------------------------------------
+class TimeOrderedSession(Session):
+    """Writes each batch of messages oldest timestamp first: after the wall clock steps back,
+    that is not sequence order."""
+
+    async def _write(self, events: Sequence[ServerEvent]) -> None:
+        if all(isinstance(event, Message) for event in events):
+            events = sorted(events, key=lambda event: cast(Message, event).record.time_ms)
+        await super()._write(events)

@@ -74,6 +74,18 @@ CASES = {
         frozenset({DURABLE}),
         3,
     ),
+    "accept retried at once when out of descriptors": Case(
+        "churn",
+        Components(server_class=broken.RetryAtOnceServer),
+        frozenset({LIVELOCK}),
+        2,
+    ),
+    "batches ordered by timestamp (wall clock jumps)": Case(
+        "churn",
+        Components(session_class=broken.TimeOrderedSession),
+        frozenset({GAP_FREE}),
+        2,
+    ),
     "group commit waiters take a running fsync for their own": Case(
         "crash",
         Components(log_class=broken.SharedSyncLog),
