@@ -64,6 +64,7 @@ class Pipe:
         self.capacity = capacity
         self._max_chunk = max_chunk
         self._segments: deque[tuple[float, bytes]] = deque()
+        self._head_taken = 0  # bytes of the first segment already read
         self._buffered = 0
         self._last_arrival = 0.0
         self._changed = trio.lowlevel.ParkingLot()
@@ -118,16 +119,25 @@ class Pipe:
     def _take(self, max_bytes: int) -> bytes:
         want = min(self._rng.randint(1, self._max_chunk), max_bytes)
         now = trio.current_time()
-        taken = bytearray()
-        while self._segments and self._segments[0][0] <= now and len(taken) < want:
-            arrival, data = self._segments.popleft()
-            cut = want - len(taken)
-            taken += data[:cut]
-            if len(data) > cut:
-                self._segments.appendleft((arrival, data[cut:]))
-        self._buffered -= len(taken)
+        segments = self._segments
+        pieces: list[bytes] = []
+        size = 0
+        # The first segment is consumed in place (`_head_taken`), never copied for the rest:
+        # a link of tiny chunks would otherwise copy a segment once per read.
+        while segments and size < want and segments[0][0] <= now:
+            data = segments[0][1]
+            start = self._head_taken
+            end = min(len(data), start + want - size)
+            pieces.append(data if start == 0 and end == len(data) else data[start:end])
+            size += end - start
+            if end == len(data):
+                segments.popleft()
+                self._head_taken = 0
+            else:
+                self._head_taken = end
+        self._buffered -= size
         self.wake()
-        return bytes(taken)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def close_writer(self) -> None:
         """End of file after the bytes in flight."""
@@ -138,14 +148,14 @@ class Pipe:
         """The reading end is gone: drop what is in flight, the writer gets an error."""
         self.reader_closed = True
         self._segments.clear()
-        self._buffered = 0
+        self._head_taken = self._buffered = 0
         self.wake()
 
     def reset(self) -> None:
         """Break this direction at once."""
         self.broken = True
         self._segments.clear()
-        self._buffered = 0
+        self._head_taken = self._buffered = 0
         self.wake()
 
 
