@@ -160,8 +160,11 @@ async def _restarts(world: World, nursery: trio.Nursery) -> None:
         crash_rate = 1.0 / profile.crash_every if profile.crash_every else 0.0
         crash = rng.random() * sum(rates) < crash_rate
         if crash and rng.random() < profile.commit_kills:
-            # SIGKILL between the write and the fsync of late writers in a group commit.
-            await world.disk.wait_commit_window()
+            # SIGKILL between the write and the fsync of late writers in a group commit; if
+            # no such fsync comes (no traffic, or a log that refuses appends after a failed
+            # fsync and waits for a restart), the crash comes anyway.
+            with trio.move_on_after(profile.crash_every):
+                await world.disk.wait_commit_window()
         # Once begun, a restart completes even if the traffic phase ends meanwhile.
         with trio.CancelScope(shield=True):
             if crash:
