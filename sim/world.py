@@ -40,6 +40,11 @@ WS_PING_INTERVAL = 3.0  # simulated seconds; short, so silent WebSocket clients 
 WS_PING_TIMEOUT = 4.0  # longer than most stalls, shorter than the longest
 
 
+def sim_clock_ms() -> int:
+    """Record timestamps from trio's (mock) clock, so they are part of the simulation."""
+    return EPOCH_MS + int(trio.current_time() * 1000)
+
+
 @dataclass(frozen=True, slots=True)
 class Components:
     """The server parts the run uses; tests swap in deliberately broken subclasses."""
@@ -128,7 +133,7 @@ class World:
     def wall_clock_ms(self) -> int:
         """The server's wall clock for record timestamps: trio's (mock) clock plus the jumps
         the wall clock has made (`wall_jump_ms`), so it is part of the simulation."""
-        return EPOCH_MS + int(trio.current_time() * 1000) + self.wall_jump_ms
+        return sim_clock_ms() + self.wall_jump_ms
 
     def logged(self) -> list[Record]:
         """The records on the disk (synced or not), as the oracle reads them; cached until the
