@@ -1,4 +1,4 @@
-"""The `papaya-trio` command: serve, keygen, default-config, bench."""
+"""The `papaya-trio` command: serve, keygen, cert, default-config, bench."""
 
 from __future__ import annotations
 
@@ -13,10 +13,18 @@ import trio
 from papaya_trio import SERVER_NAME
 from papaya_trio.bench import command as bench_command
 from papaya_trio.chatlog import LogCorrupted, StorageFailed
-from papaya_trio.config import ConfigError, add_flags, default_toml, load_config
+from papaya_trio.config import (
+    ConfigError,
+    add_flags,
+    cleartext_warning,
+    default_toml,
+    load_config,
+)
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
+from papaya_trio.selfsigned import DEFAULT_DAYS, CertificateError, write_certificate
 from papaya_trio.service import ServiceError, run_service
+from papaya_trio.tls import TlsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -31,6 +39,19 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="write a fresh random key file")
     keygen.add_argument("path", type=Path, nargs="?", default=Path("papaya-data/key"))
     keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    cert = commands.add_parser(
+        "cert",
+        help="write a self-signed TLS certificate and key (for a LAN without a CA)",
+        description="Write a self-signed certificate for the given host names and IP addresses"
+        " and its private key, both owner-only; existing files are never replaced. Serve with"
+        " --tls-cert CERT --tls-key KEY; clients trust it with papaya-chat --ca-file CERT.",
+    )
+    cert.add_argument("names", nargs="+", metavar="NAME", help="host name or IP address")
+    cert.add_argument("--cert", type=Path, default=Path("papaya-data/tls-cert.pem"))
+    cert.add_argument("--key", type=Path, default=Path("papaya-data/tls-key.pem"))
+    cert.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})"
+    )
     commands.add_parser("default-config", help="print the default configuration as TOML")
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
@@ -48,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.basicConfig(
                 stream=sys.stderr, level=config.log_level.upper(), format=LOG_FORMAT
             )
+            if warning := cleartext_warning(config):
+                logging.getLogger(__name__).warning("%s", warning)
             if config.mode == "fork":
                 run_fork_service(config)
             else:
@@ -55,11 +78,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "keygen":
             write_key(args.path, generate_key(), replace=args.force)
             print(f"wrote a new key to {args.path} (owner-only permissions)")
+        elif args.command == "cert":
+            if args.days < 1:
+                raise CertificateError("--days must be at least 1")
+            write_certificate(args.cert, args.key, args.names, days=args.days)
+            print(f"wrote a self-signed certificate to {args.cert} and its key to {args.key}")
         elif args.command == "default-config":
             print(default_toml())
         elif args.command == "bench":
             return bench_command.run(args)
-    except (ConfigError, KeyFileError, ServiceError, LogCorrupted) as exc:
+    except (
+        ConfigError,
+        KeyFileError,
+        ServiceError,
+        LogCorrupted,
+        TlsError,
+        CertificateError,
+    ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
     except (StorageFailed, OSError) as exc:

@@ -6,6 +6,7 @@ Precedence: built-in defaults, then the TOML file given with `--config`, then fl
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -52,6 +53,29 @@ OPTIONS: tuple[Option, ...] = (
         8080,
         "HTTP port for the browser client and its WebSocket (0 picks a free port)",
         minimum=0,
+    ),
+    Option(
+        "tls_cert",
+        str,
+        "",
+        "PEM file with the server's certificate (chain allowed); with tls_key, the TCP port"
+        " speaks TLS and the HTTP port HTTPS and wss://",
+    ),
+    Option("tls_key", str, "", "PEM file with the private key of tls_cert"),
+    Option(
+        "papaya_port",
+        int,
+        -1,
+        "port serving the papayaChat dialect alone, in clear, for its client that has no TLS"
+        " (-1: none; 0 picks a free port)",
+        minimum=-1,
+    ),
+    Option(
+        "allow_plaintext",
+        bool,
+        False,
+        "listen on addresses other than loopback although the room key, names and messages"
+        " travel in clear on some port (no TLS, or a papaya_port)",
     ),
     Option("data_dir", str, "./papaya-data", "folder for the log, the key and the lock file"),
     Option("key_file", str, "", "file holding the 128-character key (default: DATA_DIR/key)"),
@@ -106,7 +130,8 @@ OPTIONS: tuple[Option, ...] = (
         "allowed_origins",
         list,
         [],
-        "Origins allowed to open a WebSocket, e.g. https://chat.example.org (empty: any)",
+        "origins allowed to open a WebSocket, e.g. https://chat.example.org; '*' allows any"
+        " (empty: the page's own origin only)",
         metavar="ORIGIN",
     ),
     Option(
@@ -140,6 +165,10 @@ class ServerConfig:
     listen: list[str]
     tcp_port: int
     http_port: int
+    tls_cert: str
+    tls_key: str
+    papaya_port: int
+    allow_plaintext: bool
     data_dir: str
     key_file: str
     history: int
@@ -164,6 +193,11 @@ class ServerConfig:
         """Where the key lives."""
         return Path(self.key_file) if self.key_file else Path(self.data_dir) / "key"
 
+    @property
+    def tls(self) -> bool:
+        """Whether the TCP and HTTP ports speak TLS."""
+        return bool(self.tls_cert)
+
 
 assert [o.name for o in OPTIONS] == [f.name for f in fields(ServerConfig)]
 
@@ -175,6 +209,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + option.name.replace("_", "-")
         if option.kind is list:
             parser.add_argument(flag, action="append", metavar=option.metavar, help=option.help)
+        elif option.kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=option.help)
         else:
             parser.add_argument(
                 flag,
@@ -241,7 +277,7 @@ def check(config: ServerConfig) -> None:
             raise ConfigError(f"{option.name} must be one of {choices}, not {value!r}")
     if not config.listen:
         raise ConfigError("listen needs at least one address")
-    for name in ("tcp_port", "http_port"):
+    for name in ("tcp_port", "http_port", "papaya_port"):
         if getattr(config, name) > 65535:
             raise ConfigError(f"{name} must be at most 65535, not {getattr(config, name)}")
     if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
@@ -249,6 +285,60 @@ def check(config: ServerConfig) -> None:
     if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
         # a text of max_message_bytes, JSON-escaped, must fit in one frame (fork mode has none)
         raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        raise ConfigError("tls_cert and tls_key go together: give both or neither")
+    exposed = public_addresses(config)
+    clear = cleartext_ports(config)
+    if exposed and clear and not config.allow_plaintext:
+        raise ConfigError(
+            f"refusing to listen on {', '.join(exposed)} with {' and '.join(clear)} in clear:"
+            f" {CLEARTEXT} would cross the network readable by anyone on the way; give"
+            " tls_cert and tls_key (see `papaya-trio cert`), or set allow_plaintext = true"
+        )
+
+
+#: What a plaintext port gives away to anyone who can watch the network.
+CLEARTEXT = "the room key, user names and messages"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a `listen` address is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*' or a host name: assume the network can reach it
+        return False
+
+
+def public_addresses(config: ServerConfig) -> list[str]:
+    """The `listen` addresses that other machines can reach."""
+    return [host for host in config.listen if not is_loopback(host)]
+
+
+def cleartext_ports(config: ServerConfig) -> list[str]:
+    """The ports that carry the room key, names and messages in clear."""
+    ports = []
+    if not config.tls:
+        ports.append(f"the TCP port {config.tcp_port}")
+        if config.mode != "fork":  # fork mode opens no HTTP port
+            ports.append(f"the HTTP port {config.http_port} (ws://)")
+    if config.papaya_port >= 0:
+        ports.append(f"papaya_port {config.papaya_port}")
+    return ports
+
+
+def cleartext_warning(config: ServerConfig) -> str | None:
+    """The warning to log when allow_plaintext lets plaintext ports face the network."""
+    exposed = public_addresses(config)
+    clear = cleartext_ports(config)
+    if not (exposed and clear):
+        return None
+    return (
+        f"allow_plaintext: {CLEARTEXT} travel in clear on {' and '.join(clear)}"
+        f" at {', '.join(exposed)}: anyone who can watch the network can read them and join"
+        " the room"
+    )
 
 
 def default_toml() -> str:
@@ -264,6 +354,8 @@ def default_toml() -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

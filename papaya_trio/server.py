@@ -55,16 +55,18 @@ class ChatServer:
         self,
         tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        papaya_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and serve until shutdown, then close everything within the deadline.
 
         `tcp_listeners` carry both TCP dialects; `http_listeners` the browser client and its
-        WebSocket. The listeners are closed on return. Returns after every connection handler
+        WebSocket; `papaya_listeners` the papayaChat dialect alone. The listeners are closed on
+        return. Returns after every connection handler
         has ended.
         """
-        listeners = [*tcp_listeners, *http_listeners]
+        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners]
         async with trio.open_nursery() as handlers:
             try:
                 async with trio.open_nursery() as acceptors:
@@ -72,6 +74,8 @@ class ChatServer:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "tcp")
                     for listener in http_listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "http")
+                    for listener in papaya_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "papaya")
                     task_status.started()
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
@@ -112,13 +116,15 @@ class ChatServer:
             if kind == "http":
                 await handle_http_stream(stream, self.room, label, full, self.web)
             else:
-                await handle_tcp_stream(stream, self.room, label, full)
+                await handle_tcp_stream(stream, self.room, label, full, native=kind == "tcp")
         finally:
             self.connections -= 1
             if not self.connections:
                 self._idle.set()
 
     def _describe(self, stream: trio.abc.Stream, kind: str) -> str:
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
         if isinstance(stream, trio.SocketStream):
             try:
                 return f"{kind} {format_address(stream.socket.getpeername())}"

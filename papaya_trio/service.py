@@ -11,8 +11,9 @@ import fcntl
 import logging
 import os
 import signal
+import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
+from papaya_trio.tls import TlsError, reload_context, server_context
 from papaya_trio.transports.http import WebSettings
 from papaya_trio.transports.static import StaticSite, StaticSiteError
 from papaya_trio.transports.websocket import WebSocketSettings
@@ -44,8 +46,13 @@ def wall_clock_ms() -> int:
 
 
 @contextmanager
-def locked_data_dir(data_dir: Path) -> Iterator[None]:
-    """Create the data folder and hold its lock file: one server per folder at a time."""
+def locked_data_dir(data_dir: Path) -> Iterator[int]:
+    """Create the data folder and hold its lock file: one server per folder at a time.
+
+    Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
+    a forked child shares: fork mode closes this descriptor in every child, so only the server
+    itself holds the folder.
+    """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -53,7 +60,7 @@ def locked_data_dir(data_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ServiceError(f"another server is using {data_dir}") from None
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -92,6 +99,7 @@ def web_settings(config: ServerConfig) -> WebSettings:
         ping_interval=config.ws_ping_interval,
         ping_timeout=config.ws_ping_timeout,
         allowed_origins=frozenset(config.allowed_origins),
+        scheme="https" if config.tls else "http",
     )
     return WebSettings(site, websocket)
 
@@ -113,8 +121,19 @@ async def open_tcp_listeners(
     return listeners
 
 
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of both ports, or None without TLS; raises TlsError for bad files."""
+    if not config.tls:
+        return None
+    return server_context(Path(config.tls_cert), Path(config.tls_key))
+
+
 async def run_service(config: ServerConfig) -> None:
-    """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
+
+    SIGHUP re-reads the TLS certificate and key (see `tls`).
+    """
+    context = tls_context(config)
     data_dir = Path(config.data_dir)
     with locked_data_dir(data_dir):
         key = load_or_create_key(config.key_path)
@@ -124,13 +143,15 @@ async def run_service(config: ServerConfig) -> None:
         )
         logger.info("log %s: %d messages", storage.path, recovery.records)
         try:
-            await _serve(config, log, key)
+            await _serve(config, log, key, context)
         finally:
             await log.aclose()
         logger.info("stopped; log flushed")
 
 
-async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
+async def _serve(
+    config: ServerConfig, log: ChatLog, key: str, context: ssl.SSLContext | None
+) -> None:
     room = Room(log, key, room_settings(config))
     server = ChatServer(
         room,
@@ -138,30 +159,80 @@ async def _serve(config: ServerConfig, log: ChatLog, key: str) -> None:
         shutdown_deadline=config.shutdown_deadline,
         web=web_settings(config),
     )
-    listeners = await open_tcp_listeners(config)
+    ports = [config.tcp_port, config.http_port]
+    if config.papaya_port >= 0:
+        ports.append(config.papaya_port)
+    opened: list[list[trio.SocketListener]] = []
     try:
-        http_listeners = await open_tcp_listeners(config, config.http_port)
+        for port in ports:
+            opened.append(await open_tcp_listeners(config, port))
     except ServiceError:
-        for listener in listeners:
+        for listener in (listener for group in opened for listener in group):
             await listener.aclose()
         raise
-    # The http lines come first: whoever waits for "listening tcp" then has both.
-    for listener in http_listeners:
-        url = f"http://{format_address(listener.socket.getsockname())}/"
+    tcp, http, papaya = opened[0], opened[1], opened[2] if len(opened) > 2 else []
+    # The tcp lines come last: whoever waits for "listening tcp" then has them all.
+    scheme, secure = ("https", " (TLS)") if context else ("http", "")
+    for listener in http:
+        url = f"{scheme}://{format_address(listener.socket.getsockname())}/"
         logger.info("listening http %s (open it in a browser to chat)", url)
-    for listener in listeners:
-        logger.info("listening tcp %s", format_address(listener.socket.getsockname()))
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    for listener in papaya:
+        address = format_address(listener.socket.getsockname())
+        logger.info("listening papaya %s (the papayaChat dialect only, in clear)", address)
+    for listener in tcp:
+        logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             if log.fsync is FsyncPolicy.INTERVAL:
                 nursery.start_soon(log.run_interval_sync, config.fsync_interval)
-            nursery.start_soon(_shutdown_on_signal, signals, server)
-            await server.serve(listeners, http_listeners)
+            nursery.start_soon(_handle_signals, signals, server, config, context)
+            await server.serve(
+                _secured(tcp, context),
+                _secured(http, context),
+                papaya,
+            )
             nursery.cancel_scope.cancel()
 
 
-async def _shutdown_on_signal(signals: AsyncIterator[int], server: ChatServer) -> None:
+def _secured(
+    listeners: Sequence[trio.SocketListener], context: ssl.SSLContext | None
+) -> Sequence[trio.abc.Listener[trio.abc.Stream]]:
+    """`listeners` wrapped in TLS when there is a context.
+
+    `https_compatible` on both the TCP and the HTTP port: the server closes without TLS's
+    close_notify (a forced close) and takes a client's close without one as an end of stream.
+    That gives nothing away: every message is framed (a line, an HTTP message, a WebSocket
+    frame), and a cut stream can only lose an unfinished one, never forge one.
+    """
+    if context is None:
+        return listeners
+    return [trio.SSLListener(listener, context, https_compatible=True) for listener in listeners]
+
+
+async def _handle_signals(
+    signals: AsyncIterator[int],
+    server: ChatServer,
+    config: ServerConfig,
+    context: ssl.SSLContext | None,
+) -> None:
+    """SIGHUP re-reads the certificate and key (and is harmless without TLS, so that a
+    service manager's reload never kills the server); SIGTERM or SIGINT shuts it down."""
     async for signum in signals:
+        if signum == signal.SIGHUP:
+            _reload_tls(context, config)
+            continue
         logger.info("%s received: shutting down", signal.Signals(signum).name)
         server.shutdown()
         return
+
+
+def _reload_tls(context: ssl.SSLContext | None, config: ServerConfig) -> None:
+    if context is None:
+        logger.info("SIGHUP: nothing to reload without TLS")
+        return
+    try:
+        reload_context(context, Path(config.tls_cert), Path(config.tls_key))
+    except TlsError as exc:
+        logger.error("SIGHUP: TLS certificate not reloaded, keeping the old one: %s", exc)
+    else:
+        logger.info("SIGHUP: reloaded the TLS certificate from %s", config.tls_cert)

@@ -22,3 +22,11 @@ def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerFa
     factory = ServerFactory(tmp_path, request.param)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def trio_servers(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Real trio-mode `papaya-trio serve` processes (the mode with the HTTP port and TLS)."""
+    factory = ServerFactory(tmp_path, "trio")
+    yield factory
+    factory.cleanup()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 LISTENING = re.compile(r"listening tcp (\S+):(\d+)")
-HTTP_LISTENING = re.compile(r"listening http (http://(\S+):(\d+)/)")
+HTTP_LISTENING = re.compile(r"listening http (https?://(\S+):(\d+)/)")
 START_TIMEOUT = 20.0
 
 

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from papaya_trio.cli import build_parser, main
-from papaya_trio.config import OPTIONS, ConfigError, ServerConfig, default_toml, load_config
+from papaya_trio.config import (
+    OPTIONS,
+    ConfigError,
+    ServerConfig,
+    cleartext_warning,
+    default_toml,
+    load_config,
+)
 from papaya_trio.keys import KeyFileError, read_key
 from papaya_trio.service import ServiceError, locked_data_dir
 
@@ -47,6 +54,9 @@ def test_flags_override_the_file_which_overrides_defaults(tmp_path: Path) -> Non
         ("history = -1\n", "history must be at least 0"),
         ("max_message_bytes = 10000\n", "max_line_bytes must be at least"),
         ("listen = []\n", "at least one address"),
+        ('tls_cert = "c.pem"\n', "tls_cert and tls_key go together"),
+        ("allow_plaintext = 1\n", "allow_plaintext must be a bool"),
+        ("papaya_port = -2\n", "papaya_port must be at least -1"),
         ("= broken", "not valid TOML"),
     ],
 )
@@ -55,6 +65,44 @@ def test_bad_config_files_give_clear_errors(tmp_path: Path, toml: str, message: 
     path.write_text(toml)
     with pytest.raises(ConfigError, match=message):
         config_from(["--config", str(path)])
+
+
+TLS = ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["--listen", "127.0.0.1", "--listen", "::1"], False),  # loopback: nothing leaves
+        (["--listen", "localhost"], False),
+        (["--listen", "0.0.0.0"], True),
+        (["--listen", "*"], True),
+        (["--listen", "192.168.1.10"], True),
+        (["--listen", "chat.example.org"], True),  # a name: assume the network reaches it
+        (["--listen", "*", *TLS], False),
+        (["--listen", "*", *TLS, "--papaya-port", "7723"], True),  # papayaChat in clear
+        (["--listen", "127.0.0.1", *TLS, "--papaya-port", "7723"], False),
+        (["--listen", "*", "--allow-plaintext"], False),
+        (["--listen", "*", "--mode", "fork"], True),
+    ],
+)
+def test_plaintext_off_loopback_needs_allow_plaintext(argv: list[str], refused: bool) -> None:
+    if refused:
+        with pytest.raises(ConfigError, match="room key, user names and messages"):
+            config_from(argv)
+        config = config_from([*argv, "--allow-plaintext"])
+        assert "travel in clear" in (cleartext_warning(config) or "")
+    else:
+        config = config_from(argv)
+        assert cleartext_warning(config) is None or config.allow_plaintext
+
+
+def test_allow_plaintext_in_a_file_and_its_flag(tmp_path: Path) -> None:
+    path = tmp_path / "papaya.toml"
+    path.write_text('listen = ["*"]\nallow_plaintext = true\n')
+    assert config_from(["--config", str(path)]).allow_plaintext
+    with pytest.raises(ConfigError, match="refusing to listen on \\*"):
+        config_from(["--config", str(path), "--no-allow-plaintext"])
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -109,6 +109,43 @@ def test_violations_name_the_broken_rule(raw: bytes, code: str) -> None:
     assert end == EndOfStream()
 
 
+@pytest.mark.parametrize(
+    "user",
+    [
+        "adm\u202enimda",  # RIGHT-TO-LEFT OVERRIDE: shows as "admadmin"
+        "\u2067alice",  # RIGHT-TO-LEFT ISOLATE
+        "\u200falice",  # RIGHT-TO-LEFT MARK
+        "al\u200bice",  # ZERO WIDTH SPACE: looks like "alice"
+        "alice\u200d",  # ZERO WIDTH JOINER
+        "\ufeffalice",  # ZERO WIDTH NO-BREAK SPACE
+        "al\u00adice",  # SOFT HYPHEN
+        "ali\u2028ce",  # LINE SEPARATOR (Zl)
+        "ali\u2029ce",  # PARAGRAPH SEPARATOR (Zp)
+        "ali\x85ce",  # NEXT LINE (Cc)
+        "\u3164",  # HANGUL FILLER: an empty-looking name
+        "a\u034flice",  # COMBINING GRAPHEME JOINER
+        "alice\ufe0f",  # VARIATION SELECTOR-16
+        "\u0301alice",  # starts with a combining accent, which would land on what precedes
+    ],
+)
+def test_invisible_and_bidi_characters_are_refused_in_names(user: str) -> None:
+    [event, _] = decode_all(encode_hello(user))
+    assert isinstance(event, Violation)
+    assert (event.code, event.fatal) == ("bad_user", True)
+    assert "user name must not contain" in event.message
+
+
+@pytest.mark.parametrize("user", ["Zoë", "José", "مريم", "אביגיל", "小明", "a\u0301b", "🦜"])
+def test_names_in_any_script_are_welcome(user: str) -> None:
+    [event, _] = decode_all(encode_hello(user))
+    assert isinstance(event, Hello)
+    assert event.user == user
+
+
+def encode_hello(user: str) -> bytes:
+    return json.dumps({"type": "hello", "key": KEY, "user": user}).encode() + b"\n"
+
+
 def test_overlong_line_is_fatal_and_ends_decoding() -> None:
     decoder = NativeDecoder(50, 10)
     decoder.receive_data(b"x" * 51)

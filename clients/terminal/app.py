@@ -13,7 +13,7 @@ import trio
 from clients.terminal import config as client_config
 from clients.terminal.exit_status import ExitStatus
 from clients.terminal.plain import run_plain
-from clients.terminal.transport import connector_for
+from clients.terminal.transport import client_tls_context, connector_for
 from clients.terminal.tui import run_tui
 
 DESCRIPTION = """\
@@ -50,7 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--key",
         help="the key itself; avoid it: other local users can read it in the process list",
     )
-    parser.add_argument("--ws", metavar="URL", help="connect over WebSocket (PAPAYA_WS)")
+    parser.add_argument(
+        "--ws", metavar="URL", help="connect over WebSocket, ws:// or wss:// (PAPAYA_WS)"
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=None,
+        help="TLS on the TCP port, the server's certificate verified (PAPAYA_TLS)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        dest="ca_file",
+        metavar="PEM",
+        help="trust the CA certificates in this file instead of the system's, for --tls and"
+        " wss:// (PAPAYA_CA_FILE); for a self-signed server, its certificate",
+    )
     parser.add_argument("--config", type=Path, help="TOML file instead of the default one")
     parser.add_argument(
         "--plain",
@@ -78,10 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     flags = {name: getattr(args, name) for name in client_config.SETTINGS}
     try:
         settings = client_config.load(flags, config_path=args.config, key=args.key)
+        tls = client_tls_context(settings.ca_file) if settings.secure else None
     except client_config.ConfigError as exc:
         print(f"papaya-chat: {exc}", file=sys.stderr)
         return ExitStatus.USAGE
-    server_name, connect = connector_for(settings.host, settings.port, settings.ws_url)
+    server_name, connect = connector_for(settings.host, settings.port, settings.ws_url, tls)
     # Seeded from the OS: message ids must differ between runs (the server dedupes by id).
     rng = random.Random()
     try:

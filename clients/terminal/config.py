@@ -8,10 +8,14 @@ XDG_CONFIG_HOME is unset) or the file given with `--config`. It may hold these k
     user = "alice"
     key_file = "~/.config/papaya/key"   # relative paths are relative to the TOML file
     ws = "wss://chat.example.org/ws"    # use WebSocket instead of TCP
+    tls = true                          # TLS on the TCP port (a wss:// URL always has it)
+    ca_file = "papaya-ca.pem"           # trust this certificate (default: the system's CAs)
 
-The matching environment variables are PAPAYA_HOST, PAPAYA_PORT, PAPAYA_USER, PAPAYA_KEY_FILE
-and PAPAYA_WS. The key itself is read from the key file so that it never appears in the process
-list; `--key` exists for quick tests but any local user can read it from `ps`.
+The matching environment variables are PAPAYA_HOST, PAPAYA_PORT, PAPAYA_USER, PAPAYA_KEY_FILE,
+PAPAYA_WS, PAPAYA_TLS (1 or 0) and PAPAYA_CA_FILE. With TLS the server's certificate is always
+verified, host name included. The key itself is read from the key file so that it never
+appears in the process list; `--key` exists for quick tests but any local user can read it
+from `ps`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ MAX_KEY_FILE_BYTES = 4096
 #: The protocol's limit on user names.
 MAX_USER_CHARS = 32
 
-SETTINGS = ("host", "port", "user", "key_file", "ws")
+SETTINGS = ("host", "port", "user", "key_file", "ws", "tls", "ca_file")
 ENVIRONMENT = {name: f"PAPAYA_{name.upper()}" for name in SETTINGS}
 
 
@@ -49,12 +53,20 @@ class ClientConfig:
     user: str
     key: str
     ws_url: str | None
+    tls: bool = False
+    ca_file: Path | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Whether the connection is TLS (on the TCP port, or a wss:// URL)."""
+        return self.tls or (self.ws_url or "").startswith("wss://")
 
     def __repr__(self) -> str:
         # Never show the key, not even in a traceback.
         return (
             f"ClientConfig(host={self.host!r}, port={self.port}, user={self.user!r},"
-            f" ws_url={self.ws_url!r}, key=<{len(self.key)} chars>)"
+            f" ws_url={self.ws_url!r}, tls={self.tls}, ca_file={self.ca_file!r},"
+            f" key=<{len(self.key)} chars>)"
         )
 
 
@@ -84,9 +96,10 @@ def read_toml(path: Path, *, required: bool) -> dict[str, object]:
         raise ConfigError(
             f"config file {path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})"
         )
-    key_file = values.get("key_file")
-    if isinstance(key_file, str):
-        values["key_file"] = str(path.parent / Path(key_file).expanduser())
+    for name in ("key_file", "ca_file"):
+        value = values.get(name)
+        if isinstance(value, str):
+            values[name] = str(path.parent / Path(value).expanduser())
     return values
 
 
@@ -120,9 +133,17 @@ def resolve(
     user = _user(user_value) if user_value else _user((getpass.getuser(), "the login name"))
     ws_value = pick("ws")
     ws_url = _ws_url(ws_value) if ws_value else None
+    tls_value = pick("tls")
+    tls = _bool(tls_value) if tls_value else False
+    if tls and ws_url is not None and not ws_url.startswith("wss://"):
+        raise ConfigError(f"TLS over WebSocket needs a wss:// URL, not {ws_url!r}")
+    ca_value = pick("ca_file")
+    ca_file = Path(_text(ca_value)).expanduser() if ca_value else None
     if key is None:
         key = read_key_file(_key_file(pick("key_file")))
-    return ClientConfig(host=host, port=port, user=user, key=key, ws_url=ws_url)
+    return ClientConfig(
+        host=host, port=port, user=user, key=key, ws_url=ws_url, tls=tls, ca_file=ca_file
+    )
 
 
 def read_key_file(path: Path) -> str:
@@ -180,6 +201,24 @@ def _user(value: tuple[object, str]) -> str:
             " printable characters without spaces"
         )
     return user
+
+
+def _bool(value: tuple[object, str]) -> bool:
+    raw, source = value
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
+        return raw.lower() in ("1", "true", "yes", "on")
+    raise ConfigError(f"{source} must be true or false, not {raw!r}")
 
 
 def _ws_url(value: tuple[object, str]) -> str:

@@ -22,9 +22,20 @@ def local_time(stamp: datetime) -> datetime:
     return stamp.astimezone()
 
 
+#: Explicit bidi formatting characters: embeddings, overrides, isolates and marks. In a
+#: terminal that applies the bidi algorithm, one of them in a message could reorder what is
+#: shown after it (the next message, the user name); replaced, each shows as U+FFFD.
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+
+
 def printable(text: str) -> str:
-    """`text` with control characters replaced, so a server cannot send terminal escapes."""
-    return "".join("\ufffd" if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    """`text` with control characters and bidi controls replaced, so a server cannot send
+    terminal escapes and a message cannot reorder what surrounds it."""
+    return "".join(
+        "\ufffd" if ch in BIDI_CONTROLS or unicodedata.category(ch) == "Cc" else ch for ch in text
+    )
 
 
 def plain_line(message: ChatMessage) -> str:

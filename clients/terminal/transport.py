@@ -8,13 +8,17 @@ tasks sending at once is a bug that trio's conflict detection reports.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Protocol, TypeAlias
+from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
 
+from clients.terminal.config import ConfigError
 from clients.terminal.protocol import (
     MAX_RECEIVE_LINE_BYTES,
     LineBuffer,
@@ -27,6 +31,9 @@ RECEIVE_CHUNK_BYTES = 65536
 
 #: How many received WebSocket frames trio-websocket may queue before it stops reading.
 WS_QUEUE_FRAMES = 64
+
+#: Seconds the WebSocket close handshake may take before the socket is closed anyway.
+WS_CLOSE_TIMEOUT = 5.0
 
 
 class TransportError(Exception):
@@ -116,6 +123,12 @@ def _map_exceptions() -> Iterator[None]:
 
 
 def _describe(exc: BaseException) -> str:
+    # A failed TLS handshake surfaces as a BrokenResourceError caused by an ssl.SSLError.
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"the server's TLS certificate is not accepted: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {(cause.reason or str(cause)).lower().replace('_', ' ')}"
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"websocket handshake rejected with HTTP status {exc.status_code}"
     if isinstance(exc, trio_websocket.ConnectionClosed):
@@ -125,30 +138,89 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """TLS 1.2 or newer, the server's certificate and host name verified against `ca_file`'s
+    certificates, or the system's when None. Raises ConfigError if `ca_file` is unusable."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise ConfigError(f"cannot use CA file {ca_file}: {reason}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 @asynccontextmanager
-async def open_tcp_connection(host: str, port: int) -> AsyncIterator[MessageConnection]:
-    """Connect over TCP; the stream is closed when the block exits."""
+async def _open_stream(
+    host: str, port: int, tls: ssl.SSLContext | None
+) -> AsyncIterator[trio.SocketStream | trio.SSLStream[trio.SocketStream]]:
+    """A TCP stream, with TLS if given a context; closed when the block exits.
+
+    The TLS handshake runs here, so that a certificate that is not accepted is reported as a
+    failed connection (trio-websocket's own client would wait for its handshake forever).
+    `https_compatible`: every message is framed (a line, a WebSocket frame), so a close without
+    TLS's close_notify can only cut an unfinished one.
+    """
     with _map_exceptions():
         stream = await trio.open_tcp_stream(host, port)
     async with stream:
+        if tls is None:
+            yield stream
+            return
+        secure = trio.SSLStream(stream, tls, server_hostname=host, https_compatible=True)
+        with _map_exceptions():
+            await secure.do_handshake()
+        yield secure
+
+
+@asynccontextmanager
+async def open_tcp_connection(
+    host: str, port: int, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[MessageConnection]:
+    """Connect over TCP, with TLS if given a context; closed when the block exits."""
+    async with _open_stream(host, port, tls) as stream:
         yield TcpConnection(stream)
 
 
 @asynccontextmanager
-async def open_websocket_connection(url: str) -> AsyncIterator[MessageConnection]:
-    """Connect over WebSocket (ws:// or wss://); the socket is closed when the block exits."""
-    # The connection's own methods map their errors already; this catches the handshake's.
-    with _map_exceptions():
-        async with trio_websocket.open_websocket_url(
-            url,
-            message_queue_size=WS_QUEUE_FRAMES,
-            max_message_size=MAX_RECEIVE_LINE_BYTES,
-        ) as ws:
+async def open_websocket_connection(
+    url: str, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[MessageConnection]:
+    """Connect over WebSocket (ws://, or wss:// verified with `tls`, by default against the
+    system's CAs); the connection is closed when the block exits."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    if secure and tls is None:
+        tls = client_tls_context(None)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    async with (
+        _open_stream(parts.hostname or "", port, tls if secure else None) as stream,
+        trio.open_nursery() as nursery,
+    ):
+        # The connection's own methods map their errors already; this is the handshake's.
+        with _map_exceptions():
+            ws = await trio_websocket.wrap_client_stream(
+                nursery,
+                stream,
+                parts.netloc.rpartition("@")[2],
+                resource,
+                message_queue_size=WS_QUEUE_FRAMES,
+                max_message_size=MAX_RECEIVE_LINE_BYTES,
+            )
+        try:
             yield WebSocketConnection(ws)
+        finally:
+            with trio.move_on_after(WS_CLOSE_TIMEOUT):
+                await ws.aclose()
+            nursery.cancel_scope.cancel()  # the reader task
 
 
-def connector_for(host: str, port: int, ws_url: str | None) -> tuple[str, Connector]:
+def connector_for(
+    host: str, port: int, ws_url: str | None, tls: ssl.SSLContext | None = None
+) -> tuple[str, Connector]:
     """Return a name for the status line and a factory that opens a connection."""
     if ws_url is not None:
-        return ws_url, lambda: open_websocket_connection(ws_url)
-    return f"{host}:{port}", lambda: open_tcp_connection(host, port)
+        return ws_url, lambda: open_websocket_connection(ws_url, tls)
+    name = f"{host}:{port}" + (" (TLS)" if tls is not None else "")
+    return name, lambda: open_tcp_connection(host, port, tls)

@@ -100,6 +100,15 @@
     return node;
   }
 
+  // A message's text takes its direction from its own first strong character and is isolated
+  // (dir="auto"), and names are <bdi>: right-to-left text or bidi controls in one message can
+  // never reorder the name, the time or another message around it.
+  function textOf(text) {
+    const node = el("span", "text", text);
+    node.dir = "auto";
+    return node;
+  }
+
   // --- rendering ---------------------------------------------------------------------------
   function showMessage(m) {
     if (m.seq <= state.lastSeq) return; // already shown (a replay after reconnecting)
@@ -127,9 +136,9 @@
       time.dateTime = m.time;
       time.title = when.toLocaleString();
     }
-    const user = el("span", "user", String(m.user));
+    const user = el("bdi", "user", String(m.user));
     if (own) user.title = "you";
-    item.append(time, user, el("span", "text", String(m.text)));
+    item.append(time, user, textOf(String(m.text)));
     ui.messages.append(item);
     trimShown();
     if (stick || own) scrollToBottom();
@@ -145,7 +154,7 @@
 
   function showPending(entry) {
     entry.el = el("li", "pending");
-    entry.el.append(el("span", "user", state.login.user), el("span", "text", entry.text));
+    entry.el.append(el("bdi", "user", state.login.user), textOf(entry.text));
     entry.el.append(el("span", "state", "sending…"));
     ui.outbox.append(entry.el);
     scrollToBottom();

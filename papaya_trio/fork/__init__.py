@@ -5,12 +5,15 @@ so that task scheduling can be compared with process scheduling on identical wor
 
 - `parent`: the supervising parent; accepts, forks a process per connection, relays wake-ups,
   reaps, and stops every client's pair on SIGTERM.
+- `overload`: what the parent does instead of forking: refusing connections over the limit
+  itself, and pausing when descriptors, memory or processes run out.
 - `client`: a connection's process; authenticates (`auth`), becomes the client's RECV
   (`recv`) and forks its SEND (`send`).
-- `logfile`: the shared log as each process opens it (flock, dedupe, fsync policy), in trio
-  mode's record format.
+- `logfile`: the shared log as each process opens it (flock, dedupe, group commit under
+  ``fsync = "always"``), in trio mode's record format.
 - `wakeup`: how SEND processes learn about appends, and why no wake-up is lost.
-- `signals`, `connection`: signals as pipe bytes, and the socket with poll()-based deadlines.
+- `signals`, `connection`: signals as pipe bytes (and dying with the parent), and the socket
+  with poll()-based deadlines.
 
 The children use blocking system calls and no trio; the protocol, the records, the rules and
 the configuration are trio mode's own modules, so both modes behave identically on the wire and

@@ -44,7 +44,7 @@ class Admitted:
 
 
 def admit(
-    conn: Connection, settings: RoomSettings, key: bytes, *, full: bool, connected_at: float
+    conn: Connection, settings: RoomSettings, key: bytes, *, connected_at: float
 ) -> Admitted | None:
     """Sniff and authenticate; None if the client was refused (and told, where it can be)."""
     try:
@@ -63,18 +63,11 @@ def admit(
         conn.label += " native"
         native = NativeDecoder(*sizes)
         native.receive_data(first)
-        if full:
-            logger.warning("%s: refused: server full", conn.label)
-            refuse(conn, Error("server_full", "the server is full", fatal=True))
-            return None
         identity = _native_hello(conn, native, settings, key, connected_at + settings.auth_timeout)
         return None if identity is None else Admitted(identity, native, True, conn.label)
     conn.label += " papaya"
     papaya = PapayaDecoder(*sizes)
     papaya.receive_data(first)
-    if full:
-        logger.warning("%s: refused: server full", conn.label)
-        return None
     identity = _papaya_key(conn, papaya, key, connected_at + settings.papaya_auth_timeout)
     return None if identity is None else Admitted(identity, papaya, False, conn.label)
 

@@ -11,6 +11,10 @@ Descriptors: each process keeps only its own. SEND opens the log itself (its own
 description, so its LOCK_SH and RECV's LOCK_EX exclude each other), keeps the wake pipe's read
 end, the reply pipe's read end and the partner pipe's write end; RECV keeps the other ends.
 When RECV ends it closes the reply pipe (SEND writes what is left and ends), then reaps SEND.
+
+SEND asks to die with its RECV (`signals.die_with_parent`), as RECV does with the parent, so
+killing the parent ends the whole tree. If SEND cannot be started for lack of descriptors,
+memory or processes, the client is refused (native: ``server_full``) and the process ends.
 """
 
 from __future__ import annotations
@@ -26,12 +30,19 @@ from pathlib import Path
 from typing import NoReturn
 
 from papaya_trio.chatlog import FsyncPolicy
-from papaya_trio.fork.auth import Admitted, admit
+from papaya_trio.fork.auth import Admitted, admit, refuse
 from papaya_trio.fork.connection import Connection
-from papaya_trio.fork.logfile import LogFile, LogIndex, LogWriter, read_records
+from papaya_trio.fork.logfile import DurableEnd, LogFile, LogIndex, LogWriter, read_records
+from papaya_trio.fork.overload import EXHAUSTION_ERRORS
 from papaya_trio.fork.recv import Receiver
 from papaya_trio.fork.send import Sender
-from papaya_trio.fork.signals import SignalWatch, become_child, close_quietly, forking_safely
+from papaya_trio.fork.signals import (
+    SignalWatch,
+    become_child,
+    close_quietly,
+    forking_safely,
+)
+from papaya_trio.protocol.events import Error
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 from papaya_trio.room import RoomSettings
 from papaya_trio.service import wall_clock_ms
@@ -48,6 +59,7 @@ class ForkContext:
     key: bytes
     log_path: Path
     fsync: FsyncPolicy
+    durable: DurableEnd
     index: LogIndex  # the parent's, as of the fork; each process then keeps its copy current
     notify_fd: int
 
@@ -72,13 +84,12 @@ def serve_connection(
     *,
     label: str,
     wake_fd: int,
-    full: bool,
     connected_at: float,
 ) -> None:
     """The whole life of one connection's process (it ends with its return)."""
     conn = Connection(sock, signals, label)
     try:
-        admitted = admit(conn, ctx.settings, ctx.key, full=full, connected_at=connected_at)
+        admitted = admit(conn, ctx.settings, ctx.key, connected_at=connected_at)
         if admitted is not None:
             _serve_pair(conn, ctx, admitted, wake_fd)
     finally:
@@ -89,27 +100,35 @@ def _serve_pair(conn: Connection, ctx: ForkContext, admitted: Admitted, wake_fd:
     log = LogFile(ctx.log_path)
     index = ctx.index
     with log.locked(fcntl.LOCK_SH):
-        index.catch_up(log)
+        index.catch_up(log, ctx.durable.limit())
     head = index.head
     cursor = _start_cursor(admitted.identity.history, head, log, index)
-    reply_read, reply_write = os.pipe2(os.O_CLOEXEC)
-    partner_read, partner_write = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(reply_read, False)
-    with forking_safely():
-        pid = os.fork()
-        if pid == 0:
-            send_signals = become_child(conn.signals)
-    if pid == 0:
-        conn.signals = send_signals
-        close_quietly([log.fd, reply_write, partner_read, ctx.notify_fd])
-        run_child(lambda: _run_send(conn, ctx, admitted, index, cursor, head, wake_fd, reply_read))
+    recv_pid = os.getpid()
+    try:  # on failure the pipes close as this process ends, right after the refusal
+        reply_read, reply_write = os.pipe2(os.O_CLOEXEC)
+        partner_read, partner_write = os.pipe2(os.O_CLOEXEC)
+        with forking_safely():
+            pid = os.fork()
+            if pid == 0:
+                inherited = [log.fd, reply_write, partner_read, ctx.notify_fd]
+                start = _SendStart(recv_pid, inherited, wake_fd, reply_read)
+                run_child(lambda: _run_send(conn, ctx, admitted, index, cursor, head, start))
+    except OSError as exc:
+        if exc.errno not in EXHAUSTION_ERRORS:
+            raise
+        logger.error("%s: refused: cannot start its send process: %s", conn.label, exc.strerror)
+        if admitted.native:
+            refuse(conn, Error("server_full", "the server is full", fatal=True))
+        log.close()
+        return
     close_quietly([wake_fd, reply_read, partner_write])
     who = admitted.identity.user or "papayaChat client"
     logger.info("%s: %s joined", conn.label, who)
+    writer = LogWriter(log, index, ctx.durable, wall_clock_ms)
     receiver = Receiver(
         conn,
         admitted.decoder,
-        LogWriter(log, index, ctx.fsync, wall_clock_ms),
+        writer,
         user=admitted.identity.user,
         native=admitted.native,
         notify_fd=ctx.notify_fd,
@@ -121,8 +140,19 @@ def _serve_pair(conn: Connection, ctx: ForkContext, admitted: Admitted, wake_fd:
     finally:
         os.close(reply_write)  # SEND writes what is queued, then ends
         os.waitpid(pid, 0)
+        writer.close()
         log.close()
     logger.info("%s: %s left: %s", conn.label, who, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _SendStart:
+    """What a freshly forked SEND needs from its RECV's side of the fork."""
+
+    recv_pid: int
+    inherited: list[int]  # RECV's descriptors, to close
+    wake_fd: int
+    reply_fd: int
 
 
 def _run_send(
@@ -132,20 +162,22 @@ def _run_send(
     index: LogIndex,
     cursor: int,
     head: int,
-    wake_fd: int,
-    reply_fd: int,
+    start: _SendStart,
 ) -> None:
+    conn.signals = become_child(conn.signals, start.recv_pid, start.inherited)
+    os.set_blocking(start.reply_fd, False)
     log = LogFile(ctx.log_path)  # SEND's own open file description
     sender = Sender(
         conn,
         log,
         index.reader_for(log, cursor + 1),
+        ctx.durable,
         user=admitted.identity.user,
         cursor=cursor,
         head=head,
         native=admitted.native,
-        wake_fd=wake_fd,
-        reply_fd=reply_fd,
+        wake_fd=start.wake_fd,
+        reply_fd=start.reply_fd,
         max_lag=ctx.settings.max_lag,
     )
     reason = sender.run()

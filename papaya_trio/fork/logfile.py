@@ -8,15 +8,39 @@ the file once before forking: every process shared one description, so its locks
 nobody and all of them moved one shared offset.) The bytes are trio mode's record format
 (`papaya_trio.records`), so either mode serves what the other wrote.
 
-- A writer (RECV) holds ``LOCK_EX`` from reading the tail to the end of its write, and with
-  ``fsync = "always"`` to the end of its fsync. It computes the next sequence number from the
-  file under that lock, because another RECV may have appended since it last looked.
+- A writer (RECV) holds ``LOCK_EX`` from reading the tail to the end of its write. It
+  computes the next sequence number from the file under that lock, because another RECV may
+  have appended since it last looked.
 - A reader (SEND, the parent) holds ``LOCK_SH`` only while it reads one bounded chunk, and
   consumes complete lines only. Under ``LOCK_SH`` no write is in progress, so bytes after the
   last newline at the end of the file are a torn record left by a writer that died; the next
-  writer cuts them off under ``LOCK_EX``. With ``fsync = "always"`` a record is on disk before
-  its writer releases the lock, so a reader never sends a record that is not durable yet
-  (trio mode makes records visible only after their fsync, too).
+  writer cuts them off under ``LOCK_EX``.
+
+Group commit (``fsync = "always"``), as trio mode has it: a record is acknowledged, and shown
+to anybody, only once an fsync that began after it was written has finished, and concurrent
+writers share fsyncs. `DurableEnd` is one number shared by every process of the server (an
+anonymous shared mapping the parent makes before its first fork): the byte offset up to which
+the log is known to be on disk. After its write, with ``LOCK_EX`` released so that others can
+append meanwhile, a writer:
+
+1. returns at once if the durable end already covers its record;
+2. otherwise takes the *sync lock* (``flock(LOCK_EX)`` on the data folder itself, which each
+   RECV opens: its own open file description), and looks again: a writer that held the lock
+   meanwhile may have covered it;
+3. otherwise, still holding it, reads the end of the last complete record (under ``LOCK_SH``,
+   so no write is half done), fsyncs, raises the durable end to that offset and lets go.
+
+Why it is right: fsync makes every byte of the file written before it began durable, whoever
+wrote it, and step 3 only claims bytes that were complete before its fsync began. Only the
+sync lock's holder raises the durable end (an aligned 8-byte store), and it never goes down: a
+torn tail is cut at the end of the last complete record, which is at or past it. Readers never
+read past it (the parent's index before a fork, the welcome's head, SEND), so nobody is shown a
+record that a power cut could still take away. Why it shares: while one writer fsyncs, the
+others append and queue on the sync lock; the next holder's fsync covers all of them, and each
+of them finds itself covered in step 2. A writer killed while holding either lock releases it
+with its last descriptor (flock), so nobody waits for a dead process; its record, if complete,
+becomes durable and visible with the next writer's fsync. With ``interval`` or ``never`` records
+are visible as soon as they are written, as in trio mode.
 
 Each process keeps a `LogIndex`: the newest sequence number and where it ends, a sparse offset
 index (for history and ``since``), and the resend table. The parent brings its index up to date
@@ -30,8 +54,10 @@ DEDUPE_ENTRIES records with ids were stored after it.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
+import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -104,23 +130,28 @@ class LogReader:
         """The sequence number of the last record read."""
         return self._scanner.last_seq
 
-    def read_chunk(self) -> list[ScannedRecord]:
-        """The complete records in the next chunk; [] at the end of the file.
+    def read_chunk(self, limit: int | None = None) -> list[ScannedRecord]:
+        """The complete records in the next chunk, none past byte `limit` (a record boundary,
+        see `DurableEnd`); [] at the end of the file or at the limit.
 
         Raises LogDamaged if a line is not the next record. Bytes after the last newline at the
         end of the file (a torn record) are left unread.
         """
-        size = READ_CHUNK
+        room = None if limit is None else limit - self.offset
+        if room is not None and room <= 0:
+            return []
+        size = READ_CHUNK if room is None else min(READ_CHUNK, room)
         while True:
             data = os.pread(self._log.fd, size, self.offset)
             end = data.rfind(b"\n")
             if end != -1:
                 break
-            if len(data) < size:
+            if len(data) < size or size == room:
                 return []
             if size >= MAX_CHUNK:
                 raise LogDamaged(f"log line at byte {self.offset} is longer than {MAX_CHUNK}")
             size *= 2  # a record longer than a chunk (written with a larger max_message_bytes)
+            size = size if room is None else min(size, room)
         found = self._scanner.feed(data[: end + 1])
         if self._scanner.problem is not None:
             raise LogDamaged(
@@ -152,10 +183,11 @@ class LogIndex:
             if len(self._dedupe) > self._dedupe_entries:
                 self._dedupe.popitem(last=False)
 
-    def catch_up(self, log: LogFile) -> None:
-        """Read every complete record after the known end (the caller holds a lock)."""
+    def catch_up(self, log: LogFile, limit: int | None = None) -> None:
+        """Read every complete record after the known end, up to byte `limit` if given (the
+        caller holds a lock)."""
         reader = LogReader(log, self.end, self.head)
-        while scanned := reader.read_chunk():
+        while scanned := reader.read_chunk(limit):
             for item in scanned:
                 self.add(item.record, item.end_offset)
 
@@ -184,16 +216,49 @@ def read_records(log: LogFile, index: LogIndex, first: int, last: int) -> list[R
     return found
 
 
+class DurableEnd:
+    """How far the log is known to be on disk, shared by every process of one server.
+
+    Made by the parent before it forks (an anonymous shared mapping, so every child reads and
+    writes the same memory). See the module's group commit for who may raise it and why.
+    """
+
+    def __init__(self, fsync: FsyncPolicy, end: int) -> None:
+        self.enforced = fsync is FsyncPolicy.ALWAYS
+        self._map = mmap.mmap(-1, ctypes.sizeof(ctypes.c_int64))
+        self._end = ctypes.c_int64.from_buffer(self._map)
+        self._end.value = end
+
+    def __repr__(self) -> str:
+        return f"<DurableEnd {self._end.value} enforced={self.enforced}>"
+
+    def limit(self) -> int | None:
+        """The byte readers may read up to: the durable end with ``always``, else no limit."""
+        return self._end.value if self.enforced else None
+
+    def covers(self, end: int) -> bool:
+        """Whether every byte before `end` is known to be on disk."""
+        return self._end.value >= end
+
+    def publish(self, end: int) -> None:
+        """Everything before `end` is on disk (only the sync lock's holder calls this)."""
+        self._end.value = max(self._end.value, end)
+
+
 class LogWriter:
-    """RECV's appends: one record at a time under LOCK_EX, deduped, fsynced per the policy."""
+    """RECV's appends: one record at a time under LOCK_EX, deduped; with ``always``, returns
+    once a shared fsync covers the record (group commit, see the module)."""
 
     def __init__(
-        self, log: LogFile, index: LogIndex, fsync: FsyncPolicy, clock_ms: Callable[[], int]
+        self, log: LogFile, index: LogIndex, durable: DurableEnd, clock_ms: Callable[[], int]
     ) -> None:
         self._log = log
         self._index = index
-        self._fsync = fsync
+        self._durable = durable
         self._clock_ms = clock_ms
+        self._sync_lock: int | None = None
+        if durable.enforced:  # the sync lock: flock on the data folder, our own description
+            self._sync_lock = os.open(log.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.broken: str | None = None
 
     def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
@@ -208,14 +273,39 @@ class LogWriter:
             self._index.catch_up(self._log)
             self._cut_torn_tail()
             if client_id is not None and (seq := self._index.original(user, client_id)):
-                return AppendResult(seq, duplicate=True)
-            record = Record(self._index.head + 1, self._clock_ms(), user, text, client_id)
-            data = encode_record(record)
-            self._write(data)
-            if self._fsync is FsyncPolicy.ALWAYS:
-                self._sync()
-            self._index.add(record, self._index.end + len(data))
-        return AppendResult(record.seq)
+                result = AppendResult(seq, duplicate=True)
+            else:
+                record = Record(self._index.head + 1, self._clock_ms(), user, text, client_id)
+                data = encode_record(record)
+                self._write(data)
+                self._index.add(record, self._index.end + len(data))
+                result = AppendResult(record.seq)
+            written = self._index.end  # a resend's original may not be durable yet either
+        if self._sync_lock is not None:
+            self._wait_durable(written)
+        return result
+
+    def close(self) -> None:
+        """Release the sync lock's descriptor (the log's is the caller's)."""
+        if self._sync_lock is not None:
+            os.close(self._sync_lock)
+
+    def _wait_durable(self, end: int) -> None:
+        """Return once the log is on disk up to `end`, sharing fsyncs (see the module)."""
+        assert self._sync_lock is not None
+        if self._durable.covers(end):
+            return
+        fcntl.flock(self._sync_lock, fcntl.LOCK_EX)
+        try:
+            if self._durable.covers(end):
+                return  # the previous holder's fsync began after our write: it covered us
+            with self._log.locked(fcntl.LOCK_SH):
+                self._index.catch_up(self._log)
+            complete = self._index.end
+            self._sync()
+            self._durable.publish(complete)
+        finally:
+            fcntl.flock(self._sync_lock, fcntl.LOCK_UN)
 
     def _cut_torn_tail(self) -> None:
         # Under LOCK_EX nobody is writing: bytes after the last record are a dead writer's.

@@ -6,16 +6,24 @@ Start-up is trio mode's: hold the data folder's lock, load or create the key, re
 (trio mode's `ChatLog` recovery, run before anything is forked), then listen and log
 ``listening tcp HOST:PORT`` for every listener.
 
-The parent then waits in ``poll()`` on its listeners, the notify pipe and its signal pipe, and
-never blocks anywhere else:
+The parent then waits in ``poll()`` on its listeners, the notify pipe, its signal pipe and the
+sockets it is refusing, and never blocks anywhere else:
 
-- a connection: bring its own log index up to date (so the child inherits a current copy),
-  create the client's wake pipe, fork (`client.serve_connection`). The child puts itself in a
-  process group of its own, which its SEND inherits: the parent can then signal a client's
-  pair as one, and a Ctrl-C in a terminal reaches the parent only.
+- a connection: with ``max_connections`` connection processes alive it gets none and is
+  refused by the parent itself (`overload.Refusals`). Otherwise bring the parent's log index up
+  to date (so the child inherits a current copy), create the client's wake pipe, fork
+  (`client.serve_connection`). If ``accept``, the pipe or the fork fail for lack of
+  descriptors, memory or processes, the parent closes that connection, logs once and stops
+  accepting for a moment (`overload.Exhaustion`); it never crashes for it.
+- in the child, first: ask to die with the parent (`signals.die_with_parent`), then close
+  every descriptor of the parent's, the data folder's lock among them, so that only the parent
+  holds the folder and a restart after the parent died is never refused by an orphan. The
+  child puts itself in a process group of its own, which its SEND inherits: the parent can
+  then signal a client's pair as one, and a Ctrl-C in a terminal reaches the parent only.
 - the notify pipe: poke every client's wake pipe (see `wakeup`); with ``fsync = "interval"``
   note that there is something to sync.
 - SIGCHLD: reap every finished connection process and close its wake pipe.
+- SIGHUP (a service manager's reload): logged; fork mode has nothing to reload.
 - SIGTERM or SIGINT: stop accepting (close the listeners), send SIGTERM to every client's
   process group (native clients are told ``shutdown``), wait up to ``shutdown_deadline`` for
   them, SIGKILL what is left, reap, fsync the log and return (the program exits 0).
@@ -26,6 +34,7 @@ pipe (`signals`) and looks at it only between appends.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -41,7 +50,8 @@ from papaya_trio.chatlog import FsyncPolicy
 from papaya_trio.config import OPTIONS, ConfigError, ServerConfig
 from papaya_trio.fork import wakeup
 from papaya_trio.fork.client import ForkContext, run_child, serve_connection
-from papaya_trio.fork.logfile import LogFile, open_index, recover_log
+from papaya_trio.fork.logfile import DurableEnd, LogFile, open_index, recover_log
+from papaya_trio.fork.overload import EXHAUSTION_ERRORS, Exhaustion, Refusals
 from papaya_trio.fork.signals import (
     WATCHED,
     SignalWatch,
@@ -49,7 +59,7 @@ from papaya_trio.fork.signals import (
     close_quietly,
     forking_safely,
 )
-from papaya_trio.server import ACCEPT_RETRY_DELAY, TRANSIENT_ACCEPT_ERRORS, format_address
+from papaya_trio.server import format_address
 from papaya_trio.service import (
     LOG_FILE,
     ServiceError,
@@ -65,10 +75,19 @@ ACCEPT_BATCH = 64  # connections accepted per wake-up before the other sources g
 # has a default in every configuration (and the test harness sets it for both modes); fork mode
 # just opens no HTTP listener and says so when it starts.
 WEBSOCKET_OPTIONS = ("allowed_origins",)
+# Options of TLS and of the plaintext port that exists because of it: fork mode has neither.
+TLS_OPTIONS = ("tls_cert", "tls_key", "papaya_port")
 
 
 def check_fork_config(config: ServerConfig) -> None:
-    """Refuse WebSocket options: fork mode serves the TCP dialects only."""
+    """Refuse WebSocket and TLS options: fork mode serves the TCP dialects only, in clear."""
+    tls = [
+        "--" + option.name.replace("_", "-")
+        for option in OPTIONS
+        if option.name in TLS_OPTIONS and getattr(config, option.name) != option.default
+    ]
+    if tls:
+        raise ConfigError(f"fork mode does not serve TLS: drop {', '.join(tls)} or use --mode trio")
     given = [
         "--" + option.name.replace("_", "-")
         for option in OPTIONS
@@ -89,7 +108,7 @@ def run_fork_service(config: ServerConfig) -> None:
     """
     check_fork_config(config)
     data_dir = Path(config.data_dir)
-    with locked_data_dir(data_dir):
+    with locked_data_dir(data_dir) as lock_fd:
         key = load_or_create_key(config.key_path)
         path = data_dir / LOG_FILE
         fsync = FsyncPolicy(config.fsync)
@@ -98,14 +117,17 @@ def run_fork_service(config: ServerConfig) -> None:
         try:
             index = open_index(log)
             logger.info("log %s: %d messages", path, index.head)
+            os.fsync(log.fd)  # what an earlier run wrote may not have reached the disk yet
+            durable = DurableEnd(fsync, index.end)
             signals = SignalWatch(WATCHED)  # before "listening": a SIGTERM from then on is ours
             listeners = open_listeners(config)
             try:
                 notify_read, notify_write = wakeup.open_wake_pipe()
                 context = ForkContext(
-                    room_settings(config), key.encode(), path, fsync, index, notify_write
+                    room_settings(config), key.encode(), path, fsync, durable, index, notify_write
                 )
-                Supervisor(config, context, log, listeners, signals, notify_read).serve()
+                fds = SupervisorFds(lock_fd, notify_read)
+                Supervisor(config, context, log, listeners, signals, fds).serve()
             finally:
                 for listener in listeners:
                     listener.close()
@@ -152,6 +174,14 @@ class ClientProcess:
     wake_fd: int
 
 
+@dataclass(frozen=True, slots=True)
+class SupervisorFds:
+    """The parent's own descriptors that the supervisor needs (no child keeps them)."""
+
+    lock: int  # the data folder's lock (`service.locked_data_dir`)
+    notify: int  # the notify pipe's read end (`wakeup`)
+
+
 class Supervisor:
     """The parent's poll loop. `serve()` returns once every child has ended after a stop."""
 
@@ -162,29 +192,46 @@ class Supervisor:
         log: LogFile,
         listeners: list[socket.socket],
         signals: SignalWatch,
-        notify_fd: int,
+        fds: SupervisorFds,
     ) -> None:
         self._config = config
         self._context = context
         self._log = log
         self._listeners = listeners
-        self._notify_fd = notify_fd
+        self._notify_fd = fds.notify
+        self._lock_fd = fds.lock
         self._signals = signals
         self._clients: dict[int, ClientProcess] = {}
+        self._refusals = Refusals(config.papaya_auth_timeout)
+        self._exhaustion = Exhaustion()
+        self._pid = os.getpid()
         self._unsynced = False
         self._last_sync = time.monotonic()
 
     def __repr__(self) -> str:
-        return f"<Supervisor clients={len(self._clients)} head={self._context.index.head}>"
+        return (
+            f"<Supervisor clients={len(self._clients)} refusing={len(self._refusals)} "
+            f"head={self._context.index.head}>"
+        )
 
     def serve(self) -> None:
         """Accept, broadcast and reap until a stop signal; then shut down (see the module)."""
-        poller = select.poll()
-        for fd in [self._signals.fileno(), self._notify_fd, *self._listening_fds()]:
-            poller.register(fd, select.POLLIN)
         while not self._signals.stop_requested:
-            ready = {fd for fd, _ in poller.poll(self._sync_timeout_ms())}
+            now = time.monotonic()
+            pause = self._exhaustion.pause(now)
+            poller = select.poll()
+            watched = [self._signals.fileno(), self._notify_fd, *self._refusals.fds()]
+            if pause is None:
+                watched += self._listening_fds()
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
+            timeouts = [pause, self._refusals.timeout(now), self._sync_timeout()]
+            timeout = min((t for t in timeouts if t is not None), default=None)
+            ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
             self._handle(ready)
+            for fd in ready.intersection(self._refusals.fds()):
+                self._refusals.answer(fd)
+            self._refusals.expire(time.monotonic())
             for listener in self._listeners:
                 if listener.fileno() in ready:
                     self._accept(listener)
@@ -197,9 +244,10 @@ class Supervisor:
     def _handle(self, ready: set[int]) -> None:
         if self._signals.fileno() in ready:
             arrived = self._signals.take()
-            if arrived & {signal.SIGTERM, signal.SIGINT}:
-                name = signal.Signals(min(arrived - {signal.SIGCHLD})).name
-                logger.info("%s received: shutting down", name)
+            if stop := arrived & {signal.SIGTERM, signal.SIGINT}:
+                logger.info("%s received: shutting down", signal.Signals(min(stop)).name)
+            if signal.SIGHUP in arrived:
+                logger.info("SIGHUP: nothing to reload in fork mode")
             self._reap()
         if self._notify_fd in ready:
             self._broadcast()
@@ -212,46 +260,66 @@ class Supervisor:
             except BlockingIOError:
                 return
             except OSError as exc:
-                if exc.errno not in TRANSIENT_ACCEPT_ERRORS:
+                if exc.errno == errno.ECONNABORTED:
+                    continue  # the client gave up while it waited in the backlog
+                if exc.errno not in EXHAUSTION_ERRORS:
                     raise
-                logger.error("accept failed, retrying shortly: %s", exc)
-                time.sleep(ACCEPT_RETRY_DELAY)
+                self._exhaustion.failed("accept", exc, time.monotonic())
                 return
+            label = "tcp " + format_address(address)
+            if len(self._clients) >= self._config.max_connections:
+                self._refusals.add(sock, label, time.monotonic())
+                continue
             try:
-                self._spawn(sock, "tcp " + format_address(address))
+                if not self._spawn(sock, label):
+                    return
             finally:
                 sock.close()  # the child has its own copy
 
-    def _spawn(self, sock: socket.socket, label: str) -> None:
-        full = len(self._clients) >= self._config.max_connections
+    def _spawn(self, sock: socket.socket, label: str) -> bool:
+        """Fork the connection's process; False if resources ran out (the pause has begun)."""
         with self._log.locked(fcntl.LOCK_SH):
-            self._context.index.catch_up(self._log)
-        wake_read, wake_write = wakeup.open_wake_pipe()
+            self._context.index.catch_up(self._log, self._context.durable.limit())
+        try:
+            wake_read, wake_write = wakeup.open_wake_pipe()
+        except OSError as exc:
+            if exc.errno not in EXHAUSTION_ERRORS:
+                raise
+            self._exhaustion.failed("pipe2", exc, time.monotonic())
+            return False
         connected_at = time.monotonic()
         with forking_safely():
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                close_quietly([wake_read, wake_write])
+                if exc.errno not in EXHAUSTION_ERRORS:
+                    raise
+                self._exhaustion.failed("fork", exc, time.monotonic())
+                return False
             if pid == 0:
-                os.setpgid(0, 0)
-                child_signals = become_child(self._signals)
-            else:
-                with suppress(OSError):  # the child may have done it (or ended) already
-                    os.setpgid(pid, pid)
-                self._clients[pid] = ClientProcess(label, wake_write)
-        if pid == 0:
-            inherited = [self._notify_fd, self._log.fd, wake_write, *self._listening_fds()]
-            close_quietly(inherited + [client.wake_fd for client in self._clients.values()])
-            run_child(
-                lambda: serve_connection(
-                    sock,
-                    self._context,
-                    child_signals,
-                    label=label,
-                    wake_fd=wake_read,
-                    full=full,
-                    connected_at=connected_at,
-                )
-            )
+                wake = (wake_read, wake_write)
+                run_child(lambda: self._start_child(sock, label, wake, connected_at))
+            with suppress(OSError):  # the child may have done it (or ended) already
+                os.setpgid(pid, pid)
+            self._clients[pid] = ClientProcess(label, wake_write)
         os.close(wake_read)
+        self._exhaustion.spawned()
+        return True
+
+    def _start_child(
+        self, sock: socket.socket, label: str, wake: tuple[int, int], connected_at: float
+    ) -> None:
+        """The connection process: let go of the parent's descriptors, then serve."""
+        wake_fd, wake_write = wake
+        inherited = [self._lock_fd, self._notify_fd, self._log.fd, wake_write]
+        inherited += self._listening_fds()
+        inherited += self._refusals.fds() + [client.wake_fd for client in self._clients.values()]
+        signals = become_child(self._signals, self._pid, inherited)
+        os.setpgid(0, 0)
+        serve_connection(
+            sock, self._context, signals, label=label, wake_fd=wake_fd, connected_at=connected_at
+        )
 
     def _broadcast(self) -> None:
         wakeup.drain(self._notify_fd)
@@ -270,16 +338,17 @@ class Supervisor:
             client = self._clients.pop(pid, None)
             if client is not None:
                 os.close(client.wake_fd)
+                self._exhaustion.relieved()
 
     # --- fsync = "interval" -----------------------------------------------------------------
-    def _sync_timeout_ms(self) -> float | None:
+    def _sync_timeout(self) -> float | None:
         if self._context.fsync is not FsyncPolicy.INTERVAL or not self._unsynced:
             return None
         due = self._last_sync + self._config.fsync_interval
-        return max(0.0, due - time.monotonic()) * 1000
+        return max(0.0, due - time.monotonic())
 
     def _sync_if_due(self) -> None:
-        timeout = self._sync_timeout_ms()
+        timeout = self._sync_timeout()
         if timeout is None or timeout > 0:
             return
         try:
@@ -293,6 +362,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         for listener in self._listeners:
             listener.close()
+        self._refusals.close_all()
         logger.info("shutting down: %d connections to close", len(self._clients))
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + self._config.shutdown_deadline

@@ -109,8 +109,9 @@ class Receiver:
         except StorageFailed as exc:
             self._reply(Error("storage_failed", str(exc), False, event.client_id))
             return
-        if not result.duplicate:
-            wakeup.poke(self._notify_fd)
+        # Even after a resend: the fsync this writer waited for may have made a record visible
+        # whose own writer died before it could poke.
+        wakeup.poke(self._notify_fd)
         self._reply(Ack(event.client_id, result.seq))
 
     def _reply(self, event: ServerEvent) -> None:

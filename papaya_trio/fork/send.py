@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 SEND loops: empty its wake pipe (see `wakeup` for why that comes first), take the complete
-reply lines its RECV has queued in the reply pipe, write every log record after its cursor,
+reply lines its RECV has queued in the reply pipe, write every log record after its cursor
+(up to the durable end with ``fsync = "always"``, see `logfile`),
 then those replies, then wait in ``poll()`` for the wake pipe, the reply pipe or a signal. The
 log is read in bounded chunks, each under ``LOCK_SH``, and the lock is never held while writing
 to the client, so a client that stops reading blocks nobody but its own SEND. Replies are
@@ -34,7 +35,7 @@ from contextlib import suppress
 from papaya_trio import SERVER_NAME
 from papaya_trio.fork import wakeup
 from papaya_trio.fork.connection import Connection, Expired, Stopped
-from papaya_trio.fork.logfile import LogFile, LogReader
+from papaya_trio.fork.logfile import DurableEnd, LogFile, LogReader
 from papaya_trio.handshake import REFUSAL_WRITE_TIMEOUT, SHUTDOWN
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol.events import Error, Message, ServerEvent, Welcome
@@ -65,6 +66,7 @@ class Sender:
         conn: Connection,
         log: LogFile,
         reader: LogReader,
+        durable: DurableEnd,
         *,
         user: str | None,
         cursor: int,
@@ -77,6 +79,7 @@ class Sender:
         self._conn = conn
         self._log = log
         self._reader = reader
+        self._durable = durable
         self._peek: LogReader | None = None  # reads ahead of `reader` to measure the lag
         self._user = user
         self.cursor = cursor
@@ -144,7 +147,7 @@ class Sender:
         """Write every record after the cursor, reading chunk by chunk to the end of the log."""
         while True:
             with self._log.locked(fcntl.LOCK_SH):
-                scanned = self._reader.read_chunk()
+                scanned = self._reader.read_chunk(self._durable.limit())
             if not scanned:
                 return
             fresh = [item.record for item in scanned if item.record.seq > self.cursor]
@@ -190,7 +193,7 @@ class Sender:
             peek = self._peek = LogReader(self._log, self._reader.offset, self._reader.last_seq)
         for _ in range(PEEK_CHUNKS):
             with self._log.locked(fcntl.LOCK_SH):
-                if not peek.read_chunk():
+                if not peek.read_chunk(self._durable.limit()):
                     break
         return peek.last_seq - max(self.cursor, self._welcome_head)
 

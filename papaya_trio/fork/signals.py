@@ -9,22 +9,36 @@ Python-level handler, which may run a few bytecodes later than the poll returns.
 
 Forking: a child must not report its signals into its parent's pipe, nor lose a signal that
 arrives between `fork()` and installing its own watch. `forking_safely` blocks the watched
-signals around the fork; the child installs its watch, then unblocks them, and any signal that
-arrived meanwhile is delivered to the new watch.
+signals around the fork; the child (`become_child`) closes its parent's descriptors, installs
+its watch, then unblocks them, and any signal that arrived meanwhile is delivered to the new
+watch. The child closes before it opens anything: the parent may have been at its descriptor
+limit, and the child's copy of the table is just as full.
+
+Dying with the parent: every child asks the kernel for SIGKILL when its parent ends
+(`die_with_parent`, Linux's PR_SET_PDEATHSIG), then checks that the parent is still the one it
+was forked by, which closes the race with a parent that died before the request. SIGKILL and
+not SIGTERM: once the parent is gone a restarted server may already own the data folder, and a
+child must not append another buffered line to its log. The child's client sees its connection
+closed, as after any crash of the server.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from types import FrameType
 
-WATCHED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
+# SIGHUP: the service manager's reload (trio mode re-reads TLS files); its default would kill.
+WATCHED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP})
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 DRAIN_BYTES = 4096
 MAX_DRAIN_READS = 16
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 def _ignore(_signum: int, _frame: FrameType | None) -> None:
@@ -78,16 +92,26 @@ def forking_safely() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
 
 
-def become_child(inherited: SignalWatch | None) -> SignalWatch:
-    """In a freshly forked child (watched signals still blocked): own watch, default SIGCHLD.
-
-    The caller's `forking_safely` block unblocks the signals when it ends in the child.
-    """
+def become_child(inherited: SignalWatch, parent_pid: int, close: Iterable[int]) -> SignalWatch:
+    """In a freshly forked child, watched signals still blocked (`forking_safely`): die with
+    the parent, close the parent's descriptors `close` and signal pipe, install an own watch
+    with default SIGCHLD, then unblock the watched signals."""
+    die_with_parent(parent_pid)
+    close_quietly(close)
+    inherited.close_in_child()  # no handler can write to it: the signals are blocked
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     watch = SignalWatch(STOP_SIGNALS)
-    if inherited is not None:
-        inherited.close_in_child()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, WATCHED)
     return watch
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a freshly forked child: be SIGKILLed when the parent ends (Linux), and end at once if
+    it already has (the child was re-parented before the request took effect)."""
+    if _LIBC is not None and _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def close_quietly(fds: Iterable[int]) -> None:

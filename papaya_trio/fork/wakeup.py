@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 - Every RECV holds the write end of one *notify* pipe; only the parent holds its read end.
-  After an append is complete (written, and fsynced first with ``fsync = "always"``), the RECV
-  pokes it: one byte.
+  After an append is complete (written and, with ``fsync = "always"``, covered by a finished
+  fsync: see `logfile`), the RECV pokes it: one byte.
 - For every connection the parent creates a *wake* pipe before it forks the connection's
   process; the parent keeps the write end, the client's SEND gets the read end. Whenever the
   notify pipe is readable the parent empties it and pokes every wake pipe.

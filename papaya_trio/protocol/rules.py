@@ -8,13 +8,27 @@ MAX_USER_CHARS = 32
 MAX_CLIENT_ID_CHARS = 64
 KEY_CHARS = 128
 
+#: Characters that show as nothing although their category is a visible one (letters, marks,
+#: symbols): Hangul fillers, the Braille blank, the combining grapheme joiner, Khmer inherent
+#: vowels and the variation selectors. A name made of them looks empty or like another's.
+INVISIBLE = frozenset(
+    "\u115f\u1160\u3164\uffa0\u2800\u034f\u17b4\u17b5"
+    + "".join(map(chr, range(0xFE00, 0xFE10)))
+    + "".join(map(chr, range(0xE0100, 0xE01F0)))
+)
+
 
 def user_problem(user: str) -> str | None:
     """Return why `user` is not an acceptable user name, or None if it is."""
     if not 1 <= len(user) <= MAX_USER_CHARS:
         return f"user name must be 1 to {MAX_USER_CHARS} characters"
     if not user.isprintable() or any(ch.isspace() for ch in user):
-        return "user name must not contain whitespace or control characters"
+        # isprintable() is False for every character of categories C (Cc controls, Cf format
+        # characters such as bidi controls and zero-width ones, Cs, Co, Cn) and Z (Zl, Zp,
+        # Zs but the ASCII space, which isspace() catches).
+        return "user name must not contain whitespace, control, format or bidi control characters"
+    if any(ch in INVISIBLE for ch in user) or unicodedata.category(user[0]).startswith("M"):
+        return "user name must not contain invisible characters or start with a combining mark"
     if not _encodable(user):
         return "user name is not valid unicode"
     return None

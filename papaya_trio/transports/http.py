@@ -53,6 +53,14 @@ class RequestHead:
             for name, value in self.request.headers
         )
 
+    @property
+    def host(self) -> str | None:
+        """The `Host` the client asked for (h11 makes HTTP/1.1 requests send one)."""
+        for name, value in self.request.headers:
+            if name == b"host":
+                return value.decode("latin-1")
+        return None
+
 
 class BadRequest(Exception):
     """The request head is not valid HTTP/1.1; `status` is the answer h11 suggests."""
@@ -139,7 +147,7 @@ async def handle_http_stream(
         if head.is_websocket:
             ws_label = label.replace("http", "ws", 1)
             stream = PrefixedStream(stream, head.raw)
-            await serve_websocket(stream, room, ws_label, full, web.websocket, deadline)
+            await serve_websocket(stream, room, ws_label, full, web.websocket, deadline, head.host)
             return
         request = head.request
         response = web.site.respond(request.method, request.target, full=full)

@@ -1,4 +1,5 @@
-"""Raw TCP: both dialects on one port, told apart by the first byte.
+"""Raw TCP: both dialects on one port, told apart by the first byte; or, on `papaya_port`,
+the papayaChat dialect alone.
 
 `handle_tcp_stream` owns one accepted stream from sniffing to close: it reads the first bytes,
 builds the dialect's peer, authenticates, runs the session and closes the stream in `finally`.
@@ -33,7 +34,9 @@ async def _stream_errors() -> AsyncIterator[None]:
     try:
         yield
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        raise PeerGone(str(exc) or type(exc).__name__) from exc
+        # A failed TLS handshake is a BrokenResourceError caused by an ssl.SSLError.
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise PeerGone(str(cause) or type(cause).__name__) from exc
 
 
 class StreamPeer:
@@ -87,8 +90,19 @@ class PapayaPeer(StreamPeer):
         return papaya.encode_writes(events)
 
 
-async def handle_tcp_stream(stream: trio.abc.Stream, room: Room, label: str, full: bool) -> None:
-    """Serve one TCP connection to the end; never raises for anything the client does."""
+#: Told to a native client on `papaya_port`, which is in clear for the papayaChat client only.
+WRONG_PORT = Error(
+    "wrong_port", "this port serves the papayaChat dialect only: use the TCP port", fatal=True
+)
+
+
+async def handle_tcp_stream(
+    stream: trio.abc.Stream, room: Room, label: str, full: bool, *, native: bool = True
+) -> None:
+    """Serve one TCP connection to the end; never raises for anything the client does.
+
+    With `native` false (on `papaya_port`) a native client is refused with `wrong_port`.
+    """
     settings = room.settings
     connected_at = trio.current_time()
     peer: StreamPeer | None = None
@@ -104,6 +118,10 @@ async def handle_tcp_stream(stream: trio.abc.Stream, room: Room, label: str, ful
         if first.startswith(b"{"):
             peer = NativePeer(stream, NativeDecoder(*sizes), f"{label} native")
             peer.feed(first)
+            if not native:
+                logger.warning("%s: refused: native dialect on papaya_port", label)
+                await refuse(peer, WRONG_PORT)
+                return
             if full:
                 logger.warning("%s: refused: server full", label)
                 await refuse(peer, Error("server_full", "the server is full", fatal=True))

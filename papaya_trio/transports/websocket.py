@@ -9,7 +9,11 @@ close, in a nursery of its own:
 - trio-websocket's reader task (started by `wrap_server_stream`) parses frames and answers
   pings; its message queue holds one message, so a client that floods waits on TCP.
 - the opening handshake (path and `Origin` checks, then accept) runs under the HTTP port's
-  handshake deadline;
+  handshake deadline. Without `allowed_origins` a browser may connect only from a page of this
+  server: its `Origin` must be the scheme of this port and the `Host` it asked for, which a
+  page elsewhere cannot fake (its browser sends its own origin). Clients that are not
+  browsers send no `Origin` and are let through: the key, not the origin, is what admits them;
+  the check keeps other sites' pages from using a visitor's browser as theirs;
 - `WebSocketPeer` is the Peer the session code sees: frames in, events out. It maps
   trio-websocket's exceptions to PeerGone in `_websocket_errors` and nowhere else;
 - a keepalive task pings every `ping_interval` seconds (trio time) and, when a pong does not
@@ -77,6 +81,7 @@ class WebSocketSettings:
     ping_interval: float = 30.0
     ping_timeout: float = 20.0
     allowed_origins: frozenset[str] = frozenset()
+    scheme: str = "http"  # of this port ("https" with TLS), for the same-origin check
 
 
 @contextmanager
@@ -151,10 +156,12 @@ async def serve_websocket(
     full: bool,
     settings: WebSocketSettings,
     deadline: float,
+    host: str | None = None,
 ) -> None:
     """Serve one WebSocket upgrade request on `stream` to the end.
 
-    The opening handshake must be done by `deadline` (trio time). The caller owns `stream` and
+    The opening handshake must be done by `deadline` (trio time). `host` is the request's
+    `Host` header, for the same-origin check. The caller owns `stream` and
     closes it afterwards; this function never raises for anything the client does.
     """
     oversize = False
@@ -169,7 +176,7 @@ async def serve_websocket(
                         message_queue_size=MESSAGE_QUEUE_SIZE,
                         max_message_size=settings.max_message_bytes,
                     )
-                    ws = await _accept(request, settings, label)
+                    ws = await _accept(request, settings, label, host)
                 if ws is None:
                     return
                 peer = WebSocketPeer(
@@ -194,7 +201,7 @@ async def serve_websocket(
 
 
 async def _accept(
-    request: WebSocketRequest, settings: WebSocketSettings, label: str
+    request: WebSocketRequest, settings: WebSocketSettings, label: str, host: str | None
 ) -> WebSocketConnection | None:
     """Check the path and the Origin; accept, or reject with an HTTP status."""
     with _websocket_errors():
@@ -204,13 +211,19 @@ async def _accept(
             await request.reject(404, body=b"no WebSocket here; try " + WEBSOCKET_PATH.encode())
             return None
         origin = _header(request, b"origin")
-        # Browsers always send Origin; other clients may not, and could forge it anyway.
-        allowed = settings.allowed_origins
-        if allowed and origin is not None and origin not in allowed:
+        if origin is not None and not _origin_allowed(origin, host, settings):
             logger.warning("%s: refused: origin %r is not allowed", label, origin)
             await request.reject(403, body=b"this Origin is not allowed\n")
             return None
         return await request.accept()
+
+
+def _origin_allowed(origin: str, host: str | None, settings: WebSocketSettings) -> bool:
+    """Whether a browser on a page from `origin` may connect (see the module docstring)."""
+    allowed = settings.allowed_origins
+    if allowed:
+        return "*" in allowed or origin in allowed
+    return host is not None and origin.lower() == f"{settings.scheme}://{host.lower()}"
 
 
 def _header(request: WebSocketRequest, name: bytes) -> str | None:

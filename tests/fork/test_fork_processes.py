@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import trio
@@ -149,3 +150,51 @@ def test_websocket_options_are_refused_in_fork_mode(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "fork mode serves the TCP dialects only, not WebSocket" in done.stderr
     assert "--ws-ping-interval" in done.stderr
+
+
+async def test_concurrent_writers_under_fsync_always_are_all_acked_and_stored_once(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    """Group commit: writers that share fsyncs are each confirmed once their record is stored."""
+    server = fork_servers.start("--fsync", "always")
+    writers, per_writer = 8, 25
+    acked: dict[str, int] = {}
+
+    async def write(name: str) -> None:
+        client = await clients.native(server, name)
+        for i in range(per_writer):  # pipelined: the acks come back in order
+            await client.send(type="send", text=f"{name} {i}", id=f"{name}-{i}")
+        shown: set[int] = set()
+        for i in range(per_writer):
+            while (obj := await client.receive()) is not None and obj["type"] == "message":
+                shown.add(obj["seq"])
+            assert obj is not None and obj["id"] == f"{name}-{i}", obj
+            assert obj["seq"] in shown, "the message is shown before its sender is confirmed"
+            acked[obj["id"]] = obj["seq"]
+
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        async with trio.open_nursery() as nursery:
+            for n in range(writers):
+                nursery.start_soon(write, f"w{n}")
+    assert sorted(acked.values()) == list(range(1, writers * per_writer + 1))
+    assert server.stop() == 0
+    stored = {}
+    for line in (server.data_dir / "chat.log").read_bytes().splitlines():
+        crc, _, body = line.partition(b" ")
+        assert int(crc, 16) == zlib.crc32(body)
+        record = json.loads(body)
+        stored[record["id"]] = (record["seq"], record["text"])
+    assert stored == {cid: (seq, cid.replace("-", " ")) for cid, seq in acked.items()}
+
+
+async def test_sighup_leaves_the_server_and_its_clients_alone(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    """`systemctl reload` sends SIGHUP, whose default action would end the parent."""
+    server = fork_servers.start()
+    with trio.fail_after(WAIT_TIMEOUT):
+        alice = await clients.native(server, "alice")
+        server.process.send_signal(signal.SIGHUP)
+        await wait_until(lambda: "SIGHUP: nothing to reload" in server.log, "the SIGHUP")
+        assert await alice.chat("still here") == 1
+    assert server.stop() == 0

@@ -66,6 +66,15 @@ def test_printable_defuses_terminal_escapes() -> None:
     assert printable("a\x1b[2Jb\x07") == "a\ufffd[2Jb\ufffd"
 
 
+def test_bidi_controls_cannot_reorder_the_line() -> None:
+    message = ChatMessage(
+        seq=1, time=datetime(2026, 1, 1, tzinfo=UTC), user="bob", text="abc\u202edlrow\u2066x"
+    )
+    line = plain_line(message)
+    assert line.endswith("bob: abc\ufffddlrow\ufffdx")
+    assert not set(line) & {"\u202e", "\u2066"}
+
+
 @pytest.mark.usefixtures("utc")
 def test_actions_are_shown_without_the_name_prefix() -> None:
     action = ChatMessage(8, MESSAGE.time, "alice", "* alice waves")

@@ -127,3 +127,30 @@ def test_key_file_problems(tmp_path: Path) -> None:
 def test_repr_hides_the_key(key_file: Path) -> None:
     settings = config.resolve({"user": "a", "key_file": str(key_file)}, {}, {})
     assert "kkkk" not in repr(settings)
+
+
+def test_tls_settings_from_the_file_are_relative_to_it(key_file: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "conf" / "client.toml"
+    toml.parent.mkdir()
+    toml.write_text(f'tls = true\nca_file = "ca.pem"\nkey_file = "{key_file}"\nuser = "a"\n')
+    settings = config.resolve({}, {}, config.read_toml(toml, required=True))
+    assert (settings.tls, settings.ca_file, settings.secure) == (True, toml.parent / "ca.pem", True)
+
+
+@pytest.mark.parametrize(("value", "tls"), [("1", True), ("yes", True), ("0", False)])
+def test_tls_from_the_environment(key_file: Path, value: str, tls: bool) -> None:
+    settings = config.resolve({"user": "a", "key_file": str(key_file)}, {"PAPAYA_TLS": value}, {})
+    assert settings.tls is tls
+
+
+def test_tls_needs_a_wss_url(key_file: Path) -> None:
+    flags = {"user": "a", "key_file": str(key_file), "tls": True, "ws": "ws://h/ws"}
+    with pytest.raises(ConfigError, match="needs a wss:// URL"):
+        config.resolve(flags, {}, {})
+    flags["ws"] = "wss://h/ws"
+    assert config.resolve(flags, {}, {}).secure
+
+
+def test_tls_must_be_a_boolean(key_file: Path) -> None:
+    with pytest.raises(ConfigError, match="PAPAYA_TLS must be true or false"):
+        config.resolve({"user": "a", "key_file": str(key_file)}, {"PAPAYA_TLS": "maybe"}, {})

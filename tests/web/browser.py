@@ -11,9 +11,10 @@ import itertools
 import json
 import os
 import socket
+import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,8 +47,11 @@ def launch(
     *,
     mobile: bool = False,
     dark: bool = False,
+    flags: Sequence[str] = (),
 ) -> Any:
-    """A fresh headless Chromium with its own profile folder; fails the test if there is none."""
+    """A fresh headless Chromium with its own profile folder; fails the test if there is none.
+
+    `flags` are added to Chromium's command line."""
     if webdriver is None:
         pytest.fail("the browser tests need Selenium: pip install -e '.[dev]'")
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
@@ -69,6 +73,7 @@ def launch(
         "--lang=en-US",
         f"--window-size={width},{height}",
         f"--user-data-dir={profile}",
+        *flags,
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -173,16 +178,18 @@ class ChatPage:
 class TcpClient:
     """A blocking native-dialect client, for the terminal user in the browser tests."""
 
-    def __init__(self, port: int, user: str, key: str) -> None:
+    def __init__(self, port: int, user: str, key: str, tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="127.0.0.1")
         self.file = self.sock.makefile("rwb")
         self.seen: list[dict[str, Any]] = []
         # Ids must not repeat for a user, even across connections: a repeat is a resend.
         self._prefix = f"t{next(CLIENT_NUMBERS)}"
         self._ids = 0
         self.send(type="hello", key=key, user=user)
-        welcome = self.receive()
-        assert welcome["type"] == "welcome", welcome
+        self.welcome = self.receive()
+        assert self.welcome["type"] == "welcome", self.welcome
 
     def send(self, **obj: Any) -> None:
         self.file.write(json.dumps(obj).encode() + b"\n")

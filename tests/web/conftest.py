@@ -8,16 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.real_server import RunningServer, ServerFactory
+from tests.real_server import RunningServer
 from tests.web.browser import TcpClient, launch
-
-
-@pytest.fixture
-def trio_servers(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Real trio-mode `papaya-trio serve` processes (the mode with the HTTP port)."""
-    factory = ServerFactory(tmp_path, "trio")
-    yield factory
-    factory.cleanup()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import trio.testing
 
 from papaya_trio.transports.websocket import WebSocketSettings
 from tests.memory_world import KEY
-from tests.web.ws_world import open_web_world, upgrade_request
+from tests.web.ws_world import HOST, WebWorld, open_web_world, upgrade_request
 
 
 async def test_websocket_client_chats_with_history_and_since(
@@ -257,17 +257,42 @@ async def test_allowed_origins(
 ) -> None:
     settings = WebSocketSettings(allowed_origins=frozenset({"http://chat.example"}))
     async with open_web_world(websocket=settings) as world:
-        extra = [f"Origin: {origin}"] if origin else []
-        stream = await world.http.connect()
-        await stream.send_all(upgrade_request("/ws", *extra))
-        answer = await stream.receive_some(4096)
-        assert answer.startswith(f"HTTP/1.1 {status} ".encode())
+        assert await upgrade_status(world, origin) == status
 
 
-async def test_any_origin_is_allowed_by_default(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_web_world() as world:
+@pytest.mark.parametrize(
+    ("scheme", "origin", "status"),
+    [
+        ("http", f"http://{HOST}", 101),  # the page this server served
+        ("http", f"HTTP://{HOST.upper()}", 101),  # origins compare without case
+        ("http", "http://evil.example", 403),  # another site's page
+        ("http", f"http://{HOST}:8080", 403),  # another port is another origin
+        ("http", f"https://{HOST}", 403),  # the wrong scheme for this port
+        ("https", f"https://{HOST}", 101),
+        ("https", f"http://{HOST}", 403),
+        ("http", None, 101),  # not a browser
+    ],
+)
+async def test_only_the_servers_own_origin_by_default(
+    autojump_clock: trio.testing.MockClock, scheme: str, origin: str | None, status: int
+) -> None:
+    async with open_web_world(websocket=WebSocketSettings(scheme=scheme)) as world:
+        assert await upgrade_status(world, origin) == status
+
+
+async def test_a_star_allows_any_origin(autojump_clock: trio.testing.MockClock) -> None:
+    settings = WebSocketSettings(allowed_origins=frozenset({"*"}))
+    async with open_web_world(websocket=settings) as world:
         client = await world.connect_ws(headers=[(b"Origin", b"http://anywhere.example")])
         assert (await client.hello("alice"))["user"] == "alice"
+
+
+async def upgrade_status(world: WebWorld, origin: str | None) -> int:
+    """The HTTP status the server answers an upgrade request from a page at `origin`."""
+    stream = await world.http.connect()
+    await stream.send_all(upgrade_request("/ws", *([f"Origin: {origin}"] if origin else [])))
+    answer = await stream.receive_some(4096)
+    return int(answer.split(b" ", 2)[1])
 
 
 async def test_websocket_at_another_path_is_404(autojump_clock: trio.testing.MockClock) -> None:
