@@ -58,9 +58,9 @@ class SimDisk:
 
     async def wait_commit_window(self) -> None:
         """Return at the last moment of the next fsync that would make durable bytes written
-        during the fsync before it (a group commit with writers that came late), and hold that
-        fsync until the caller cuts the power. A log that confirmed those writers early (when
-        the fsync before ended) then loses records it has confirmed."""
+        during the fsync before it (a group commit with writers that came late); that fsync
+        then waits KILL_GRACE more, in which the caller cuts the power. A log that confirmed
+        those writers early (when the fsync before ended) then loses records it confirmed."""
         self._kill = trio.Event()
         try:
             await self._kill.wait()
@@ -75,6 +75,12 @@ class SimDisk:
         self._kill.set()
         self.trace.record("kill_in_commit", synced=self.synced, covered=covered)
         return True
+
+    def mark_synced(self, covered: int) -> None:
+        """An fsync that began with `covered` bytes written has finished."""
+        self.synced = max(self.synced, min(covered, len(self.data)))
+        self._late = len(self.data) > covered
+        self.trace.record("fsync", synced=self.synced, unsynced=len(self.data) - self.synced)
 
     def power_cut(self) -> None:
         """Lose every unsynced byte, except maybe a random prefix of them (torn tail)."""
@@ -142,9 +148,7 @@ class SimStorage:
         if disk.rng.random() < disk.faults.sync_failure:
             disk.trace.record("fsync_failed", unsynced=len(disk.data) - disk.synced)
             raise OSError(errno.EIO, os.strerror(errno.EIO))
-        disk.synced = max(disk.synced, min(covered, len(disk.data)))
-        disk._late = len(disk.data) > covered
-        disk.trace.record("fsync", synced=disk.synced, unsynced=len(disk.data) - disk.synced)
+        disk.mark_synced(covered)
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
