@@ -96,7 +96,7 @@ CASES = {
         "shutdown",
         Components(log_class=broken.NoFinalSyncLog),
         frozenset({DURABLE}),
-        3,
+        5,
     ),
     "session closed from outside without waking its send task": Case(
         "shutdown",
