@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sim import invariants
+from sim import sweep as sweep_module
 from sim.__main__ import main, seed_range
 from sim.entropy import check as check_entropy
 from sim.invariants import LIVENESS, SLOW_BOUND, Failure
@@ -140,3 +142,20 @@ def test_oracle_calls_no_server_code() -> None:
         if getattr(value, "__module__", "").startswith("papaya_trio")
     }
     assert from_server == {"Record"}
+
+
+def test_stop_on_failure_ends_the_sweep(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ran: list[Job] = []
+
+    def fake_run(job: Job, trace_dir: Path) -> tuple[RunResult, Path | None]:
+        ran.append(job)
+        failure = Failure(LIVENESS, "behind", 1.0, 1) if job.seed == 1 else None
+        return _result(job.profile, job.seed, failure), None
+
+    monkeypatch.setattr(sweep_module, "run_job", fake_run)
+    jobs = jobs_for(("smoke",), range(5))
+    found = sweep_module.sweep(jobs, tmp_path, stop_on_failure=True, out=io.StringIO())
+    assert ran == jobs[:2]
+    assert [r.seed for r in found.failures] == [1]
+    collected = sweep_module.sweep(jobs, tmp_path, out=io.StringIO())
+    assert len(collected.results) == 5
