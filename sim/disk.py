@@ -49,6 +49,7 @@ class SimDisk:
         self.synced = 0
         self.generation = 0  # bumped by each power cut; older handles are dead
         self.version = 0  # bumped by every change of `data`
+        self.sync_failures = 0
         self._late = False  # the last fsync saw bytes written while it ran
         self._kill: trio.Event | None = None  # armed by `wait_commit_window`
 
@@ -147,6 +148,7 @@ class SimStorage:
             disk = await self._io(KILL_GRACE)  # the power is cut meanwhile: EIO
         if disk.rng.random() < disk.faults.sync_failure:
             disk.trace.record("fsync_failed", unsynced=len(disk.data) - disk.synced)
+            disk.sync_failures += 1
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         disk.mark_synced(covered)
 

@@ -4,8 +4,11 @@ The oracle knows what every actor sent (each text is unique to one send attempt,
 identifies a message) and learns the log from three sides that must agree: what clients are
 delivered, what they are acknowledged, and what the disk holds when each server life ("epoch")
 ends. A run is cut into epochs by crashes and graceful restarts; within an epoch a sequence
-number names one record, and across a crash under `fsync = always` every record a client was
-shown or confirmed must survive with the same number.
+number names one record. Every record a client was shown or confirmed must survive with the
+same number a graceful restart (under every policy) and a power cut under `fsync = always`;
+under "interval", a power cut may lose only what was first shown or confirmed less than one
+interval and two fsyncs before it (docs/log-format.md: synced every `fsync_interval`), unless
+an fsync had failed; under "never" a power cut may lose anything not synced.
 
 The oracle never calls the code it checks. What the server promises is stated here from the
 protocol documents: the log is read with this module's own reader of docs/log-format.md
@@ -25,6 +28,8 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import trio
 
 from papaya_trio.records import Record
 from sim.trace import Trace
@@ -129,12 +134,22 @@ class Oracle:
     """Checks every observation against everything observed before."""
 
     def __init__(
-        self, trace: Trace, fail: Callable[[str, str], None], history: int, durable: bool
+        self,
+        trace: Trace,
+        fail: Callable[[str, str], None],
+        history: int,
+        durable_after: float | None,
     ) -> None:
         self._trace = trace
         self.fail = fail
         self._history = history
-        self._durable = durable  # fsync = always: what was shown or confirmed survives
+        # How long after it is first shown or confirmed a record must survive a power cut:
+        # 0 under `fsync = always`, the interval and its fsyncs under "interval", never (None)
+        # under "never". A graceful stop loses nothing under any policy.
+        self._durable_after = durable_after
+        self._seen_at: dict[int, float] = {}  # this epoch's seqs: first shown or confirmed
+        self._cut: tuple[float, bool] | None = None  # this epoch's power cut, and whether an
+        # fsync had failed before it (after which the log promises nothing more)
         self._sent: dict[str, Sent] = {}
         self._by_seq: dict[int, Record] = {}  # this epoch's records as clients saw them
         self._by_text: dict[str, int] = {}
@@ -159,6 +174,7 @@ class Oracle:
         """A native client was delivered `record`."""
         self.delivered += 1
         self._trace.record("deliver", who=who, seq=record.seq)
+        self._seen_at.setdefault(record.seq, trio.current_time())
         self._check_sent(record.user, record.text, who)
         known = self._by_seq.setdefault(record.seq, record)
         if known != record:
@@ -169,6 +185,7 @@ class Oracle:
     def ack_seen(self, user: str, client_id: str, seq: int, text: str, who: str) -> None:
         """A native client was told its message `client_id` is stored as `seq`."""
         self._trace.record("ack", who=who, id=client_id, seq=seq)
+        self._seen_at.setdefault(seq, trio.current_time())
         earlier = self._acked.setdefault((user, client_id), seq)
         if earlier != seq:
             self.fail(
@@ -228,18 +245,34 @@ class Oracle:
             if expected != view.history:
                 self.fail(HISTORY, f"{view.who} got history {view.history}, not {expected}")
 
+    def power_cut(self, fsync_failed: bool) -> None:
+        """The power is cut now (the epoch ends as `end_epoch` says); `fsync_failed`: an fsync
+        failed during the epoch."""
+        self._cut = (trio.current_time(), fsync_failed)
+
+    def _must_survive(self, seq: int) -> bool:
+        if self._cut is None:
+            return True  # a graceful stop: everything written is still there
+        cut_at, fsync_failed = self._cut
+        after = self._durable_after
+        if after is None or (fsync_failed and after > 0):
+            return False
+        return self._seen_at.get(seq, cut_at) <= cut_at - after
+
     def begin_epoch(self, recovered: list[Record]) -> None:
         """The server (re)started on a log holding `recovered`."""
-        if self._durable:
-            for seq, seen in self._by_seq.items():
-                if seq > len(recovered) or recovered[seq - 1] != seen:
-                    self.fail(DURABLE, f"seq {seq} ({seen.text!r}) was shown, then lost")
-                    return
-            for (user, client_id), seq in self._acked.items():
-                if seq > len(recovered):
-                    self.fail(DURABLE, f"{user}'s {client_id} was confirmed as {seq}, then lost")
-                    return
+        for seq, seen in self._by_seq.items():
+            lost = seq > len(recovered) or recovered[seq - 1] != seen
+            if lost and self._must_survive(seq):
+                self.fail(DURABLE, f"seq {seq} ({seen.text!r}) was shown, then lost")
+                return
+        for (user, client_id), seq in self._acked.items():
+            if seq > len(recovered) and self._must_survive(seq):
+                self.fail(DURABLE, f"{user}'s {client_id} was confirmed as {seq}, then lost")
+                return
         self.epoch += 1
+        self._cut = None
+        self._seen_at = {}
         self._by_seq = {r.seq: r for r in recovered}
         self._by_text = {r.text: r.seq for r in recovered}
         self._acked = {key: seq for key, seq in self._acked.items() if seq <= len(recovered)}

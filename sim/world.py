@@ -36,6 +36,7 @@ KEY = "k" * 128
 EPOCH_MS = 1_764_000_000_000
 START_RETRY = 0.5  # simulated seconds before starting again after a failed start
 SHUTDOWN_SLACK = 0.001  # the deadline plus scheduling, in simulated seconds
+INTERVAL_SLACK = 0.05  # simulated seconds of scheduling around an interval fsync
 WS_PING_INTERVAL = 3.0  # simulated seconds; short, so silent WebSocket clients are dropped
 WS_PING_TIMEOUT = 4.0  # longer than most stalls, shorter than the longest
 
@@ -43,6 +44,17 @@ WS_PING_TIMEOUT = 4.0  # longer than most stalls, shorter than the longest
 def sim_clock_ms() -> int:
     """Record timestamps from trio's (mock) clock, so they are part of the simulation."""
     return EPOCH_MS + int(trio.current_time() * 1000)
+
+
+def durable_after(profile: Profile) -> float | None:
+    """How long after a record is first shown or confirmed it must survive a power cut (see
+    `sim.invariants`): an interval, and two of the slowest fsyncs with scheduling slack,
+    under "interval" (a record written as one fsync begins waits for the next)."""
+    if profile.fsync is FsyncPolicy.ALWAYS:
+        return 0.0
+    if profile.fsync is FsyncPolicy.INTERVAL:
+        return profile.fsync_interval + 2 * profile.disk.sync_latency[1] + INTERVAL_SLACK
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +130,7 @@ class World:
                 ping_timeout=WS_PING_TIMEOUT,
             ),
         )
-        self.oracle = Oracle(
-            self.trace, self.fail, profile.history, profile.fsync is FsyncPolicy.ALWAYS
-        )
+        self.oracle = Oracle(self.trace, self.fail, profile.history, durable_after(profile))
         self.network = SimNetwork(self.rng("network"), profile.network, self.trace)
         self.disk = SimDisk(self.rng("disk"), profile.disk, self.trace)
         self.host = ServerHost(self, components)
@@ -167,6 +177,7 @@ class ServerHost:
         self._scope: trio.CancelScope | None = None
         self._exited = trio.Event()
         self._served = 0.0  # when the last `serve` returned
+        self._sync_failures = 0  # the disk's count of failed fsyncs when this life began
         self.lives = 0
 
     @property
@@ -198,6 +209,7 @@ class ServerHost:
                 world.trace.record("start_failed", error=str(exc))
                 await trio.sleep(START_RETRY)
         world.oracle.begin_epoch(read_log(bytes(world.disk.data)))
+        self._sync_failures = world.disk.sync_failures
         world.trace.record("start", records=recovery.records, cut=recovery.truncated_bytes)
         components = self._components
         self.room = components.room_class(
@@ -242,6 +254,7 @@ class ServerHost:
         """Power cut: lose unsynced bytes, reset every connection, kill the server's tasks."""
         assert self._scope is not None, "no server to crash"
         world = self._world
+        world.oracle.power_cut(world.disk.sync_failures > self._sync_failures)
         world.oracle.end_epoch(bytes(world.disk.data))
         world.disk.power_cut()
         world.network.reset_all()

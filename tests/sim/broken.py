@@ -277,3 +277,14 @@ class TimeOrderedSession(Session):
         if all(isinstance(event, Message) for event in events):
             events = sorted(events, key=lambda event: cast(Message, event).record.time_ms)
         await super()._write(events)
+
+
+# --- 13. an interval sync that falls asleep -------------------------------------------------
+class LazyIntervalLog(ChatLog):
+    """Under `fsync = "interval"`, syncs every ten intervals instead of every one: records
+    shown seconds ago are not on disk when the power goes."""
+
+    async def run_interval_sync(
+        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await super().run_interval_sync(10 * interval, task_status=task_status)

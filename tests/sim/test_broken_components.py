@@ -98,6 +98,12 @@ CASES = {
         frozenset({DURABLE}),
         5,
     ),
+    "interval sync that falls asleep": Case(
+        "swarm",
+        Components(log_class=broken.LazyIntervalLog),
+        frozenset({DURABLE}),
+        2,
+    ),
     "session closed from outside without waking its send task": Case(
         "shutdown",
         Components(session_class=broken.UnwokenCloseSession),
