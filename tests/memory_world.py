@@ -11,6 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from papaya_trio.accounts import Accounts
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
@@ -144,12 +145,16 @@ async def open_world(
     ] = trio.testing.memory_stream_pair,
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
     max_connections: int = 64,
+    accounts: Accounts | None = None,
+    cache_records: int = 4096,
     **settings: Any,
 ) -> AsyncIterator[World]:
     """Run a server over memory streams for the `async with` block, then shut it down."""
     storage = storage if storage is not None else MemoryStorage()
-    log, _ = await ChatLog.open(storage, clock_ms=trio_clock_ms, fsync=fsync)
-    room = Room(log, KEY, RoomSettings(**settings))
+    log, _ = await ChatLog.open(
+        storage, clock_ms=trio_clock_ms, fsync=fsync, cache_records=cache_records
+    )
+    room = Room(log, KEY, RoomSettings(**settings), accounts=accounts)
     server = ChatServer(room, max_connections=max_connections)
     listener = MemoryListener(make_pair)
     async with trio.open_nursery() as nursery:
