@@ -18,8 +18,8 @@ import trio
 
 from papaya_trio.accounts import Accounts
 from papaya_trio.broadcaster import Broadcaster
-from papaya_trio.chatlog import ChatLog
 from papaya_trio.keys import key_matches
+from papaya_trio.logstore import LogStore
 from papaya_trio.protocol.events import Member, Presence, TypingNotice
 from papaya_trio.session import NameTaken, Session
 
@@ -47,7 +47,7 @@ class Room:
 
     def __init__(
         self,
-        log: ChatLog,
+        log: LogStore,
         key: str,
         settings: RoomSettings,
         *,
