@@ -163,12 +163,22 @@ class Metrics:
         self.refused.labels(reason).inc()
 
     async def append(
-        self, log: LogStore, user: str, text: str, client_id: str | None
+        self,
+        log: LogStore,
+        user: str,
+        text: str,
+        client_id: str | None,
+        *,
+        action: bool = False,
+        dialect: str | None = None,
+        verified: bool = False,
     ) -> AppendResult:
         """`log.append`, timed and counted (StorageFailed is counted and re-raised)."""
         started = trio.current_time()
         try:
-            result = await log.append(user, text, client_id)
+            result = await log.append(
+                user, text, client_id, action=action, dialect=dialect, verified=verified
+            )
         except StorageFailed:
             self.append_failures.inc()
             raise

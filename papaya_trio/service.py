@@ -20,6 +20,7 @@ from pathlib import Path
 
 import trio
 
+from papaya_trio.accounts import AccountError, Accounts, users_path
 from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.config import ServerConfig, public_addresses
@@ -119,6 +120,7 @@ def room_settings(config: ServerConfig) -> RoomSettings:
         rate_burst=config.rate_burst,
         rate_bytes=config.rate_bytes,
         rate_burst_bytes=config.rate_burst_bytes,
+        auth=config.auth,
     )
 
 
@@ -141,6 +143,24 @@ def tcp_keepalive(config: ServerConfig) -> TcpKeepalive:
     return TcpKeepalive(
         config.tcp_keepalive_idle, config.tcp_keepalive_interval, config.tcp_keepalive_count
     )
+
+
+def load_accounts(config: ServerConfig, *, threaded: bool = True) -> Accounts | None:
+    """The accounts, unless `auth` is "key" (then tokens are not consulted)."""
+    if config.auth == "key":
+        return None
+    path = users_path(Path(config.data_dir))
+    try:
+        accounts = Accounts(path, threaded=threaded)
+    except AccountError as exc:
+        raise ServiceError(str(exc)) from None
+    if not path.exists():
+        logger.warning(
+            "auth = %s but %s does not exist yet: add users with `papaya-trio user add`",
+            config.auth,
+            path,
+        )
+    return accounts
 
 
 def web_settings(config: ServerConfig, metrics: Metrics | None = None) -> WebSettings:
@@ -291,7 +311,7 @@ async def _serve(
     context: ssl.SSLContext | None,
     metrics: Metrics,
 ) -> None:
-    room = Room(log, key, room_settings(config), metrics=metrics)
+    room = Room(log, key, room_settings(config), accounts=load_accounts(config), metrics=metrics)
     server = ChatServer(
         room,
         shutdown_deadline=config.shutdown_deadline,

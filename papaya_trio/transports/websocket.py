@@ -248,9 +248,8 @@ def _header(request: WebSocketRequest, name: bytes) -> str | None:
 
 async def _run_session(peer: WebSocketPeer, room: Room, ticket: Ticket) -> int:
     """Authenticate and run the session; return the close code that says how it ended."""
-    identity = await native_handshake(
-        peer, room, trio.current_time() + room.settings.auth_timeout, ticket
-    )
+    deadline = trio.current_time() + room.settings.auth_timeout
+    identity = await native_handshake(peer, room, deadline, ticket, dialect="websocket")
     if identity is None:
         return GOING_AWAY if room.closed else POLICY_VIOLATION
     if not ticket.promote():
