@@ -88,7 +88,8 @@ def read_log(data: bytes) -> list[Record]:
     """Every intact record at the start of `data`, without client ids (as clients see them),
     read as docs/log-format.md defines a record: `<crc32> <json>\n`, eight lower-case hex
     digits of zlib's CRC-32 of the JSON bytes, an object with integer `seq` and `t` and string
-    `user` and `text`, `seq` one more than the record before. Reading stops at the first line
+    `user` and `text` (and the optional marks `a`, `d`, `v`), `seq` one more than the record
+    before. Reading stops at the first line
     that is torn or corrupt (what follows it is not the log the server may serve)."""
     records: list[Record] = []
     start = 0
@@ -108,7 +109,18 @@ def read_log(data: bytes) -> list[Record]:
             break
         if not isinstance(text, str) or seq != len(records) + 1:
             break
-        records.append(Record(seq, t, user, text))
+        dialect = obj.get("d")
+        records.append(
+            Record(
+                seq,
+                t,
+                user,
+                text,
+                action=obj.get("a") == 1,
+                dialect=dialect if isinstance(dialect, str) else None,
+                verified=obj.get("v") == 1,
+            )
+        )
     return records
 
 

@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 import trio
 
 from papaya_trio.admission import Ticket
-from papaya_trio.handshake import SERVER_FULL, native_handshake, papaya_handshake, refuse
-from papaya_trio.peer import PeerGone
+from papaya_trio.handshake import SERVER_FULL, native_handshake, papaya_handshake
+from papaya_trio.peer import PeerGone, refuse
 from papaya_trio.protocol import native, papaya
 from papaya_trio.protocol.decoding import NEED_DATA, NeedData
 from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent

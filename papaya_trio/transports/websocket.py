@@ -44,9 +44,9 @@ from trio_websocket import (
 from wsproto.utilities import LocalProtocolError
 
 from papaya_trio.admission import Ticket
-from papaya_trio.handshake import SERVER_FULL, native_handshake, refuse
+from papaya_trio.handshake import SERVER_FULL, native_handshake
 from papaya_trio.metrics import Metrics
-from papaya_trio.peer import PeerGone
+from papaya_trio.peer import PeerGone, refuse
 from papaya_trio.protocol.events import ClientEvent, EndOfStream, ServerEvent, Violation
 from papaya_trio.protocol.native import encode_json, parse_object
 from papaya_trio.room import Room
