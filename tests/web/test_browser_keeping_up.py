@@ -1,0 +1,326 @@
+"""Keeping up with the room in the browser (issue 13), in headless Chromium against real servers.
+
+Unread messages (marker, jump button, tab title), links, grouping, the composer's Enter and
+Shift+Enter, `/me`, the empty room, the no-JavaScript notice, the reconnect countdown, and
+mention notifications. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from tests.real_server import ServerFactory
+from tests.web.browser import ARTIFACTS, ChatPage, wait_for
+from tests.web.test_browser import RECORD_FRAMES, Terminals, open_page
+
+PHONE = {"width": 390, "height": 844, "mobile": True}
+
+
+def sent_frames(page: ChatPage) -> list[dict[str, Any]]:
+    frames = page.driver.execute_script("return window.sentFrames")
+    return [json.loads(f) for f in frames]
+
+
+def script(page: ChatPage, code: str) -> Any:
+    return page.driver.execute_script(code)
+
+
+def shown(page: ChatPage, element_id: str) -> bool:
+    return bool(page.driver.find_element(By.ID, element_id).is_displayed())
+
+
+def test_an_empty_room_says_so_until_the_first_message(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server, **PHONE, dark=True)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    wait_for("the empty-room text", lambda: shown(page, "empty"))
+    assert "No messages yet" in page.driver.find_element(By.ID, "empty").text
+    page.screenshot("web-empty-room-phone-dark.png")
+    terminals(server, "bob").chat("first!")
+    page.wait_messages(1)
+    wait_for("the empty-room text to go", lambda: not shown(page, "empty"))
+
+
+def test_a_room_with_history_is_not_called_empty(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    terminals(server, "bob").chat("an old message")
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_messages(1)
+    assert not shown(page, "empty")
+
+
+def test_without_javascript_the_page_says_it_needs_it(
+    trio_servers: ServerFactory, browsers: Callable[..., Any]
+) -> None:
+    server = trio_servers.start()
+    driver = browsers()
+    driver.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    assert server.url is not None
+    driver.get(server.url)
+    notice = driver.find_element(By.ID, "noscript")
+    assert notice.is_displayed()
+    assert "needs JavaScript" in notice.text
+    assert not driver.find_element(By.ID, "login").is_displayed()
+    assert driver.find_element(By.ID, "status").text == ""  # not a misleading "signed out"
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert driver.save_screenshot(str(ARTIFACTS / "web-no-javascript.png"))
+
+
+def test_links_are_clickable_only_for_http_and_https(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    bob = terminals(server, "bob")
+    bob.chat("docs at https://example.org/a_(b)?q=1&r=<2>. and (http://example.com/x), ok?")
+    bob.chat("javascript:alert(1) ftp://example.org data:text/html,x <a href=javascript:x>no</a>")
+    bob.chat("HTTPS://EXAMPLE.NET/Up and https:// alone")
+    page.wait_messages(3)
+    links = script(
+        page,
+        """return Array.from(document.querySelectorAll('#messages a'), a => ({
+            text: a.textContent, href: a.getAttribute('href'), rel: a.rel, target: a.target,
+            seq: Number(a.closest('li').dataset.seq), attrs: a.getAttributeNames().sort()}))""",
+    )
+    assert [(link["seq"], link["text"]) for link in links] == [
+        (1, "https://example.org/a_(b)?q=1&r="),
+        (1, "http://example.com/x"),
+        (3, "HTTPS://EXAMPLE.NET/Up"),
+    ]
+    assert links[0]["href"] == "https://example.org/a_(b)?q=1&r="
+    assert links[2]["href"] == "https://example.net/Up"
+    for link in links:
+        assert link["rel"] == "noopener noreferrer"
+        assert link["target"] == "_blank"
+        assert link["attrs"] == ["href", "rel", "target"]
+    # The text around the links, and everything in the second message, is text as sent.
+    assert page.texts() == [
+        "docs at https://example.org/a_(b)?q=1&r=<2>. and (http://example.com/x), ok?",
+        "javascript:alert(1) ftp://example.org data:text/html,x <a href=javascript:x>no</a>",
+        "HTTPS://EXAMPLE.NET/Up and https:// alone",
+    ]
+    elements = script(page, "return document.querySelectorAll('#messages li .text *').length")
+    assert elements == 3  # the three links, nothing else
+    assert page.console_errors() == []
+
+
+def test_messages_in_a_row_from_one_sender_are_grouped(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    bob = terminals(server, "bob")
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    for text in ("one", "two", "three"):
+        bob.chat(text)
+    page.wait_messages(3)
+    page.send("mine")
+    page.wait_messages(4)
+    bob.chat("four")
+    page.wait_messages(5)
+    grouped = script(
+        page,
+        "return Array.from(document.querySelectorAll('#messages li.message'),"
+        " li => li.classList.contains('cont'))",
+    )
+    assert grouped == [False, True, True, False, False]
+
+
+def test_unread_messages_marker_jump_button_and_title(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start("--fsync", "never")
+    bob = terminals(server, "bob")
+    for i in range(40):
+        bob.chat(f"backlog {i}")
+    page = open_page(browsers, server, height=600)
+    page.login("alice", server.key)
+    page.wait_messages(40)
+    page.wait_status("online")
+    assert page.driver.title == "papaya chat"
+    script(page, "document.getElementById('log').scrollTop = 0")  # reading the backlog
+
+    for i in range(3):
+        bob.chat(f"new {i}")
+    page.wait_messages(43)
+    wait_for("the title to count 3 unread", lambda: page.driver.title == "(3) papaya chat")
+    jump = page.driver.find_element(By.ID, "jump")
+    assert jump.is_displayed() and jump.text == "3 new messages ↓"
+    after_marker = script(
+        page,
+        "const m = document.querySelector('#messages li.new-marker');"
+        " return m && m.nextElementSibling.querySelector('.text').textContent",
+    )
+    assert after_marker == "new 0"
+    live = script(page, "return document.getElementById('jump').parentElement.ariaLive")
+    assert live == "polite"
+    page.screenshot("web-new-messages-desktop.png")
+
+    jump.click()
+    wait_for("the title to lose its count", lambda: page.driver.title == "papaya chat")
+    assert not jump.is_displayed()
+    at_bottom = "const l = document.getElementById('log');"
+    at_bottom += " return l.scrollHeight - l.scrollTop - l.clientHeight < 2"
+    assert script(page, at_bottom)
+    bob.chat("while at the bottom")
+    page.wait_messages(44)
+    assert page.driver.title == "papaya chat"  # read as it came in
+    assert script(page, "return document.querySelectorAll('#messages li.new-marker').length") == 1
+
+
+def test_own_messages_are_never_unread(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start("--fsync", "never")
+    bob = terminals(server, "bob")
+    for i in range(30):
+        bob.chat(f"backlog {i}")
+    page = open_page(browsers, server, height=500)
+    page.login("alice", server.key)
+    page.wait_messages(30)
+    script(page, "document.getElementById('log').scrollTop = 0")
+    page.send("my own words")
+    page.wait_messages(31)
+    assert page.driver.title == "papaya chat"
+    assert not shown(page, "jump")
+
+
+def test_enter_sends_and_shift_enter_starts_a_new_line(
+    trio_servers: ServerFactory, browsers: Callable[..., Any]
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    script(page, RECORD_FRAMES)
+    box = page.driver.find_element(By.ID, "text")
+    box.send_keys("line one", Keys.SHIFT, Keys.ENTER, Keys.SHIFT, "line two")
+    assert box.get_attribute("value") == "line one\nline two"
+    assert box.get_attribute("rows") == "2"
+    assert [f for f in sent_frames(page) if f["type"] == "send"] == []
+    box.send_keys(Keys.ENTER)
+    wait_for("the message to go out", lambda: any(f["type"] == "send" for f in sent_frames(page)))
+    sends = [f for f in sent_frames(page) if f["type"] == "send"]
+    assert [f["text"] for f in sends] == ["line one\nline two"]  # one message, not two
+    assert box.get_attribute("value") == ""
+
+
+def test_slash_me_sends_an_action(
+    trio_servers: ServerFactory, browsers: Callable[..., Any]
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    script(page, RECORD_FRAMES)
+    page.send("/me waves back")
+    page.send("/me")  # nothing to do: explained, not sent, kept in the box
+    box = page.driver.find_element(By.ID, "text")
+    assert box.get_attribute("value") == "/me"
+    assert "/me waves" in page.driver.find_element(By.ID, "notice").text
+    box.clear()
+    page.send("//me is not a command")
+    wait_for("two sends", lambda: len([f for f in sent_frames(page) if f["type"] == "send"]) == 2)
+    sends = [f for f in sent_frames(page) if f["type"] == "send"]
+    assert [(f["text"], f.get("action")) for f in sends] == [
+        ("waves back", True),
+        ("/me is not a command", None),
+    ]
+
+
+def test_reconnect_countdown_counts_down_and_retry_now_reconnects(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    assert not shown(page, "offline")
+    assert server.stop() == 0
+    page.wait_status("offline")
+
+    def countdown() -> int | None:
+        if not shown(page, "offline"):
+            return None
+        text = page.driver.find_element(By.ID, "countdown").text
+        match = re.fullmatch(r"Offline, retrying in (\d+) s", text)
+        return int(match.group(1)) if match else None
+
+    # Failed attempts back off; wait for a wait of 3 s or more, then watch it count down.
+    def below(limit: int) -> Callable[[], int | None]:
+        return lambda: c if (c := countdown()) and c < limit else None
+
+    start = wait_for(
+        "a countdown from 3 s", lambda: c if (c := countdown()) and c >= 3 else None, 40
+    )
+    seen = wait_for("the countdown to go down", below(start))
+    assert 1 <= seen < start
+    page.screenshot("web-reconnect-countdown.png")
+
+    again = trio_servers.start(port=server.port, http_port=server.http_port or 0)
+    terminals(again, "bob").chat("back up")
+    left = countdown()
+    assert left is not None and left >= 1  # the timer would not have fired yet
+    page.driver.find_element(By.ID, "retry").click()
+    assert page.status in ("connecting", "online")  # at once, not when the countdown ends
+    page.wait_status("online")
+    assert not shown(page, "offline")
+    assert page.wait_messages(1)[0]["text"] == "back up"
+
+
+def test_mention_notifications_only_after_opting_in(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    # Stand-ins for the browser's notifications and focus (headless has neither for real).
+    script(
+        page,
+        """window.shownNotes = []; window.asked = 0;
+        window.Notification = class {
+            constructor(title, options) { window.shownNotes.push([title, options.body]); }
+            static requestPermission() { window.asked += 1; this.permission = 'granted';
+                                         return Promise.resolve('granted'); }
+        };
+        window.Notification.permission = 'default';
+        document.hasFocus = () => false;""",
+    )
+    bob = terminals(server, "bob")
+    bob.chat("alice: before opting in")
+    page.wait_messages(1)
+    assert script(page, "return window.shownNotes") == []
+    assert script(page, "return window.asked") == 0  # never asked without a click
+
+    bell = page.driver.find_element(By.ID, "notify")
+    assert bell.get_attribute("aria-pressed") == "false"
+    bell.click()
+    wait_for("the bell to be on", lambda: bell.get_attribute("aria-pressed") == "true")
+    assert script(page, "return window.asked") == 1
+    bob.chat("hey @Alice, look")
+    bob.chat("nothing for malice or alice_b")
+    bob.chat("plain talk")
+    page.wait_messages(4)
+    assert script(page, "return window.shownNotes") == [["bob mentioned you", "hey @Alice, look"]]
+    mentioned = script(
+        page,
+        "return Array.from(document.querySelectorAll('#messages li.message'),"
+        " li => li.classList.contains('mention'))",
+    )
+    assert mentioned == [True, True, False, False]
