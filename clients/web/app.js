@@ -513,9 +513,9 @@
     if (older.length === 0) state.first = state.oldestSeq;
     if (older.length) {
       const oldFirst = ui.messages.firstElementChild;
+      const anchor = ui.messages.querySelector("li.message");
+      const anchorTop = anchor.getBoundingClientRect().top;
       const run = renderRun(older, null, "");
-      const height = ui.log.scrollHeight;
-      const top = ui.log.scrollTop;
       ui.messages.prepend(run.fragment);
       // The seam: one day label for a day on both sides, and a group that goes on across it.
       if (oldFirst && oldFirst.classList.contains("day") && oldFirst.dataset.day === run.day) {
@@ -525,7 +525,7 @@
       }
       state.oldestSeq = older[0].seq;
       updateTop();
-      ui.log.scrollTop = top + (ui.log.scrollHeight - height); // what was in view stays put
+      ui.log.scrollTop += anchor.getBoundingClientRect().top - anchorTop; // what was in view stays put
     }
     updateTop();
     maybeLoadOlder();
@@ -730,6 +730,7 @@
     ui.chat.classList.toggle("has-members", state.features.presence);
     if (state.features.presence) setMembers(obj.online);
     setStatus("online", state.verified ? "online, verified" : "online");
+    ui.chat.classList.remove("offline");
     for (const entry of state.pending) transmit(entry); // same ids: stored once
     updateTop();
     if (state.head === 0 || state.lastSeq >= state.head) maybeLoadOlder();
@@ -767,7 +768,7 @@
   const LOGIN_ERRORS = {
     name_taken: (user) =>
       `The name “${user}” is in use by someone online right now. Choose another name ` +
-      "(or, if it is yours, use your personal token).",
+      "(or, if it is your account's, give your personal token).",
     bad_token: () => "That personal token is not right for this name.",
   };
 
@@ -813,6 +814,9 @@
       dropPending(entry.id);
       notice("Not sent: the message is too long for the server");
     }
+    state.typers.clear();
+    showTyping();
+    ui.chat.classList.add("offline");
     if (state.login === null) return;
     const base = BACKOFF_MS[Math.min(state.attempt, BACKOFF_MS.length - 1)];
     const delay = Math.round(base * (0.75 + Math.random() / 2));
@@ -1046,6 +1050,19 @@
   ui.notify.addEventListener("click", toggleNotify);
   ui.signout.addEventListener("click", () => signOut(""));
   window.addEventListener("online", reconnectNow);
+  // Leaving the page says goodbye at once (others see the leave now, not after a timeout);
+  // coming back to it from the browser's back/forward cache reconnects.
+  window.addEventListener("pagehide", () => {
+    const ws = state.ws;
+    if (ws === null) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    state.ws = null;
+    state.welcomed = false;
+    ws.close(1000);
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) reconnectNow();
+  });
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") {
       reconnectNow();

@@ -208,7 +208,7 @@ class TcpClient:
         self._ids += 1
         self.send(type="send", text=text, id=f"{self._prefix}-{self._ids}")
         while (obj := self.receive())["type"] != "ack":
-            assert obj["type"] == "message", obj
+            assert obj["type"] in ("message", "presence", "typing"), obj
         seq: int = obj["seq"]
         return seq
 
