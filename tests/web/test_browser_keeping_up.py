@@ -324,3 +324,48 @@ def test_mention_notifications_only_after_opting_in(
         " li => li.classList.contains('mention'))",
     )
     assert mentioned == [True, True, False, False]
+
+
+def test_messages_that_come_while_the_page_is_hidden_count_in_the_title(
+    trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
+) -> None:
+    server = trio_servers.start()
+    bob = terminals(server, "bob")
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    # Another tab is in front (headless Chromium has no real tabs to switch).
+    script(page, "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
+    bob.chat("while you were away")
+    bob.chat("and again")
+    page.wait_messages(2)
+    wait_for("the title to count 2", lambda: page.driver.title == "(2) papaya chat")
+    script(
+        page,
+        """Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+        document.dispatchEvent(new Event('visibilitychange'));""",
+    )
+    wait_for("the title to lose its count", lambda: page.driver.title == "papaya chat")
+    first_unread = script(
+        page, "return document.querySelector('li.new-marker ~ li.message .text').textContent"
+    )
+    assert first_unread == "while you were away"  # the line shows where the unread ones began
+
+
+def test_a_message_over_the_line_limit_is_not_sent_and_stays_in_the_box(
+    trio_servers: ServerFactory, browsers: Callable[..., Any]
+) -> None:
+    server = trio_servers.start()
+    page = open_page(browsers, server)
+    page.login("alice", server.key)
+    page.wait_status("online")
+    script(page, RECORD_FRAMES)
+    too_many = "\n".join(f"line {i}" for i in range(101))
+    script(page, f"document.getElementById('text').value = {json.dumps(too_many)}")
+    box = page.driver.find_element(By.ID, "text")
+    box.send_keys(Keys.END, Keys.ENTER)
+    notice = page.driver.find_element(By.ID, "notice")
+    wait_for("the limit to be explained", lambda: "101 lines; the limit is 100" in notice.text)
+    assert box.get_attribute("value") == too_many
+    assert [f for f in sent_frames(page) if f["type"] == "send"] == []
+    assert page.pending() == 0
