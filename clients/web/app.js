@@ -43,6 +43,7 @@
   const TYPING_SHOWN_MS = 6000; // a typing hint is shown this long unless renewed
   const GROUP_MS = 5 * 60 * 1000; // messages from one sender closer than this are grouped
   const PRESENCE_NAMES = 3; // names listed in a collapsed join/leave line before "N others"
+  const WIDE = "(min-width: 50rem)"; // the member list is a panel (wider) or a sheet (style.css)
   const PAPAYA_MEMBER = "\u0000papaya"; // member-list key of the papayaChat connections
   const CONTROL_CHARS = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/g; // all but \n
   const URL_PATTERN = /\bhttps?:\/\/[^\s<>"]+/gi;
@@ -919,7 +920,7 @@
     ui.notify.hidden = false;
     ui.who.textContent = login.user;
     ui.loginError.textContent = "";
-    setMembersOpen(window.matchMedia("(min-width: 50rem)").matches);
+    setMembersOpen(window.matchMedia(WIDE).matches);
     connect();
     ui.text.focus();
   }
@@ -1042,10 +1043,19 @@
     ui.text.focus();
   });
   ui.retry.addEventListener("click", reconnectNow);
-  ui.membersToggle.addEventListener("click", () => setMembersOpen(!state.membersOpen));
+  ui.membersToggle.addEventListener("click", () => {
+    setMembersOpen(!state.membersOpen);
+    if (state.membersOpen && !window.matchMedia(WIDE).matches) ui.membersClose.focus(); // into the sheet
+  });
   ui.membersClose.addEventListener("click", () => {
     setMembersOpen(false);
     ui.membersToggle.focus();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.membersOpen && !window.matchMedia(WIDE).matches) {
+      setMembersOpen(false); // the phone's sheet, like any sheet, goes away with Escape
+      ui.membersToggle.focus();
+    }
   });
   ui.notify.addEventListener("click", toggleNotify);
   ui.signout.addEventListener("click", () => signOut(""));
