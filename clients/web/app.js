@@ -95,6 +95,7 @@
     lastDay: "",
     quietUntil: 0, // messages up to this seq were history on the first welcome: not unread
     head: 0,
+    replaying: false, // the messages up to `head` are still coming after a welcome
     first: null, // the oldest stored seq (welcome.first), null if the server does not say
     history: { id: null, timer: 0, count: 0 }, // the history request in flight
     features: { presence: false },
@@ -483,7 +484,7 @@
   }
 
   function loadOlder() {
-    if (!state.welcomed || state.history.id !== null || state.first === null) return;
+    if (!state.welcomed || state.replaying || state.history.id !== null || state.first === null) return;
     if (atStart() || state.oldestSeq === 0 || shownCount() >= MAX_SHOWN) return;
     state.history.count += 1;
     state.history.id = `h-${state.history.count}`;
@@ -734,7 +735,8 @@
     ui.chat.classList.remove("offline");
     for (const entry of state.pending) transmit(entry); // same ids: stored once
     updateTop();
-    if (state.head === 0 || state.lastSeq >= state.head) maybeLoadOlder();
+    state.replaying = state.lastSeq < state.head;
+    if (!state.replaying) maybeLoadOlder();
   }
 
   function handle(obj) {
@@ -744,7 +746,10 @@
         break;
       case "message":
         showLive(obj);
-        if (obj.seq === state.head) maybeLoadOlder(); // the first screenful is in
+        if (state.replaying && obj.seq >= state.head) {
+          state.replaying = false; // the first screenful is in: now it may need older ones
+          maybeLoadOlder();
+        }
         break;
       case "history":
         showHistory(obj);
@@ -946,6 +951,7 @@
       welcomed: false,
       first: null,
       head: 0,
+      replaying: false,
       unread: 0,
       verified: false,
     });

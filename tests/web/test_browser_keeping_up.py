@@ -16,38 +16,23 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.real_server import ServerFactory
-from tests.web.browser import ARTIFACTS, ChatPage, wait_for
-from tests.web.test_browser import RECORD_FRAMES, Terminals, open_page
+from tests.web.browser import ARTIFACTS, wait_for
+from tests.web.test_browser import Terminals, open_page, signed_in
 
 PHONE = {"width": 390, "height": 844, "mobile": True}
-
-
-def sent_frames(page: ChatPage) -> list[dict[str, Any]]:
-    frames = page.driver.execute_script("return window.sentFrames")
-    return [json.loads(f) for f in frames]
-
-
-def script(page: ChatPage, code: str) -> Any:
-    return page.driver.execute_script(code)
-
-
-def shown(page: ChatPage, element_id: str) -> bool:
-    return bool(page.driver.find_element(By.ID, element_id).is_displayed())
 
 
 def test_an_empty_room_says_so_until_the_first_message(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server, **PHONE, dark=True)
-    page.login("alice", server.key)
-    page.wait_status("online")
-    wait_for("the empty-room text", lambda: shown(page, "empty"))
+    page = signed_in(browsers, server, "alice", **PHONE, dark=True)
+    wait_for("the empty-room text", lambda: page.shown("empty"))
     assert "No messages yet" in page.driver.find_element(By.ID, "empty").text
     page.screenshot("web-empty-room-phone-dark.png")
     terminals(server, "bob").chat("first!")
     page.wait_messages(1)
-    wait_for("the empty-room text to go", lambda: not shown(page, "empty"))
+    wait_for("the empty-room text to go", lambda: not page.shown("empty"))
 
 
 def test_a_room_with_history_is_not_called_empty(
@@ -58,7 +43,7 @@ def test_a_room_with_history_is_not_called_empty(
     page = open_page(browsers, server)
     page.login("alice", server.key)
     page.wait_messages(1)
-    assert not shown(page, "empty")
+    assert not page.shown("empty")
 
 
 def test_without_javascript_the_page_says_it_needs_it(
@@ -82,16 +67,13 @@ def test_links_are_clickable_only_for_http_and_https(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
+    page = signed_in(browsers, server, "alice")
     bob = terminals(server, "bob")
     bob.chat("docs at https://example.org/a_(b)?q=1&r=<2>. and (http://example.com/x), ok?")
     bob.chat("javascript:alert(1) ftp://example.org data:text/html,x <a href=javascript:x>no</a>")
     bob.chat("HTTPS://EXAMPLE.NET/Up and https:// alone")
     page.wait_messages(3)
-    links = script(
-        page,
+    links = page.script(
         """return Array.from(document.querySelectorAll('#messages a'), a => ({
             text: a.textContent, href: a.getAttribute('href'), rel: a.rel, target: a.target,
             seq: Number(a.closest('li').dataset.seq), attrs: a.getAttributeNames().sort()}))""",
@@ -113,7 +95,7 @@ def test_links_are_clickable_only_for_http_and_https(
         "javascript:alert(1) ftp://example.org data:text/html,x <a href=javascript:x>no</a>",
         "HTTPS://EXAMPLE.NET/Up and https:// alone",
     ]
-    elements = script(page, "return document.querySelectorAll('#messages li .text *').length")
+    elements = page.script("return document.querySelectorAll('#messages li .text *').length")
     assert elements == 3  # the three links, nothing else
     assert page.console_errors() == []
 
@@ -123,9 +105,7 @@ def test_messages_in_a_row_from_one_sender_are_grouped(
 ) -> None:
     server = trio_servers.start()
     bob = terminals(server, "bob")
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
+    page = signed_in(browsers, server, "alice")
     for text in ("one", "two", "three"):
         bob.chat(text)
     page.wait_messages(3)
@@ -133,8 +113,7 @@ def test_messages_in_a_row_from_one_sender_are_grouped(
     page.wait_messages(4)
     bob.chat("four")
     page.wait_messages(5)
-    grouped = script(
-        page,
+    grouped = page.script(
         "return Array.from(document.querySelectorAll('#messages li.message'),"
         " li => li.classList.contains('cont'))",
     )
@@ -153,7 +132,7 @@ def test_unread_messages_marker_jump_button_and_title(
     page.wait_messages(40)
     page.wait_status("online")
     assert page.driver.title == "papaya chat"
-    script(page, "document.getElementById('log').scrollTop = 0")  # reading the backlog
+    page.script("document.getElementById('log').scrollTop = 0")  # reading the backlog
 
     for i in range(3):
         bob.chat(f"new {i}")
@@ -161,13 +140,12 @@ def test_unread_messages_marker_jump_button_and_title(
     wait_for("the title to count 3 unread", lambda: page.driver.title == "(3) papaya chat")
     jump = page.driver.find_element(By.ID, "jump")
     assert jump.is_displayed() and jump.text == "3 new messages ↓"
-    after_marker = script(
-        page,
+    after_marker = page.script(
         "const m = document.querySelector('#messages li.new-marker');"
         " return m && m.nextElementSibling.querySelector('.text').textContent",
     )
     assert after_marker == "new 0"
-    live = script(page, "return document.getElementById('jump').parentElement.ariaLive")
+    live = page.script("return document.getElementById('jump').parentElement.ariaLive")
     assert live == "polite"
     page.screenshot("web-new-messages-desktop.png")
 
@@ -176,11 +154,11 @@ def test_unread_messages_marker_jump_button_and_title(
     assert not jump.is_displayed()
     at_bottom = "const l = document.getElementById('log');"
     at_bottom += " return l.scrollHeight - l.scrollTop - l.clientHeight < 2"
-    assert script(page, at_bottom)
+    assert page.script(at_bottom)
     bob.chat("while at the bottom")
     page.wait_messages(44)
     assert page.driver.title == "papaya chat"  # read as it came in
-    assert script(page, "return document.querySelectorAll('#messages li.new-marker').length") == 1
+    assert page.script("return document.querySelectorAll('#messages li.new-marker').length") == 1
 
 
 def test_own_messages_are_never_unread(
@@ -193,29 +171,27 @@ def test_own_messages_are_never_unread(
     page = open_page(browsers, server, height=500)
     page.login("alice", server.key)
     page.wait_messages(30)
-    script(page, "document.getElementById('log').scrollTop = 0")
+    page.script("document.getElementById('log').scrollTop = 0")
     page.send("my own words")
     page.wait_messages(31)
     assert page.driver.title == "papaya chat"
-    assert not shown(page, "jump")
+    assert not page.shown("jump")
 
 
 def test_enter_sends_and_shift_enter_starts_a_new_line(
     trio_servers: ServerFactory, browsers: Callable[..., Any]
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
-    script(page, RECORD_FRAMES)
+    page = signed_in(browsers, server, "alice")
+    page.record_frames()
     box = page.driver.find_element(By.ID, "text")
     box.send_keys("line one", Keys.SHIFT, Keys.ENTER, Keys.SHIFT, "line two")
     assert box.get_attribute("value") == "line one\nline two"
     assert box.get_attribute("rows") == "2"
-    assert [f for f in sent_frames(page) if f["type"] == "send"] == []
+    assert page.sent_frames("send") == []
     box.send_keys(Keys.ENTER)
-    wait_for("the message to go out", lambda: any(f["type"] == "send" for f in sent_frames(page)))
-    sends = [f for f in sent_frames(page) if f["type"] == "send"]
+    wait_for("the message to go out", lambda: page.sent_frames("send"))
+    sends = page.sent_frames("send")
     assert [f["text"] for f in sends] == ["line one\nline two"]  # one message, not two
     assert box.get_attribute("value") == ""
 
@@ -224,10 +200,8 @@ def test_slash_me_sends_an_action(
     trio_servers: ServerFactory, browsers: Callable[..., Any]
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
-    script(page, RECORD_FRAMES)
+    page = signed_in(browsers, server, "alice")
+    page.record_frames()
     page.send("/me waves back")
     page.send("/me")  # nothing to do: explained, not sent, kept in the box
     box = page.driver.find_element(By.ID, "text")
@@ -235,8 +209,8 @@ def test_slash_me_sends_an_action(
     assert "/me waves" in page.driver.find_element(By.ID, "notice").text
     box.clear()
     page.send("//me is not a command")
-    wait_for("two sends", lambda: len([f for f in sent_frames(page) if f["type"] == "send"]) == 2)
-    sends = [f for f in sent_frames(page) if f["type"] == "send"]
+    wait_for("two sends", lambda: len(page.sent_frames("send")) == 2)
+    sends = page.sent_frames("send")
     assert [(f["text"], f.get("action")) for f in sends] == [
         ("waves back", True),
         ("/me is not a command", None),
@@ -247,15 +221,13 @@ def test_reconnect_countdown_counts_down_and_retry_now_reconnects(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
-    assert not shown(page, "offline")
+    page = signed_in(browsers, server, "alice")
+    assert not page.shown("offline")
     assert server.stop() == 0
     page.wait_status("offline")
 
     def countdown() -> int | None:
-        if not shown(page, "offline"):
+        if not page.shown("offline"):
             return None
         text = page.driver.find_element(By.ID, "countdown").text
         match = re.fullmatch(r"Offline, retrying in (\d+) s", text)
@@ -279,7 +251,7 @@ def test_reconnect_countdown_counts_down_and_retry_now_reconnects(
     page.driver.find_element(By.ID, "retry").click()
     assert page.status in ("connecting", "online")  # at once, not when the countdown ends
     page.wait_status("online")
-    assert not shown(page, "offline")
+    assert not page.shown("offline")
     assert page.wait_messages(1)[0]["text"] == "back up"
 
 
@@ -287,12 +259,9 @@ def test_mention_notifications_only_after_opting_in(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
+    page = signed_in(browsers, server, "alice")
     # Stand-ins for the browser's notifications and focus (headless has neither for real).
-    script(
-        page,
+    page.script(
         """window.shownNotes = []; window.asked = 0;
         window.Notification = class {
             constructor(title, options) { window.shownNotes.push([title, options.body]); }
@@ -305,21 +274,20 @@ def test_mention_notifications_only_after_opting_in(
     bob = terminals(server, "bob")
     bob.chat("alice: before opting in")
     page.wait_messages(1)
-    assert script(page, "return window.shownNotes") == []
-    assert script(page, "return window.asked") == 0  # never asked without a click
+    assert page.script("return window.shownNotes") == []
+    assert page.script("return window.asked") == 0  # never asked without a click
 
     bell = page.driver.find_element(By.ID, "notify")
     assert bell.get_attribute("aria-pressed") == "false"
     bell.click()
     wait_for("the bell to be on", lambda: bell.get_attribute("aria-pressed") == "true")
-    assert script(page, "return window.asked") == 1
+    assert page.script("return window.asked") == 1
     bob.chat("hey @Alice, look")
     bob.chat("nothing for malice or alice_b")
     bob.chat("plain talk")
     page.wait_messages(4)
-    assert script(page, "return window.shownNotes") == [["bob mentioned you", "hey @Alice, look"]]
-    mentioned = script(
-        page,
+    assert page.script("return window.shownNotes") == [["bob mentioned you", "hey @Alice, look"]]
+    mentioned = page.script(
         "return Array.from(document.querySelectorAll('#messages li.message'),"
         " li => li.classList.contains('mention'))",
     )
@@ -331,23 +299,20 @@ def test_messages_that_come_while_the_page_is_hidden_count_in_the_title(
 ) -> None:
     server = trio_servers.start()
     bob = terminals(server, "bob")
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
+    page = signed_in(browsers, server, "alice")
     # Another tab is in front (headless Chromium has no real tabs to switch).
-    script(page, "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
+    page.script("Object.defineProperty(document, 'hidden', {configurable: true, get: () => true})")
     bob.chat("while you were away")
     bob.chat("and again")
     page.wait_messages(2)
     wait_for("the title to count 2", lambda: page.driver.title == "(2) papaya chat")
-    script(
-        page,
+    page.script(
         """Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
         document.dispatchEvent(new Event('visibilitychange'));""",
     )
     wait_for("the title to lose its count", lambda: page.driver.title == "papaya chat")
-    first_unread = script(
-        page, "return document.querySelector('li.new-marker ~ li.message .text').textContent"
+    first_unread = page.script(
+        "return document.querySelector('li.new-marker ~ li.message .text').textContent"
     )
     assert first_unread == "while you were away"  # the line shows where the unread ones began
 
@@ -356,16 +321,14 @@ def test_a_message_over_the_line_limit_is_not_sent_and_stays_in_the_box(
     trio_servers: ServerFactory, browsers: Callable[..., Any]
 ) -> None:
     server = trio_servers.start()
-    page = open_page(browsers, server)
-    page.login("alice", server.key)
-    page.wait_status("online")
-    script(page, RECORD_FRAMES)
+    page = signed_in(browsers, server, "alice")
+    page.record_frames()
     too_many = "\n".join(f"line {i}" for i in range(101))
-    script(page, f"document.getElementById('text').value = {json.dumps(too_many)}")
+    page.script(f"document.getElementById('text').value = {json.dumps(too_many)}")
     box = page.driver.find_element(By.ID, "text")
     box.send_keys(Keys.END, Keys.ENTER)
     notice = page.driver.find_element(By.ID, "notice")
     wait_for("the limit to be explained", lambda: "101 lines; the limit is 100" in notice.text)
     assert box.get_attribute("value") == too_many
-    assert [f for f in sent_frames(page) if f["type"] == "send"] == []
+    assert page.sent_frames("send") == []
     assert page.pending() == 0
