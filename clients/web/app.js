@@ -969,8 +969,8 @@
     ui.who.textContent = "";
     ui.login.hidden = false;
     ui.user.value = login.user;
-    // A refused name keeps the key (only the name needs changing); anything else asks again.
-    ui.key.value = code === "name_taken" ? login.key : "";
+    // A refused name or token keeps the key (only that needs changing); else it is asked again.
+    ui.key.value = code === "name_taken" || code === "bad_token" ? login.key : "";
     ui.token.value = code === "name_taken" ? login.token : "";
     ui.loginError.textContent = reason || "";
     setStatus("signed-out", "signed out");
