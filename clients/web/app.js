@@ -341,7 +341,7 @@
     const fresh = m.seq > state.quietUntil && !own;
     const unread = fresh && (!stick || document.hidden);
     if (unread && state.unread === 0) {
-      for (const old of ui.messages.querySelectorAll("li.new-marker")) old.remove();
+      for (const old of ui.messages.querySelectorAll("li.new-marker")) removeAbove(old);
       const marker = el("li", "new-marker", "New messages");
       ui.messages.append(marker);
     }
@@ -360,6 +360,14 @@
       scrollToBottom();
     }
     updateTop();
+  }
+
+  // Removes `node`; if it was above the visible part of the log, what is in view stays put.
+  function removeAbove(node) {
+    const above = node.getBoundingClientRect().bottom <= ui.log.getBoundingClientRect().top;
+    const height = ui.log.scrollHeight;
+    node.remove();
+    if (above) ui.log.scrollTop -= height - ui.log.scrollHeight;
   }
 
   // Keeps at most MAX_SHOWN messages, removing the oldest (only while the reader is at the

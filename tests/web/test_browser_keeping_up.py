@@ -160,6 +160,16 @@ def test_unread_messages_marker_jump_button_and_title(
     assert page.driver.title == "papaya chat"  # read as it came in
     assert page.script("return document.querySelectorAll('#messages li.new-marker').length") == 1
 
+    page.script("document.getElementById('log').scrollTop = 0")
+    bob.chat("a second batch")
+    page.wait_messages(45)
+    wait_for("the title to count 1", lambda: page.driver.title == "(1) papaya chat")
+    markers = page.script(
+        "return Array.from(document.querySelectorAll('#messages li.new-marker'),"
+        " m => m.nextElementSibling.querySelector('.text').textContent)"
+    )
+    assert markers == ["a second batch"]  # one line, above the newest unread
+
 
 def test_own_messages_are_never_unread(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
