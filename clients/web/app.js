@@ -36,7 +36,8 @@
   const SILENCE_LIMIT_MS = 40000; // no frame at all for this long: the connection is dead
   const MAX_SHOWN = 5000; // messages kept in the page
   const PAGE_SIZE = 50; // messages per history request
-  const HISTORY_TIMEOUT_MS = 15000; // a page that has not come by then is asked for again
+  const HISTORY_TIMEOUT_MS = 15000;
+  const REPLAY_WAIT_MS = 2000; // after a welcome, the messages it announced start within this // a page that has not come by then is asked for again
   const TOP_MARGIN_PX = 300; // this close to the top, the next older page is loaded
   const NOTICE_MS = 8000;
   const TYPING_EVERY_MS = 3000; // at most one typing hint per this long
@@ -96,6 +97,7 @@
     quietUntil: 0, // messages up to this seq were history on the first welcome: not unread
     head: 0,
     replaying: false, // the messages up to `head` are still coming after a welcome
+    replayTimer: 0,
     first: null, // the oldest stored seq (welcome.first), null if the server does not say
     history: { id: null, timer: 0, count: 0 }, // the history request in flight
     features: { presence: false },
@@ -473,7 +475,7 @@
   function updateTop() {
     const empty = state.everWelcomed && shownCount() === 0 && state.head === 0 && ui.outbox.childElementCount === 0;
     ui.empty.hidden = !empty;
-    const known = state.first !== null && shownCount() > 0;
+    const known = state.first !== null && state.head > 0 && !state.replaying;
     ui.top.hidden = !known;
     if (!known) return;
     const loading = state.history.id !== null;
@@ -493,10 +495,11 @@
 
   function loadOlder() {
     if (!state.welcomed || state.replaying || state.history.id !== null || state.first === null) return;
-    if (atStart() || state.oldestSeq === 0 || shownCount() >= MAX_SHOWN) return;
+    if (atStart() || state.head === 0 || shownCount() >= MAX_SHOWN) return;
     state.history.count += 1;
     state.history.id = `h-${state.history.count}`;
-    send({ type: "history", before: state.oldestSeq, limit: PAGE_SIZE, id: state.history.id });
+    const before = state.oldestSeq || state.head + 1; // none shown yet: from the newest
+    send({ type: "history", before, limit: PAGE_SIZE, id: state.history.id });
     state.history.timer = setTimeout(historyDone, HISTORY_TIMEOUT_MS);
     updateTop();
   }
@@ -518,13 +521,13 @@
     historyDone();
     if (Number.isInteger(reply.first)) state.first = reply.first;
     const messages = Array.isArray(reply.messages) ? reply.messages : [];
-    const older = messages.filter((m) => Number.isInteger(m.seq) && m.seq < state.oldestSeq);
+    const older = messages.filter((m) => Number.isInteger(m.seq) && (state.oldestSeq === 0 || m.seq < state.oldestSeq));
     // Nothing older (or, from a confused server, nothing new): this is where paging stops.
     if (older.length === 0) state.first = state.oldestSeq;
     if (older.length) {
       const oldFirst = ui.messages.firstElementChild;
       const anchor = ui.messages.querySelector("li.message");
-      const anchorTop = anchor.getBoundingClientRect().top;
+      const anchorTop = anchor ? anchor.getBoundingClientRect().top : 0;
       const run = renderRun(older, null, "");
       ui.messages.prepend(run.fragment);
       // The seam: one day label for a day on both sides, and a group that goes on across it.
@@ -534,8 +537,10 @@
         if (next && continues(run.last, next)) next.classList.add("cont");
       }
       state.oldestSeq = older[0].seq;
+      state.lastSeq = Math.max(state.lastSeq, older[older.length - 1].seq); // none were shown before
       updateTop();
-      ui.log.scrollTop += anchor.getBoundingClientRect().top - anchorTop; // what was in view stays put
+      if (anchor) ui.log.scrollTop += anchor.getBoundingClientRect().top - anchorTop; // what was in view stays put
+      else scrollToBottom();
     }
     updateTop();
     maybeLoadOlder();
@@ -744,7 +749,21 @@
     for (const entry of state.pending) transmit(entry); // same ids: stored once
     updateTop();
     state.replaying = state.lastSeq < state.head;
-    if (!state.replaying) maybeLoadOlder();
+    clearTimeout(state.replayTimer);
+    if (state.replaying) {
+      // A server configured to send no history sends nothing: do not wait for it forever.
+      state.replayTimer = setTimeout(replayDone, REPLAY_WAIT_MS);
+    } else {
+      maybeLoadOlder();
+    }
+  }
+
+  function replayDone() {
+    clearTimeout(state.replayTimer);
+    if (!state.replaying) return;
+    state.replaying = false; // the first screenful is in: now it may need older ones
+    updateTop();
+    maybeLoadOlder();
   }
 
   function handle(obj) {
@@ -754,10 +773,7 @@
         break;
       case "message":
         showLive(obj);
-        if (state.replaying && obj.seq >= state.head) {
-          state.replaying = false; // the first screenful is in: now it may need older ones
-          maybeLoadOlder();
-        }
+        if (state.replaying && obj.seq >= state.head) replayDone();
         break;
       case "history":
         showHistory(obj);
