@@ -76,8 +76,23 @@ class LogStore(Protocol):
         """Why the store refuses appends for good, or None while it accepts them."""
         ...
 
-    async def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
-        """Store one message; return its sequence number once it is durable per `fsync`.
+    @property
+    def first(self) -> int:
+        """Sequence number of the oldest stored record (0 for an empty log)."""
+        ...
+
+    async def append(
+        self,
+        user: str,
+        text: str,
+        client_id: str | None = None,
+        *,
+        action: bool = False,
+        dialect: str | None = None,
+        verified: bool = False,
+    ) -> AppendResult:
+        """Store one message (with its optional action, dialect and verified marks); return
+        its sequence number once it is durable per `fsync`.
 
         Raises StorageFailed if it was not stored.
         """

@@ -5,6 +5,9 @@ JSON body (UTF-8, no raw newline can occur inside it), and a newline::
 
     f98a0f49 {"seq":1,"t":1764167305123,"user":"alice","text":"hello","id":"c-1"}
 
+Optional fields (`a` action, `d` dialect, `v` verified) are written only when set, so a record
+without them is byte for byte what older servers wrote, and older logs read as before.
+
 The newline makes records self-delimiting; a line without its newline is torn, a line whose CRC
 does not match or whose sequence number is not the previous one plus one is corrupt. This module
 is pure (no I/O): the log and the fork mode both use it to encode and to scan.
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 CRC_HEX = 8
@@ -29,11 +32,19 @@ class Record:
     user: str
     text: str
     client_id: str | None = None
+    action: bool = False  # a `/me` action: `text` is the action without the name
+    dialect: str | None = None  # "papaya" for a message from the papayaChat dialect
+    verified: bool = False  # the sender's name was verified by a personal token
 
     @property
     def raw_line(self) -> str:
-        """The message as the papayaChat dialect writes it, without the final newline."""
-        return f"{self.user}: {self.text}"
+        """The message as the papayaChat dialect writes it, without the final newline.
+
+        Each line of a multi-line text becomes a line of its own (`alice: one`, `alice: two`);
+        an action reads `* alice waves`.
+        """
+        prefix = f"* {self.user} " if self.action else f"{self.user}: "
+        return "\n".join(prefix + line for line in self.text.split("\n"))
 
     @property
     def iso_time(self) -> str:
@@ -46,6 +57,28 @@ class CorruptRecord(ValueError):
     """A complete line that is not a valid record."""
 
 
+def record_meta(record: Record) -> str:
+    """The record's optional fields (action, dialect, verified) as compact JSON, or "" when it
+    has none: how stores that keep fields apart (Redis) carry them."""
+    fields: dict[str, object] = {}
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    meta = record_meta(record)
+    return body[:-1] + "," + meta[1:] if meta else body if fields else ""
+
+
+def with_meta(record: Record, meta: str | None) -> Record:
+    """`record` with the optional fields in `meta` (from `record_meta`); ValueError if bad."""
+    if not meta:
+        return record
+    fields = json.loads(meta)
+    dialect = fields.get("d")
+    if not (dialect is None or isinstance(dialect, str)):
+        raise ValueError("dialect must be a string")
+    return replace(
+        record, action=fields.get("a") == 1, dialect=dialect, verified=fields.get("v") == 1
+    )
+
+
 def record_json(record: Record) -> str:
     """The record's JSON body: compact, non-ASCII kept as it is, `id` only when there is one."""
     fields: dict[str, object] = {
@@ -56,7 +89,9 @@ def record_json(record: Record) -> str:
     }
     if record.client_id is not None:
         fields["id"] = record.client_id
-    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    meta = record_meta(record)
+    return body[:-1] + "," + meta[1:] if meta else body
 
 
 def encode_record(record: Record) -> bytes:
@@ -90,6 +125,9 @@ def parse_record_json(body: bytes | str) -> Record:
             user=fields["user"],
             text=fields["text"],
             client_id=fields.get("id"),
+            action=fields.get("a") == 1,
+            dialect=fields.get("d"),
+            verified=fields.get("v") == 1,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptRecord(f"record body is not valid: {exc}") from None
@@ -99,6 +137,7 @@ def parse_record_json(body: bytes | str) -> Record:
         and isinstance(record.user, str)
         and isinstance(record.text, str)
         and (record.client_id is None or isinstance(record.client_id, str))
+        and (record.dialect is None or isinstance(record.dialect, str))
     ):
         raise CorruptRecord("record fields have the wrong types")
     return record

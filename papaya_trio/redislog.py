@@ -51,6 +51,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import coredis
@@ -59,7 +60,7 @@ import trio
 from coredis.retry import NoRetryPolicy
 
 from papaya_trio.logstore import AppendResult, FsyncPolicy, StorageFailed
-from papaya_trio.records import Record
+from papaya_trio.records import Record, record_meta, with_meta
 
 logger = logging.getLogger(__name__)
 
@@ -91,35 +92,49 @@ if ARGV[5] == '1' then
 end
 local seq = head + 1
 local id = string.format('%d-0', seq)
+local fields = {'t', ARGV[2], 'user', ARGV[3], 'text', ARGV[4]}
 if member then
-  redis.call('XADD', KEYS[1], id, 't', ARGV[2], 'user', ARGV[3], 'text', ARGV[4], 'id', ARGV[6])
+  table.insert(fields, 'id')
+  table.insert(fields, ARGV[6])
+end
+if ARGV[8] ~= '' then
+  table.insert(fields, 'm')
+  table.insert(fields, ARGV[8])
+end
+redis.call('XADD', KEYS[1], id, unpack(fields))
+if member then
   redis.call('ZADD', KEYS[2], seq, member)
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[7]))
-else
-  redis.call('XADD', KEYS[1], id, 't', ARGV[2], 'user', ARGV[3], 'text', ARGV[4])
 end
 return {seq, 0}
 """
 
-# KEYS: stream, ids. ARGV: ids to keep, then per record: seq, time_ms, user, text, has_id, id.
+# KEYS: stream, ids. ARGV: ids to keep, then per record: seq, time_ms, user, text, has_id, id,
+# meta (the record's optional fields as JSON, or '').
 # Stores them as they are if each follows the stream's last entry by one; returns the new last.
 RESTORE_SCRIPT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local head = 0
 if #last > 0 then head = tonumber(string.match(last[1][1], '^(%d+)')) end
-for i = 2, #ARGV, 6 do
+for i = 2, #ARGV, 7 do
   local seq = tonumber(ARGV[i])
   if seq ~= head + 1 then
     return redis.error_reply('PAPAYA_ORDER record ' .. seq .. ' does not follow ' .. head)
   end
   local id = string.format('%d-0', seq)
+  local fields = {'t', ARGV[i + 1], 'user', ARGV[i + 2], 'text', ARGV[i + 3]}
   if ARGV[i + 4] == '1' then
-    redis.call('XADD', KEYS[1], id, 't', ARGV[i + 1], 'user', ARGV[i + 2],
-      'text', ARGV[i + 3], 'id', ARGV[i + 5])
+    table.insert(fields, 'id')
+    table.insert(fields, ARGV[i + 5])
+  end
+  if ARGV[i + 6] ~= '' then
+    table.insert(fields, 'm')
+    table.insert(fields, ARGV[i + 6])
+  end
+  redis.call('XADD', KEYS[1], id, unpack(fields))
+  if ARGV[i + 4] == '1' then
     local member = string.len(ARGV[i + 2]) .. ':' .. ARGV[i + 2] .. ARGV[i + 5]
     redis.call('ZADD', KEYS[2], seq, member)
-  else
-    redis.call('XADD', KEYS[1], id, 't', ARGV[i + 1], 'user', ARGV[i + 2], 'text', ARGV[i + 3])
   end
   head = seq
 end
@@ -171,6 +186,11 @@ class RedisLog:
         return self._visible
 
     @property
+    def first(self) -> int:
+        """Sequence number of the oldest record (the stream is never trimmed)."""
+        return 1 if self._visible else 0
+
+    @property
     def broken(self) -> str | None:
         """Why the store refuses appends, or None while it accepts them."""
         return self._broken
@@ -180,17 +200,27 @@ class RedisLog:
         return f"<RedisLog {self.stream} head={self._visible} fsync={self.fsync}{state}>"
 
     # --- writing ----------------------------------------------------------------------------
-    async def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
+    async def append(
+        self,
+        user: str,
+        text: str,
+        client_id: str | None = None,
+        *,
+        action: bool = False,
+        dialect: str | None = None,
+        verified: bool = False,
+    ) -> AppendResult:
         """Store one message atomically; see the module docstring for when it returns."""
         if self._broken is not None:
             raise StorageFailed(f"the log refuses messages after an error: {self._broken}")
         time_ms = self._clock_ms()
+        draft = Record(0, time_ms, user, text, client_id, action, dialect, verified)
         args = [self._visible, time_ms, user, text, "0" if client_id is None else "1"]
-        args += [client_id or "", self._dedupe_entries]
+        args += [client_id or "", self._dedupe_entries, record_meta(draft)]
         reply = await self._call(self._append_script, args)
         seq, duplicate = int(reply[0]), bool(reply[1])
         if not duplicate:
-            self._learn([Record(seq, time_ms, user, text, client_id)])
+            self._learn([replace(draft, seq=seq)])
         return AppendResult(seq, duplicate)
 
     async def restore(self, records: Sequence[Record]) -> None:
@@ -201,7 +231,7 @@ class RedisLog:
             for record in batch:
                 has_id = "0" if record.client_id is None else "1"
                 fields = [record.time_ms, record.user, record.text, has_id, record.client_id or ""]
-                args += [record.seq, *fields]
+                args += [record.seq, *fields, record_meta(record)]
             await self._call(self._restore_script, args)
             self._learn(batch)
 
@@ -341,14 +371,23 @@ def _record(entry: Any) -> Record:
     fields = entry.field_values
     try:
         client_id = fields.get(b"id")
-        return Record(
-            seq=int(entry.identifier.split(b"-")[0]),
-            time_ms=int(fields[b"t"]),
-            user=fields[b"user"].decode(),
-            text=fields[b"text"].decode(),
-            client_id=None if client_id is None else client_id.decode(),
+        meta = fields.get(b"m")
+        return with_meta(
+            Record(
+                seq=int(entry.identifier.split(b"-")[0]),
+                time_ms=int(fields[b"t"]),
+                user=fields[b"user"].decode(),
+                text=fields[b"text"].decode(),
+                client_id=None if client_id is None else client_id.decode(),
+            ),
+            None if meta is None else meta.decode(),
         )
-    except (KeyError, ValueError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+    except (
+        KeyError,
+        ValueError,
+        AttributeError,
+        TypeError,
+    ) as exc:  # UnicodeDecodeError is a ValueError
         why = f"stream entry {entry.identifier!r} is not a message: {exc!r}"
         raise StorageFailed(why) from None
 

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from papaya_trio.accounts import Accounts
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
@@ -42,6 +43,7 @@ class LineClient:
         self.stream = stream
         self._buffer = b""
         self.seen: list[dict[str, Any]] = []  # messages read while waiting for an ack
+        self.notices: list[dict[str, Any]] = []  # presence and typing objects, skipped over
 
     async def send(self, **obj: Any) -> None:
         await self.stream.send_all(json.dumps(obj).encode() + b"\n")
@@ -49,16 +51,33 @@ class LineClient:
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def receive(self) -> dict[str, Any] | None:
-        """The next object, or None at end of stream."""
-        while b"\n" not in self._buffer:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        obj: dict[str, Any] = json.loads(line)
-        return obj
+    async def receive(self, *, notices: bool = False) -> dict[str, Any] | None:
+        """The next object, or None at end of stream. Presence and typing notices are kept
+        in `notices` and skipped, unless `notices` asks for them."""
+        while True:
+            while b"\n" not in self._buffer:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return None
+                self._buffer += data
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            obj: dict[str, Any] = json.loads(line)
+            if notices or obj["type"] not in ("presence", "typing"):
+                return obj
+            self.notices.append(obj)
+
+    async def notice(self) -> dict[str, Any]:
+        """The next presence or typing notice (skipping messages and acks, kept in `seen`)."""
+        if self.notices:
+            return self.notices.pop(0)
+        while True:
+            obj = await self.receive(notices=True)
+            assert obj is not None, "expected a notice, got end of stream"
+            if obj["type"] in ("presence", "typing"):
+                return obj
+            assert obj["type"] in ("message", "ack"), obj
+            if obj["type"] == "message":
+                self.seen.append(obj)
 
     async def expect(self, kind: str) -> dict[str, Any]:
         obj = await self.receive()
@@ -126,12 +145,16 @@ async def open_world(
     ] = trio.testing.memory_stream_pair,
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
     max_connections: int = 64,
+    accounts: Accounts | None = None,
+    cache_records: int = 4096,
     **settings: Any,
 ) -> AsyncIterator[World]:
     """Run a server over memory streams for the `async with` block, then shut it down."""
     storage = storage if storage is not None else MemoryStorage()
-    log, _ = await ChatLog.open(storage, clock_ms=trio_clock_ms, fsync=fsync)
-    room = Room(log, KEY, RoomSettings(**settings))
+    log, _ = await ChatLog.open(
+        storage, clock_ms=trio_clock_ms, fsync=fsync, cache_records=cache_records
+    )
+    room = Room(log, KEY, RoomSettings(**settings), accounts=accounts)
     server = ChatServer(room, max_connections=max_connections)
     listener = MemoryListener(make_pair)
     async with trio.open_nursery() as nursery:
