@@ -61,9 +61,13 @@ def record_meta(record: Record) -> str:
     """The record's optional fields (action, dialect, verified) as compact JSON, or "" when it
     has none: how stores that keep fields apart (Redis) carry them."""
     fields: dict[str, object] = {}
-    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-    meta = record_meta(record)
-    return body[:-1] + "," + meta[1:] if meta else body if fields else ""
+    if record.action:
+        fields["a"] = 1
+    if record.dialect is not None:
+        fields["d"] = record.dialect
+    if record.verified:
+        fields["v"] = 1
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else ""
 
 
 def with_meta(record: Record, meta: str | None) -> Record:

@@ -54,17 +54,22 @@ class LineClient:
     async def receive(self, *, notices: bool = False) -> dict[str, Any] | None:
         """The next object, or None at end of stream. Presence and typing notices are kept
         in `notices` and skipped, unless `notices` asks for them."""
-        while True:
-            while b"\n" not in self._buffer:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    return None
-                self._buffer += data
-            line, _, self._buffer = self._buffer.partition(b"\n")
-            obj: dict[str, Any] = json.loads(line)
+        while (obj := await self.receive_object()) is not None:
             if notices or obj["type"] not in ("presence", "typing"):
                 return obj
             self.notices.append(obj)
+        return None
+
+    async def receive_object(self) -> dict[str, Any] | None:
+        """The next object on the wire, or None at end of stream."""
+        while b"\n" not in self._buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        obj: dict[str, Any] = json.loads(line)
+        return obj
 
     async def notice(self) -> dict[str, Any]:
         """The next presence or typing notice (skipping messages and acks, kept in `seen`)."""

@@ -84,3 +84,30 @@ def test_token_login_on_a_real_server(servers: ServerFactory, tmp_path: Path) ->
     user_command(data_dir, "remove", "alice")
     assert hello(server.port, user="alice", token=token)[0]["code"] == "bad_token"
     assert server.stop() == 0
+
+
+def test_history_pages_and_actions_on_a_real_server(servers: ServerFactory) -> None:
+    """Both modes answer history from the log (fork mode from its RECV process)."""
+    server = servers.start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as sock:
+        lines = [json.dumps({"type": "hello", "key": server.key, "user": "ann"})]
+        lines += [
+            json.dumps({"type": "send", "text": f"m{i}", "id": f"s{i}", "action": i == 4})
+            for i in range(1, 6)
+        ]
+        lines.append(json.dumps({"type": "history", "before": 5, "limit": 3, "id": "h"}))
+        sock.sendall("\n".join(lines).encode() + b"\n")
+        buffer, page = b"", None
+        while page is None:
+            data = sock.recv(65536)
+            assert data, "the server closed before answering the history request"
+            buffer += data
+            *complete, buffer = buffer.split(b"\n")
+            page = next((o for o in map(json.loads, complete) if o["type"] == "history"), None)
+    assert (page["id"], page["before"], page["first"]) == ("h", 5, 1)
+    assert [(m["seq"], m["text"], m.get("action")) for m in page["messages"]] == [
+        (2, "m2", None),
+        (3, "m3", None),
+        (4, "m4", True),
+    ]
+    assert server.stop() == 0
