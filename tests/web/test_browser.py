@@ -20,6 +20,18 @@ def open_page(browsers: Callable[..., Any], server: RunningServer, **options: An
     return ChatPage(browsers(**options), server.url)
 
 
+def room_with_messages(
+    trio_servers: ServerFactory, terminals: Terminals, count: int, *args: str
+) -> tuple[RunningServer, TcpClient]:
+    """A server started with `args` whose log holds "message 1" to "message COUNT" from bob
+    (a terminal user, still connected)."""
+    server = trio_servers.start(*args)
+    bob = terminals(server, "bob")
+    for i in range(1, count + 1):
+        bob.chat(f"message {i}")
+    return server, bob
+
+
 def signed_in(
     browsers: Callable[..., Any], server: RunningServer, user: str, **options: Any
 ) -> ChatPage:

@@ -17,7 +17,7 @@ from selenium.webdriver.common.keys import Keys
 
 from tests.real_server import ServerFactory
 from tests.web.browser import ARTIFACTS, wait_for
-from tests.web.test_browser import Terminals, open_page, signed_in
+from tests.web.test_browser import Terminals, open_page, room_with_messages, signed_in
 
 PHONE = {"width": 390, "height": 844, "mobile": True}
 
@@ -123,10 +123,7 @@ def test_messages_in_a_row_from_one_sender_are_grouped(
 def test_unread_messages_marker_jump_button_and_title(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
-    server = trio_servers.start("--fsync", "never")
-    bob = terminals(server, "bob")
-    for i in range(40):
-        bob.chat(f"backlog {i}")
+    server, bob = room_with_messages(trio_servers, terminals, 40, "--fsync", "never")
     page = open_page(browsers, server, height=600)
     page.login("alice", server.key)
     page.wait_messages(40)
@@ -174,10 +171,7 @@ def test_unread_messages_marker_jump_button_and_title(
 def test_own_messages_are_never_unread(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
-    server = trio_servers.start("--fsync", "never")
-    bob = terminals(server, "bob")
-    for i in range(30):
-        bob.chat(f"backlog {i}")
+    server, _bob = room_with_messages(trio_servers, terminals, 30, "--fsync", "never")
     page = open_page(browsers, server, height=500)
     page.login("alice", server.key)
     page.wait_messages(30)

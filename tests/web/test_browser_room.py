@@ -21,7 +21,7 @@ from selenium.webdriver.common.keys import Keys
 
 from tests.real_server import RunningServer, ServerFactory
 from tests.web.browser import WAIT, ChatPage, wait_for
-from tests.web.test_browser import Terminals, open_page, signed_in
+from tests.web.test_browser import Terminals, open_page, room_with_messages, signed_in
 
 PHONE = {"width": 390, "height": 844, "mobile": True}
 PapayaClients = Callable[[RunningServer], socket.socket]
@@ -152,10 +152,7 @@ def test_typing_hint_is_shown_and_sent_at_most_every_3_seconds(
 def test_scrolling_up_loads_older_pages_in_place_down_to_the_start(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
-    server = trio_servers.start("--fsync", "never")
-    bob = terminals(server, "bob")
-    for i in range(1, 131):
-        bob.chat(f"message {i}")
+    server, _bob = room_with_messages(trio_servers, terminals, 130, "--fsync", "never")
     page = signed_in(browsers, server, "alice")
     assert [m["seq"] for m in page.wait_messages(50)] == list(range(81, 131))
     page.record_frames()
@@ -191,10 +188,7 @@ def test_scrolling_up_loads_older_pages_in_place_down_to_the_start(
 def test_a_short_history_loads_until_the_page_can_scroll(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
-    server = trio_servers.start("--history", "3")
-    bob = terminals(server, "bob")
-    for i in range(1, 11):
-        bob.chat(f"message {i}")
+    server, _bob = room_with_messages(trio_servers, terminals, 10, "--history", "3")
     page = open_page(browsers, server)
     page.login("alice", server.key)
     # 3 messages do not fill the screen, so nobody could scroll up for the rest.
@@ -206,10 +200,7 @@ def test_a_short_history_loads_until_the_page_can_scroll(
 def test_a_server_that_sends_no_history_on_connect_still_has_it_all(
     trio_servers: ServerFactory, browsers: Callable[..., Any], terminals: Terminals
 ) -> None:
-    server = trio_servers.start("--history", "0")
-    bob = terminals(server, "bob")
-    for i in range(1, 61):
-        bob.chat(f"message {i}")
+    server, bob = room_with_messages(trio_servers, terminals, 60, "--history", "0")
     page = open_page(browsers, server)
     page.login("alice", server.key)
     assert [m["seq"] for m in page.wait_messages(50)][-1] == 60  # the newest page, unasked
