@@ -168,6 +168,7 @@ class Session:
         self._drop_lagging(f"you fell more than {self.room.settings.max_lag} messages behind")
 
     def _drop_lagging(self, message: str) -> None:
+        self.room.metrics.evicted_for_lag()
         self._end("lagging")
         self.close("lagging", message)
         if self._writing:
@@ -255,6 +256,7 @@ class Session:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])
                 sub.cursor = batch[-1].seq
+                self.room.metrics.delivered(batch, welcome_head)
             if self._closing is not None:
                 self._end(self._closing.code)
                 await self._write([self._closing])
@@ -329,7 +331,8 @@ class Session:
         user = self.identity.user or event.user
         assert user is not None, "the papayaChat decoder always names the user"
         try:
-            result = await self.room.log.append(
+            result = await self.room.metrics.append(
+                self.room.log,
                 user,
                 event.text,
                 event.client_id,

@@ -13,6 +13,7 @@ import trio.testing
 
 from papaya_trio.accounts import Accounts
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.metrics import Metrics
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage, Storage
@@ -152,6 +153,7 @@ async def open_world(
     max_connections: int = 64,
     accounts: Accounts | None = None,
     cache_records: int = 4096,
+    metrics: Metrics | None = None,
     **settings: Any,
 ) -> AsyncIterator[World]:
     """Run a server over memory streams for the `async with` block, then shut it down."""
@@ -159,7 +161,7 @@ async def open_world(
     log, _ = await ChatLog.open(
         storage, clock_ms=trio_clock_ms, fsync=fsync, cache_records=cache_records
     )
-    room = Room(log, KEY, RoomSettings(**settings), accounts=accounts)
+    room = Room(log, KEY, RoomSettings(**settings), accounts=accounts, metrics=metrics)
     server = ChatServer(room, max_connections=max_connections)
     listener = MemoryListener(make_pair)
     async with trio.open_nursery() as nursery:

@@ -221,12 +221,15 @@ class TcpClient:
         self.file.flush()
 
     def receive(self) -> dict[str, Any]:
-        line = self.file.readline()
-        assert line, "the server closed the connection"
-        obj: dict[str, Any] = json.loads(line)
-        if obj["type"] == "message":
-            self.seen.append(obj)
-        return obj
+        """The next object, skipping presence and typing notices."""
+        while True:
+            line = self.file.readline()
+            assert line, "the server closed the connection"
+            obj: dict[str, Any] = json.loads(line)
+            if obj["type"] == "message":
+                self.seen.append(obj)
+            if obj["type"] not in ("presence", "typing"):
+                return obj
 
     def chat(self, text: str) -> int:
         """Send and wait for the ack; return the seq."""
