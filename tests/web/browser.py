@@ -37,6 +37,15 @@ WAIT = 20.0
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 T = TypeVar("T")
+# Keeps a copy of every frame the page sends (WebDriver's scripts are not bound by the CSP).
+RECORD_FRAMES = """
+    window.sentFrames = [];
+    const send = WebSocket.prototype.send;
+    WebSocket.prototype.send = function (data) {
+        window.sentFrames.push(data);
+        return send.call(this, data);
+    };
+"""
 CLIENT_NUMBERS = itertools.count(1)
 
 
@@ -161,6 +170,22 @@ class ChatPage:
         )
         return count
 
+    def script(self, code: str) -> Any:
+        """Run JavaScript in the page and return its result."""
+        return self.driver.execute_script(code)
+
+    def shown(self, element_id: str) -> bool:
+        return bool(self.driver.find_element(By.ID, element_id).is_displayed())
+
+    def record_frames(self) -> None:
+        """From now on keep a copy of every frame the page sends (see `sent_frames`)."""
+        self.script(RECORD_FRAMES)
+
+    def sent_frames(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The frames sent since `record_frames`, of type `kind` if given."""
+        frames = [json.loads(f) for f in self.script("return window.sentFrames")]
+        return [f for f in frames if kind is None or f["type"] == kind]
+
     def console_errors(self) -> list[str]:
         return [
             entry["message"]
@@ -211,7 +236,7 @@ class TcpClient:
         self._ids += 1
         self.send(type="send", text=text, id=f"{self._prefix}-{self._ids}")
         while (obj := self.receive())["type"] != "ack":
-            assert obj["type"] == "message", obj
+            assert obj["type"] in ("message", "presence", "typing"), obj
         seq: int = obj["seq"]
         return seq
 

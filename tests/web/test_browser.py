@@ -5,7 +5,6 @@ These run in CI (Debian's chromium and chromium-driver); they fail, never skip, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,20 +13,33 @@ from tests.web.browser import ChatPage, TcpClient, wait_for
 
 Terminals = Callable[[RunningServer, str], TcpClient]
 INJECTION = '<img src=x onerror="window.pwned = 1">'
-# Keeps a copy of every frame the page sends (WebDriver's scripts are not bound by the CSP).
-RECORD_FRAMES = """
-    window.sentFrames = [];
-    const send = WebSocket.prototype.send;
-    WebSocket.prototype.send = function (data) {
-        window.sentFrames.push(data);
-        return send.call(this, data);
-    };
-"""
 
 
 def open_page(browsers: Callable[..., Any], server: RunningServer, **options: Any) -> ChatPage:
     assert server.url is not None, "the server logged no http listener"
     return ChatPage(browsers(**options), server.url)
+
+
+def room_with_messages(
+    trio_servers: ServerFactory, terminals: Terminals, count: int, *args: str
+) -> tuple[RunningServer, TcpClient]:
+    """A server started with `args` whose log holds "message 1" to "message COUNT" from bob
+    (a terminal user, still connected)."""
+    server = trio_servers.start(*args)
+    bob = terminals(server, "bob")
+    for i in range(1, count + 1):
+        bob.chat(f"message {i}")
+    return server, bob
+
+
+def signed_in(
+    browsers: Callable[..., Any], server: RunningServer, user: str, **options: Any
+) -> ChatPage:
+    """A page signed in as `user` and online."""
+    page = open_page(browsers, server, **options)
+    page.login(user, server.key)
+    page.wait_status("online")
+    return page
 
 
 def test_two_pages_and_a_terminal_client_chat(
@@ -107,7 +119,7 @@ def test_server_restart_reconnects_without_gap_or_duplicate(
     for i in range(3):
         terminal.chat(f"before {i}")
     page.wait_messages(3)
-    page.driver.execute_script(RECORD_FRAMES)
+    page.record_frames()
 
     assert server.stop() == 0
     page.wait_status("offline")
@@ -131,10 +143,9 @@ def test_server_restart_reconnects_without_gap_or_duplicate(
     assert [t for t in texts if t.startswith("after")] == ["after 0", "after 1", "after 2"]
     assert terminal.wait_messages(7)[-1] == texts[-1]  # stored once: the terminal saw 7 too
 
-    frames = [json.loads(f) for f in page.driver.execute_script("return window.sentFrames")]
-    hellos = [f for f in frames if f["type"] == "hello"]
+    hellos = page.sent_frames("hello")
     assert hellos and all(h["since"] == 3 for h in hellos)  # resumed after the last seen
-    sends = [f for f in frames if f["type"] == "send"]
+    sends = page.sent_frames("send")
     assert {(f["text"], f["id"]) for f in sends} == {(sends[0]["text"], sends[0]["id"])}
 
 
