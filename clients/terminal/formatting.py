@@ -2,7 +2,10 @@
 words both use for the other session events.
 
 Times are shown in the local time zone (TZ), to the minute; plain mode also gives the date:
-`2026-11-26 14:28 alice: hi`.
+`2026-11-26 14:28 alice: hi`. An action (/me) reads `14:28 * alice waves`; the lines of a
+multi-line message after the first are indented (plain mode: by two spaces). A name verified by
+a personal token is followed by `✓`; a message from the papayaChat dialect, whose names nobody
+checks, has its name prefixed with `~`.
 """
 
 from __future__ import annotations
@@ -10,8 +13,15 @@ from __future__ import annotations
 import unicodedata
 from datetime import date, datetime
 
-from clients.terminal.protocol import ChatMessage
 from clients.terminal.session import Connected, Disconnected, Notice, Rejected, SessionEvent
+from papaya_trio.protocol.client import ChatMessage
+
+#: How plain mode indents the continuation lines of a multi-line message.
+PLAIN_INDENT = "  "
+#: After a name verified by a personal token.
+VERIFIED_MARK = "✓"
+#: Before a name from the papayaChat dialect (unverifiable).
+PAPAYA_MARK = "~"
 
 #: urwid text markup: a string, or a list of (attribute, string) pairs and strings.
 Markup = list[tuple[str, str] | str]
@@ -38,27 +48,43 @@ def printable(text: str) -> str:
     )
 
 
+def printable_lines(text: str) -> str:
+    """`printable` for each line of a multi-line text; the newlines are kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def _name(message: ChatMessage) -> str:
+    mark = PAPAYA_MARK if message.dialect == "papaya" else ""
+    return mark + printable(message.user) + (VERIFIED_MARK if message.verified else "")
+
+
 def plain_line(message: ChatMessage) -> str:
-    """One message as printed by `--plain`: `YYYY-MM-DD HH:MM user: text`."""
+    """One message as printed by `--plain`: `YYYY-MM-DD HH:MM user: text`, or
+    `YYYY-MM-DD HH:MM * user action`; continuation lines indented by `PLAIN_INDENT`."""
     stamp = f"{local_time(message.time):%Y-%m-%d %H:%M}"
-    return f"{stamp} {printable(message.user)}: {printable(message.text)}"
+    text = printable_lines(message.text).replace("\n", "\n" + PLAIN_INDENT)
+    if message.action:
+        return f"{stamp} * {_name(message)} {text}"
+    return f"{stamp} {_name(message)}: {text}"
 
 
-def message_markup(message: ChatMessage, own_user: str) -> Markup:
+def message_markup(message: ChatMessage, own_user: str, *, stamp: datetime | None = None) -> Markup:
     """One message for the full-screen view; our own messages get the `own` attribute.
 
-    An action sent with /me (`* alice waves`, by alice) is shown without the `alice:` prefix.
+    An action (`action`, or the older form: text `* alice waves` by alice) reads
+    `* alice waves`. `stamp` replaces the message's time (a pending message has none yet).
     """
     user_attr = "own" if message.user == own_user else "user"
+    when = local_time(stamp if stamp is not None else message.time)
+    time_part = ("time", f"{when:%H:%M} ")
+    if message.action:
+        return [time_part, (user_attr, f"* {_name(message)} {printable_lines(message.text)}")]
     if message.text.startswith(f"* {message.user} "):
-        return [
-            ("time", f"{local_time(message.time):%H:%M} "),
-            (user_attr, printable(message.text)),
-        ]
+        return [time_part, (user_attr, printable_lines(message.text))]
     return [
-        ("time", f"{local_time(message.time):%H:%M} "),
-        (user_attr, printable(message.user)),
-        ("own_text" if user_attr == "own" else "text", f": {printable(message.text)}"),
+        time_part,
+        (user_attr, _name(message)),
+        ("own_text" if user_attr == "own" else "text", f": {printable_lines(message.text)}"),
     ]
 
 

@@ -14,7 +14,6 @@ import pytest
 import trio
 import trio_websocket
 
-from clients.terminal.protocol import ChatMessage
 from clients.terminal.session import (
     Backoff,
     ChatSession,
@@ -27,6 +26,7 @@ from clients.terminal.session import (
     SessionRefused,
 )
 from clients.terminal.transport import Connector, open_tcp_connection, open_websocket_connection
+from papaya_trio.protocol.client import ChatMessage
 from tests.terminal.loopback import FaultProxy, LoopbackServer, open_loopback_server, pump_lines
 
 E = TypeVar("E")

@@ -9,10 +9,10 @@ import pytest
 import trio
 import urwid
 
-from clients.terminal.protocol import ChatMessage
 from clients.terminal.session import ChatSession, Connected, Disconnected, SessionEvent
 from clients.terminal.transport import open_tcp_connection
 from clients.terminal.tui import MAX_SCROLLBACK, ChatView
+from papaya_trio.protocol.client import ChatMessage
 
 SIZE = (60, 10)
 
@@ -91,7 +91,8 @@ def test_typing_sends_one_message_per_pasted_line(view: ChatView) -> None:
 def test_me_command_and_history_recall(view: ChatView) -> None:
     keys(view, *"/me waves", "enter", "up")
     assert view.input.edit_text == "/me waves"
-    assert list(view._session._pending.values()) == ["* alice waves"]
+    assert list(view._session._pending.values()) == [("waves", True)]
+    assert any("* alice waves (pending)" in row for row in screen(view))
 
 
 def test_unknown_command_is_explained_and_not_sent(view: ChatView) -> None:
@@ -115,9 +116,25 @@ def test_quit_and_ctrl_d(view: ChatView) -> None:
         keys(view, "ctrl d")
 
 
-def test_status_line_shows_the_connection_state(view: ChatView) -> None:
+async def test_status_line_counts_down_to_each_reconnect_attempt(
+    view: ChatView, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    nursery.start_soon(view.count_down)
     assert "connecting to here:1" in screen(view)[-2]
     view.apply(Connected("papaya-trio 0.1.0", 0))
     assert "connected to papaya-trio 0.1.0" in screen(view)[-2]
-    view.apply(Disconnected("server closed the connection", 2.0))
-    assert "reconnecting in 2 s" in screen(view)[-2]
+    for attempt, delay in enumerate((2.0, 3.0, 3.0), start=1):
+        view.apply(Disconnected("connection refused", delay, attempt))
+        await trio.sleep(0.5)  # between two ticks of the countdown
+        for left in range(int(delay), 0, -1):
+            assert f"reconnecting in {left} s (attempt {attempt}: connection refused)" in (
+                screen(view)[-2]
+            )
+            await trio.sleep(1)
+        assert "reconnecting now" in screen(view)[-2]
+    rows = screen(view)
+    assert sum("disconnected" in row for row in rows) == 1, rows  # one line for the outage
+    view.apply(Connected("papaya-trio 0.1.0", 0))
+    assert "connected to papaya-trio" in screen(view)[-2]
+    view.apply(Disconnected("reset", 1.0, 1))
+    assert sum("disconnected" in row for row in screen(view)) == 2  # a new outage, a new line

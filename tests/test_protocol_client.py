@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clients.terminal import protocol
-from clients.terminal.protocol import (
+from papaya_trio.protocol import client as protocol
+from papaya_trio.protocol.client import (
     Ack,
     ChatMessage,
     LineBuffer,
