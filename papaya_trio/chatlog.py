@@ -133,6 +133,11 @@ class ChatLog:
         return self._visible
 
     @property
+    def first(self) -> int:
+        """Sequence number of the oldest stored record (0 for an empty log)."""
+        return 1 if self._visible else 0
+
+    @property
     def broken(self) -> str | None:
         """Why the log refuses appends, or None while it accepts them."""
         return self._broken
@@ -141,7 +146,16 @@ class ChatLog:
         return f"<ChatLog head={self._visible} written={self._written} fsync={self.fsync}>"
 
     # --- writing ----------------------------------------------------------------------------
-    async def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
+    async def append(
+        self,
+        user: str,
+        text: str,
+        client_id: str | None = None,
+        *,
+        action: bool = False,
+        dialect: str | None = None,
+        verified: bool = False,
+    ) -> AppendResult:
         """Store one message and return its sequence number once it is visible.
 
         A resend (same user and client id as a stored record) is not stored again; its
@@ -153,7 +167,16 @@ class ChatLog:
             if key is not None and (seq := self._dedupe.get(key)) is not None:
                 result = AppendResult(seq, duplicate=True)
             else:
-                record = Record(self._written + 1, self._clock_ms(), user, text, client_id)
+                record = Record(
+                    self._written + 1,
+                    self._clock_ms(),
+                    user,
+                    text,
+                    client_id,
+                    action=action,
+                    dialect=dialect,
+                    verified=verified,
+                )
                 await self._write(encode_record(record))
                 self._remember(record, self._size)
                 result = AppendResult(record.seq)

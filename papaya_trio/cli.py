@@ -11,6 +11,7 @@ from pathlib import Path
 import trio
 
 from papaya_trio import SERVER_NAME
+from papaya_trio.accounts import AccountError, add_user, list_users, remove_user
 from papaya_trio.bench import command as bench_command
 from papaya_trio.chatlog import LogCorrupted, StorageFailed
 from papaya_trio.config import (
@@ -19,6 +20,7 @@ from papaya_trio.config import (
     cleartext_warning,
     default_toml,
     load_config,
+    read_toml,
 )
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
@@ -52,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument(
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})"
     )
+    user = commands.add_parser(
+        "user",
+        help="manage personal accounts (for auth = accounts or both)",
+        description="Personal accounts: a registered name belongs to whoever holds its token."
+        " Tokens are printed once and stored only as salted scrypt hashes in DATA_DIR/users.json."
+        " A running server sees changes at the next hello.",
+    )
+    user.add_argument("--data-dir", type=Path, help="data folder (default: ./papaya-data)")
+    user.add_argument("--config", type=Path, help="take data_dir from this TOML file")
+    actions = user.add_subparsers(dest="user_command", required=True)
+    add = actions.add_parser("add", help="register NAME and print its new token")
+    add.add_argument("name", metavar="NAME")
+    actions.add_parser("list", help="print the registered names")
+    remove = actions.add_parser("remove", help="unregister NAME (its token stops working)")
+    remove.add_argument("name", metavar="NAME")
     commands.add_parser("default-config", help="print the default configuration as TOML")
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
@@ -83,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise CertificateError("--days must be at least 1")
             write_certificate(args.cert, args.key, args.names, days=args.days)
             print(f"wrote a self-signed certificate to {args.cert} and its key to {args.key}")
+        elif args.command == "user":
+            _user_command(args)
         elif args.command == "default-config":
             print(default_toml())
         elif args.command == "bench":
@@ -94,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LogCorrupted,
         TlsError,
         CertificateError,
+        AccountError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
@@ -103,3 +123,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _user_command(args: argparse.Namespace) -> None:
+    data_dir = args.data_dir
+    if data_dir is None:
+        configured = read_toml(args.config).get("data_dir") if args.config else None
+        data_dir = Path(configured or "papaya-data")
+    if args.user_command == "add":
+        token = add_user(data_dir, args.name)
+        print(token)
+        print(
+            f"added {args.name}; give them the token above (it is not stored and cannot be"
+            " shown again)",
+            file=sys.stderr,
+        )
+    elif args.user_command == "remove":
+        remove_user(data_dir, args.name)
+        print(f"removed {args.name}", file=sys.stderr)
+    else:
+        for name in list_users(data_dir):
+            print(name)

@@ -79,6 +79,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("data_dir", str, "./papaya-data", "folder for the log, the key and the lock file"),
     Option("key_file", str, "", "file holding the 128-character key (default: DATA_DIR/key)"),
+    Option(
+        "auth",
+        str,
+        "key",
+        "how native and WebSocket clients prove who they are: key (the room key), accounts (a"
+        " personal token from `papaya-trio user add`), or both (either; a registered name needs"
+        " its token); the papayaChat dialect always uses the room key",
+        choices=("key", "accounts", "both"),
+    ),
     Option("history", int, 50, "messages a native client gets on connect without since", minimum=0),
     Option("max_message_bytes", int, 4096, "longest message text, in UTF-8 bytes", minimum=1),
     Option(
@@ -171,6 +180,7 @@ class ServerConfig:
     allow_plaintext: bool
     data_dir: str
     key_file: str
+    auth: str
     history: int
     max_message_bytes: int
     max_line_bytes: int

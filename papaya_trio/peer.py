@@ -8,9 +8,14 @@ PeerGone in exactly one place.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Protocol
 
-from papaya_trio.protocol.events import ClientEvent, ServerEvent
+import trio
+
+from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
+
+REFUSAL_WRITE_TIMEOUT = 2.0
 
 
 class PeerGone(Exception):
@@ -32,3 +37,11 @@ class Peer(Protocol):
     async def send(self, events: Sequence[ServerEvent]) -> None:
         """Write events to the client, in order; raises PeerGone if the connection broke."""
         ...
+
+
+async def refuse(peer: Peer, error: Error) -> None:
+    """Best-effort write of a fatal error to a client about to be dropped: a client that does
+    not read gets REFUSAL_WRITE_TIMEOUT seconds, then is dropped all the same."""
+    with trio.move_on_after(REFUSAL_WRITE_TIMEOUT):
+        with suppress(PeerGone):
+            await peer.send([error])

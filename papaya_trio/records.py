@@ -5,6 +5,9 @@ JSON body (UTF-8, no raw newline can occur inside it), and a newline::
 
     f98a0f49 {"seq":1,"t":1764167305123,"user":"alice","text":"hello","id":"c-1"}
 
+Optional fields (`a` action, `d` dialect, `v` verified) are written only when set, so a record
+without them is byte for byte what older servers wrote, and older logs read as before.
+
 The newline makes records self-delimiting; a line without its newline is torn, a line whose CRC
 does not match or whose sequence number is not the previous one plus one is corrupt. This module
 is pure (no I/O): the log and the fork mode both use it to encode and to scan.
@@ -29,11 +32,19 @@ class Record:
     user: str
     text: str
     client_id: str | None = None
+    action: bool = False  # a `/me` action: `text` is the action without the name
+    dialect: str | None = None  # "papaya" for a message from the papayaChat dialect
+    verified: bool = False  # the sender's name was verified by a personal token
 
     @property
     def raw_line(self) -> str:
-        """The message as the papayaChat dialect writes it, without the final newline."""
-        return f"{self.user}: {self.text}"
+        """The message as the papayaChat dialect writes it, without the final newline.
+
+        Each line of a multi-line text becomes a line of its own (`alice: one`, `alice: two`);
+        an action reads `* alice waves`.
+        """
+        prefix = f"* {self.user} " if self.action else f"{self.user}: "
+        return "\n".join(prefix + line for line in self.text.split("\n"))
 
     @property
     def iso_time(self) -> str:
@@ -56,6 +67,12 @@ def encode_record(record: Record) -> bytes:
     }
     if record.client_id is not None:
         fields["id"] = record.client_id
+    if record.action:
+        fields["a"] = 1
+    if record.dialect is not None:
+        fields["d"] = record.dialect
+    if record.verified:
+        fields["v"] = 1
     body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
@@ -80,6 +97,9 @@ def decode_record(line: bytes) -> Record:
             user=fields["user"],
             text=fields["text"],
             client_id=fields.get("id"),
+            action=fields.get("a") == 1,
+            dialect=fields.get("d"),
+            verified=fields.get("v") == 1,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptRecord(f"record body is not valid: {exc}") from None
@@ -89,6 +109,7 @@ def decode_record(line: bytes) -> Record:
         and isinstance(record.user, str)
         and isinstance(record.text, str)
         and (record.client_id is None or isinstance(record.client_id, str))
+        and (record.dialect is None or isinstance(record.dialect, str))
     ):
         raise CorruptRecord("record fields have the wrong types")
     return record

@@ -1,4 +1,12 @@
-"""The room: what every session shares (log, broadcaster, settings, key, live sessions)."""
+"""The room: what every session shares (log, broadcaster, settings, key, accounts, and who is
+connected).
+
+Presence: `joined` decides whether a session may take its name, takes it, snapshots who is
+online for its welcome, and tells every other session, all in one synchronous step (no
+checkpoint), so two connections never both win a name, and each session sees every other one
+either in its welcome's list or as a later join. Leaving is announced as the `with` ends,
+however the session ended. Typing hints are relayed at most once per TYPING_INTERVAL per name.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +16,14 @@ from dataclasses import dataclass
 
 import trio
 
+from papaya_trio.accounts import Accounts
 from papaya_trio.broadcaster import Broadcaster
 from papaya_trio.chatlog import ChatLog
 from papaya_trio.keys import key_matches
-from papaya_trio.session import Session
+from papaya_trio.protocol.events import Member, Presence, TypingNotice
+from papaya_trio.session import NameTaken, Session
+
+TYPING_INTERVAL = 2.0  # seconds: at most one typing notice per name is relayed in this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +36,7 @@ class RoomSettings:
     max_lag: int = 1000
     auth_timeout: float = 10.0
     papaya_auth_timeout: float = 1.0
+    auth: str = "key"  # key, accounts or both (see handshake.judge_hello)
 
 
 class Room:
@@ -39,8 +52,10 @@ class Room:
         settings: RoomSettings,
         *,
         session_class: type[Session] = Session,
+        accounts: Accounts | None = None,
     ) -> None:
         self.log = log
+        self.accounts = accounts
         self.session_class = session_class
         self.settings = settings
         self._key = key.encode()
@@ -49,21 +64,74 @@ class Room:
         self.sessions: set[Session] = set()
         self.closed = False
         self._handshakes: set[trio.CancelScope] = set()
+        # Connected sessions by name (None: papayaChat clients), oldest first.
+        self._names: dict[str | None, list[Session]] = {}
+        self._typed_at: dict[str, float] = {}
 
     def key_matches(self, candidate: str | bytes) -> bool:
         """Compare a presented key with the room's in constant time."""
         return key_matches(self._key, candidate)
 
+    def online(self) -> tuple[Member, ...]:
+        """Who is connected: one entry per name, in the order the names arrived."""
+        return tuple(
+            Member(
+                name,
+                any(s.identity.verified for s in group),
+                group[0].identity.dialect,
+                len(group),
+            )
+            for name, group in self._names.items()
+        )
+
     @contextmanager
-    def joined(self, session: Session) -> Iterator[None]:
-        """Count `session` as live for the duration of the `with` block."""
+    def joined(self, session: Session) -> Iterator[tuple[Member, ...]]:
+        """Count `session` as live for the duration of the `with` block; yield who is online
+        (itself included) for its welcome. Raises NameTaken, before joining, if its name is
+        held by another connection and it is not verified."""
+        identity = session.identity
+        name = identity.user
+        if name is not None and name in self._names and not identity.verified:
+            raise NameTaken(name)
         self.sessions.add(session)
+        self._names.setdefault(name, []).append(session)
+        self._announce(session, "join")
         if self.closed:  # joined after close_all: it must still hear about the shutdown
             session.close("shutdown", "the server is shutting down")
         try:
-            yield
+            yield self.online()
         finally:
             self.sessions.discard(session)
+            group = self._names[name]
+            group.remove(session)
+            if not group:
+                del self._names[name]
+                if name is not None:
+                    self._typed_at.pop(name, None)
+            self._announce(session, "leave")
+
+    def _announce(self, session: Session, event: str) -> None:
+        identity = session.identity
+        notice = Presence(event, identity.user, identity.verified, identity.dialect)
+        for other in self.sessions:
+            if other is not session:
+                other.notify(notice)
+
+    def typing(self, session: Session) -> None:
+        """Relay that `session`'s user is typing to everybody else, at most once per
+        TYPING_INTERVAL per name; more often is dropped."""
+        name = session.identity.user
+        if name is None:
+            return
+        now = trio.current_time()
+        last = self._typed_at.get(name)
+        if last is not None and now - last < TYPING_INTERVAL:
+            return
+        self._typed_at[name] = now
+        notice = TypingNotice(name)
+        for other in self.sessions:
+            if other.identity.user != name:
+                other.notify(notice)
 
     @contextmanager
     def handshaking(self) -> Iterator[trio.CancelScope]:

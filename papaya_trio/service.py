@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from papaya_trio.accounts import AccountError, Accounts, users_path
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.config import ServerConfig
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
@@ -84,7 +85,26 @@ def room_settings(config: ServerConfig) -> RoomSettings:
         max_lag=config.max_lag,
         auth_timeout=config.auth_timeout,
         papaya_auth_timeout=config.papaya_auth_timeout,
+        auth=config.auth,
     )
+
+
+def load_accounts(config: ServerConfig, *, threaded: bool = True) -> Accounts | None:
+    """The accounts, unless `auth` is "key" (then tokens are not consulted)."""
+    if config.auth == "key":
+        return None
+    path = users_path(Path(config.data_dir))
+    try:
+        accounts = Accounts(path, threaded=threaded)
+    except AccountError as exc:
+        raise ServiceError(str(exc)) from None
+    if not path.exists():
+        logger.warning(
+            "auth = %s but %s does not exist yet: add users with `papaya-trio user add`",
+            config.auth,
+            path,
+        )
+    return accounts
 
 
 def web_settings(config: ServerConfig) -> WebSettings:
@@ -152,7 +172,7 @@ async def run_service(config: ServerConfig) -> None:
 async def _serve(
     config: ServerConfig, log: ChatLog, key: str, context: ssl.SSLContext | None
 ) -> None:
-    room = Room(log, key, room_settings(config))
+    room = Room(log, key, room_settings(config), accounts=load_accounts(config))
     server = ChatServer(
         room,
         max_connections=config.max_connections,

@@ -15,12 +15,21 @@ FINISH and the send task ends after writing everything before it.
 A session can be closed from outside (`close`): the send task writes a fatal error with the
 reason and ends. If the client has stopped reading and the send task is stuck in a write when
 its lag passes the bound, the write itself is cancelled and the connection dropped.
+
+Presence and typing notices from the room (`notify`) wait in a bounded queue of their own and
+are written by the send task between log batches, woken like new messages. A typing notice is
+a hint and is dropped when that queue is full; a presence notice is not: a client that lets
+NOTICE_LIMIT notices pile up is dropped as lagging, so a member list never silently diverges.
+A history request is queued by the recv task and answered by the send task, which reads the
+page from the log then (at most MAX_HISTORY_LIMIT records through the log's bounded reads), so
+a client asking faster than it reads holds no more than its outbox of small requests.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,22 +39,29 @@ import trio
 from papaya_trio import SERVER_NAME
 from papaya_trio.broadcaster import Subscription
 from papaya_trio.chatlog import StorageFailed
-from papaya_trio.peer import Peer, PeerGone
+from papaya_trio.droplog import DroppedLines
+from papaya_trio.peer import Peer, PeerGone, refuse
 from papaya_trio.protocol.events import (
     Ack,
     ClientEvent,
     EndOfStream,
     Error,
+    FetchHistory,
     Hello,
+    HistoryPage,
     KeyPresented,
     Message,
     Ping,
     Pong,
+    Presence,
     SendText,
     ServerEvent,
+    Typing,
+    TypingNotice,
     Violation,
     Welcome,
 )
+from papaya_trio.protocol.native import history_span
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 
 if TYPE_CHECKING:
@@ -55,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 OUTBOX_ITEMS = 64
 SEND_BATCH = 64
+NOTICE_LIMIT = 256  # presence and typing notices waiting for one client
 
 
 class Finish(enum.Enum):
@@ -90,10 +107,21 @@ HistoryRequest = LastN | Since | PapayaTail
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is connected: `user` is None for papayaChat clients, who name themselves per line."""
+    """Who is connected: `user` is None for papayaChat clients, who name themselves per line;
+    `verified` if a personal token proved the name; `dialect` is native, websocket or papaya."""
 
     user: str | None
     history: HistoryRequest
+    verified: bool = False
+    dialect: str = "native"
+
+
+class NameTaken(Exception):
+    """The hello's name is held by another connection and this one is not verified."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(user)
+        self.error = Error("name_taken", f"{user} is already connected", fatal=True)
 
 
 class Session:
@@ -109,6 +137,8 @@ class Session:
         self._send_scope = trio.CancelScope()
         self._writing = False
         self._subscription: Subscription | None = None
+        self._notices: deque[Presence | TypingNotice] = deque()
+        self.dropped = DroppedLines(peer.label)
 
     def __repr__(self) -> str:
         lag = self._subscription.lag(self.room.log.head) if self._subscription else 0
@@ -122,9 +152,24 @@ class Session:
             if self._subscription is not None:
                 self._subscription.wake()  # the send task checks _closing after each item
 
+    def notify(self, notice: Presence | TypingNotice) -> None:
+        """Queue a presence or typing notice for the client (never blocks; see the module)."""
+        if self._closing is not None or self.identity.dialect == "papaya":
+            return  # the papayaChat dialect has no form for them
+        if len(self._notices) >= NOTICE_LIMIT:
+            if isinstance(notice, Presence):
+                self._drop_lagging(f"you fell more than {NOTICE_LIMIT} presence notices behind")
+            return
+        self._notices.append(notice)
+        if self._subscription is not None:
+            self._subscription.wake()
+
     def _on_lagging(self) -> None:
+        self._drop_lagging(f"you fell more than {self.room.settings.max_lag} messages behind")
+
+    def _drop_lagging(self, message: str) -> None:
         self._end("lagging")
-        self.close("lagging", f"you fell more than {self.room.settings.max_lag} messages behind")
+        self.close("lagging", message)
         if self._writing:
             self._send_scope.cancel()  # stuck writing to a client that stopped reading
 
@@ -132,15 +177,31 @@ class Session:
         """Run until the client leaves or is closed; return why it ended."""
         log = self.room.log
         head = log.head
-        with (
-            self.room.joined(self),
-            self.room.broadcaster.subscribe(self._send_side, head, self._on_lagging) as sub,
-        ):
-            self._subscription = sub
-            sub.cursor = self._start_cursor(head)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._paired, nursery.cancel_scope, self._recv_task)
-                nursery.start_soon(self._paired, nursery.cancel_scope, self._send_task, sub, head)
+        try:
+            with (
+                self.room.joined(self) as online,
+                self.room.broadcaster.subscribe(self._send_side, head, self._on_lagging) as sub,
+            ):
+                self._subscription = sub
+                sub.cursor = self._start_cursor(head)
+                welcome = Welcome(
+                    SERVER_NAME,
+                    self.identity.user or "",
+                    head,
+                    first=log.first,
+                    verified=self.identity.verified,
+                    online=online,
+                )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._paired, nursery.cancel_scope, self._recv_task)
+                    nursery.start_soon(
+                        self._paired, nursery.cancel_scope, self._send_task, sub, welcome
+                    )
+        except NameTaken as taken:
+            logger.warning("%s: refused: %s", self.peer.label, taken.error.message)
+            self._end(taken.error.code)
+            await refuse(self.peer, taken.error)
+        self.dropped.summarise()
         return self.end_reason
 
     async def _paired(
@@ -169,15 +230,15 @@ class Session:
                 return tail[0].seq - 1 if tail else head
 
     # --- the send task ------------------------------------------------------------------
-    async def _send_task(self, sub: Subscription, welcome_head: int) -> None:
+    async def _send_task(self, sub: Subscription, welcome: Welcome) -> None:
         with self._send_scope:
-            await self._send_loop(sub, welcome_head)
+            await self._send_loop(sub, welcome)
         if self._send_scope.cancelled_caught:
             raise PeerGone("write abandoned: the client stopped reading")
 
-    async def _send_loop(self, sub: Subscription, welcome_head: int) -> None:
-        user = self.identity.user or ""
-        await self._write([Welcome(SERVER_NAME, user, welcome_head)])
+    async def _send_loop(self, sub: Subscription, welcome: Welcome) -> None:
+        welcome_head = welcome.head
+        await self._write([welcome])
         while True:
             while self._closing is None:
                 batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
@@ -189,15 +250,32 @@ class Session:
                 self._end(self._closing.code)
                 await self._write([self._closing])
                 return
+            if self._notices:
+                notices = list(self._notices)
+                self._notices.clear()
+                await self._write(notices)
+                continue
             item = await self._outbox.receive()
             if item is FINISH:
                 self._end("client closed")
                 return
-            if isinstance(item, Error | Ack | Pong):
+            if isinstance(item, FetchHistory):
+                await self._write([await self._history_page(item)])
+            elif isinstance(item, Error | Ack | Pong):
                 await self._write([item])
                 if isinstance(item, Error) and item.fatal:
                     self._end(item.code)
                     return
+
+    async def _history_page(self, request: FetchHistory) -> HistoryPage | Error:
+        """The newest `limit` stored messages below `before`, read through the log's index."""
+        log = self.room.log
+        span = history_span(request.before, request.limit, log.head)
+        try:
+            records = await log.read_after(span.start - 1, len(span)) if span else []
+        except StorageFailed as exc:
+            return Error("storage_failed", str(exc), False, request.request_id)
+        return HistoryPage(request.request_id, request.before, tuple(records), log.first)
 
     async def _write(self, events: Sequence[ServerEvent]) -> None:
         self._writing = True
@@ -218,11 +296,15 @@ class Session:
         match event:
             case SendText():
                 await self._store(event)
+            case Typing():
+                self.room.typing(self)
+            case FetchHistory():
+                await self._send_side.send(event)
             case Ping(ping_id=ping_id):
                 await self._send_side.send(Pong(ping_id))
             case Violation(code=code, message=message, fatal=fatal, client_id=client_id):
-                if self.identity.user is None:
-                    logger.info("%s: dropped a line: %s", self.peer.label, message)
+                if self.identity.dialect == "papaya":
+                    self.dropped.note(message)
                 await self._send_side.send(Error(code, message, fatal, client_id))
                 return not fatal
             case Hello() | KeyPresented():
@@ -238,7 +320,14 @@ class Session:
         user = self.identity.user or event.user
         assert user is not None, "the papayaChat decoder always names the user"
         try:
-            result = await self.room.log.append(user, event.text, event.client_id)
+            result = await self.room.log.append(
+                user,
+                event.text,
+                event.client_id,
+                action=event.action,
+                dialect="papaya" if self.identity.dialect == "papaya" else None,
+                verified=self.identity.verified,
+            )
         except StorageFailed as exc:
             await self._send_side.send(Error("storage_failed", str(exc), False, event.client_id))
             return

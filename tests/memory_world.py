@@ -42,6 +42,7 @@ class LineClient:
         self.stream = stream
         self._buffer = b""
         self.seen: list[dict[str, Any]] = []  # messages read while waiting for an ack
+        self.notices: list[dict[str, Any]] = []  # presence and typing objects, skipped over
 
     async def send(self, **obj: Any) -> None:
         await self.stream.send_all(json.dumps(obj).encode() + b"\n")
@@ -49,16 +50,33 @@ class LineClient:
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def receive(self) -> dict[str, Any] | None:
-        """The next object, or None at end of stream."""
-        while b"\n" not in self._buffer:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                return None
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        obj: dict[str, Any] = json.loads(line)
-        return obj
+    async def receive(self, *, notices: bool = False) -> dict[str, Any] | None:
+        """The next object, or None at end of stream. Presence and typing notices are kept
+        in `notices` and skipped, unless `notices` asks for them."""
+        while True:
+            while b"\n" not in self._buffer:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return None
+                self._buffer += data
+            line, _, self._buffer = self._buffer.partition(b"\n")
+            obj: dict[str, Any] = json.loads(line)
+            if notices or obj["type"] not in ("presence", "typing"):
+                return obj
+            self.notices.append(obj)
+
+    async def notice(self) -> dict[str, Any]:
+        """The next presence or typing notice (skipping messages and acks, kept in `seen`)."""
+        if self.notices:
+            return self.notices.pop(0)
+        while True:
+            obj = await self.receive(notices=True)
+            assert obj is not None, "expected a notice, got end of stream"
+            if obj["type"] in ("presence", "typing"):
+                return obj
+            assert obj["type"] in ("message", "ack"), obj
+            if obj["type"] == "message":
+                self.seen.append(obj)
 
     async def expect(self, kind: str) -> dict[str, Any]:
         obj = await self.receive()

@@ -90,7 +90,7 @@ def test_crlf_and_blank_lines_are_tolerated() -> None:
         (b'{"type": "send", "text": "a", "id": "has space"}\n', "bad_field"),
         (b'{"type": "send", "text": "a", "id": ""}\n', "bad_field"),
         (b'{"type": "send", "text": ""}\n', "bad_text"),
-        (b'{"type": "send", "text": "two\\nlines"}\n', "bad_text"),
+        (b'{"type": "send", "text": "two\\rlines"}\n', "bad_text"),
         (b'{"type": "send", "text": "\\ud800"}\n', "bad_text"),
         (b'{"type": "send", "text": "' + b"x" * 101 + b'"}\n', "message_too_long"),
         (b'{"type": "hello", "key": 1, "user": "a"}\n', "bad_field"),

@@ -13,11 +13,13 @@ from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 
+from papaya_trio.accounts import NO_ACCOUNT, Accounts
 from papaya_trio.fork.connection import Connection, Expired, Stopped, read_event
 from papaya_trio.handshake import (
     AUTH_TIMEOUT,
     REFUSAL_WRITE_TIMEOUT,
     SHUTDOWN,
+    accounts_question,
     judge_hello,
     judge_papaya_key,
 )
@@ -44,7 +46,12 @@ class Admitted:
 
 
 def admit(
-    conn: Connection, settings: RoomSettings, key: bytes, *, connected_at: float
+    conn: Connection,
+    settings: RoomSettings,
+    key: bytes,
+    accounts: Accounts | None = None,
+    *,
+    connected_at: float,
 ) -> Admitted | None:
     """Sniff and authenticate; None if the client was refused (and told, where it can be)."""
     try:
@@ -63,7 +70,8 @@ def admit(
         conn.label += " native"
         native = NativeDecoder(*sizes)
         native.receive_data(first)
-        identity = _native_hello(conn, native, settings, key, connected_at + settings.auth_timeout)
+        deadline = connected_at + settings.auth_timeout
+        identity = _native_hello(conn, native, settings, key, accounts, deadline)
         return None if identity is None else Admitted(identity, native, True, conn.label)
     conn.label += " papaya"
     papaya = PapayaDecoder(*sizes)
@@ -73,7 +81,12 @@ def admit(
 
 
 def _native_hello(
-    conn: Connection, decoder: NativeDecoder, settings: RoomSettings, key: bytes, deadline: float
+    conn: Connection,
+    decoder: NativeDecoder,
+    settings: RoomSettings,
+    key: bytes,
+    accounts: Accounts | None,
+    deadline: float,
 ) -> Identity | None:
     try:
         event = read_event(conn, decoder, deadline)
@@ -88,7 +101,12 @@ def _native_hello(
         logger.info("%s: connection lost during handshake: %s", conn.label, exc)
         return None
     assert not isinstance(event, set)  # no other descriptors were waited on
-    verdict = judge_hello(event, partial(key_matches, key), settings.history)
+    account = NO_ACCOUNT
+    if (question := accounts_question(event, settings.auth)) and accounts is not None:
+        account = accounts.check_sync(*question)  # this process may block: it is the client's
+    verdict = judge_hello(
+        event, partial(key_matches, key), settings.history, auth=settings.auth, account=account
+    )
     if isinstance(verdict, Identity):
         return verdict
     logger.warning("%s: auth failed: %s", conn.label, verdict.reason)

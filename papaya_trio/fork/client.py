@@ -26,13 +26,22 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
+from papaya_trio.accounts import Accounts
 from papaya_trio.chatlog import FsyncPolicy
 from papaya_trio.fork.auth import Admitted, admit, refuse
 from papaya_trio.fork.connection import Connection
-from papaya_trio.fork.logfile import DurableEnd, LogFile, LogIndex, LogWriter, read_records
+from papaya_trio.fork.logfile import (
+    DurableEnd,
+    LogFile,
+    LogIndex,
+    LogWriter,
+    read_history,
+    read_records,
+)
 from papaya_trio.fork.overload import EXHAUSTION_ERRORS
 from papaya_trio.fork.recv import Receiver
 from papaya_trio.fork.send import Sender
@@ -62,6 +71,7 @@ class ForkContext:
     durable: DurableEnd
     index: LogIndex  # the parent's, as of the fork; each process then keeps its copy current
     notify_fd: int
+    accounts: Accounts | None = None  # None with auth = "key"
 
 
 def run_child(main: Callable[[], object]) -> NoReturn:
@@ -89,7 +99,7 @@ def serve_connection(
     """The whole life of one connection's process (it ends with its return)."""
     conn = Connection(sock, signals, label)
     try:
-        admitted = admit(conn, ctx.settings, ctx.key, connected_at=connected_at)
+        admitted = admit(conn, ctx.settings, ctx.key, ctx.accounts, connected_at=connected_at)
         if admitted is not None:
             _serve_pair(conn, ctx, admitted, wake_fd)
     finally:
@@ -129,7 +139,8 @@ def _serve_pair(conn: Connection, ctx: ForkContext, admitted: Admitted, wake_fd:
         conn,
         admitted.decoder,
         writer,
-        user=admitted.identity.user,
+        identity=admitted.identity,
+        history=partial(read_history, log, index, ctx.durable),
         native=admitted.native,
         notify_fd=ctx.notify_fd,
         reply_fd=reply_write,
@@ -173,6 +184,7 @@ def _run_send(
         index.reader_for(log, cursor + 1),
         ctx.durable,
         user=admitted.identity.user,
+        verified=admitted.identity.verified,
         cursor=cursor,
         head=head,
         native=admitted.native,

@@ -76,6 +76,7 @@ from papaya_trio.chatlog import (
     Recovery,
     StorageFailed,
 )
+from papaya_trio.protocol.native import history_span
 from papaya_trio.records import Record, RecordScanner, ScannedRecord, encode_record
 from papaya_trio.storage import FileStorage
 
@@ -216,6 +217,17 @@ def read_records(log: LogFile, index: LogIndex, first: int, last: int) -> list[R
     return found
 
 
+def read_history(
+    log: LogFile, index: LogIndex, durable: DurableEnd, before: int, limit: int
+) -> tuple[list[Record], int]:
+    """A history page (see `protocol.native.history_span`) and the oldest sequence number."""
+    with log.locked(fcntl.LOCK_SH):
+        index.catch_up(log, durable.limit())
+    span = history_span(before, limit, index.head)
+    records = read_records(log, index, span.start, span.stop - 1) if span else []
+    return records, 1 if index.head else 0
+
+
 class DurableEnd:
     """How far the log is known to be on disk, shared by every process of one server.
 
@@ -261,7 +273,16 @@ class LogWriter:
             self._sync_lock = os.open(log.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.broken: str | None = None
 
-    def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
+    def append(
+        self,
+        user: str,
+        text: str,
+        client_id: str | None = None,
+        *,
+        action: bool = False,
+        dialect: str | None = None,
+        verified: bool = False,
+    ) -> AppendResult:
         """Store one message (or recognise a resend) and return its sequence number.
 
         Raises StorageFailed if it could not be stored; after a failed fsync this writer refuses
@@ -275,7 +296,16 @@ class LogWriter:
             if client_id is not None and (seq := self._index.original(user, client_id)):
                 result = AppendResult(seq, duplicate=True)
             else:
-                record = Record(self._index.head + 1, self._clock_ms(), user, text, client_id)
+                record = Record(
+                    self._index.head + 1,
+                    self._clock_ms(),
+                    user,
+                    text,
+                    client_id,
+                    action=action,
+                    dialect=dialect,
+                    verified=verified,
+                )
                 data = encode_record(record)
                 self._write(data)
                 self._index.add(record, self._index.end + len(data))

@@ -63,6 +63,7 @@ from papaya_trio.server import format_address
 from papaya_trio.service import (
     LOG_FILE,
     ServiceError,
+    load_accounts,
     load_or_create_key,
     locked_data_dir,
     room_settings,
@@ -124,7 +125,14 @@ def run_fork_service(config: ServerConfig) -> None:
             try:
                 notify_read, notify_write = wakeup.open_wake_pipe()
                 context = ForkContext(
-                    room_settings(config), key.encode(), path, fsync, durable, index, notify_write
+                    room_settings(config),
+                    key.encode(),
+                    path,
+                    fsync,
+                    durable,
+                    index,
+                    notify_write,
+                    load_accounts(config, threaded=False),
                 )
                 fds = SupervisorFds(lock_fd, notify_read)
                 Supervisor(config, context, log, listeners, signals, fds).serve()

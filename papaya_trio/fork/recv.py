@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 from papaya_trio.chatlog import StorageFailed
+from papaya_trio.droplog import DroppedLines
 from papaya_trio.fork import wakeup
 from papaya_trio.fork.connection import Connection, Stopped, read_event
 from papaya_trio.fork.logfile import LogWriter
@@ -27,15 +29,23 @@ from papaya_trio.protocol.events import (
     Ack,
     EndOfStream,
     Error,
+    FetchHistory,
     Hello,
+    HistoryPage,
     KeyPresented,
     Ping,
     Pong,
     SendText,
     ServerEvent,
+    Typing,
     Violation,
 )
 from papaya_trio.protocol.native import encode_line
+from papaya_trio.records import Record
+from papaya_trio.session import Identity
+
+#: Reads a history page: (before, limit) -> (records, oldest sequence number).
+HistoryReader = Callable[[int, int], tuple[list[Record], int]]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +59,8 @@ class Receiver:
         decoder: LineDecoder,
         writer: LogWriter,
         *,
-        user: str | None,
+        identity: Identity,
+        history: HistoryReader,
         native: bool,
         notify_fd: int,
         reply_fd: int,
@@ -58,8 +69,11 @@ class Receiver:
         self._conn = conn
         self._decoder = decoder
         self._writer = writer
-        self._user = user
+        self._identity = identity
+        self._user = identity.user
+        self._history = history
         self._native = native
+        self._dropped = DroppedLines(conn.label)
         self._notify_fd = notify_fd
         self._reply_fd = reply_fd
         self._partner_fd = partner_fd
@@ -75,6 +89,8 @@ class Receiver:
             return "shutdown"
         except PeerGone as exc:
             return f"connection lost: {exc}"
+        finally:
+            self._dropped.summarise()
 
     def _serve(self) -> str:
         while True:
@@ -85,11 +101,16 @@ class Receiver:
                     return "send process ended"
                 case SendText():
                     self._store(event)
+                case Typing():
+                    pass  # fork mode relays no typing hints (docs/protocol.md)
+                case FetchHistory(before=before, limit=limit, request_id=request_id):
+                    records, first = self._history(before, limit)
+                    self._reply(HistoryPage(request_id, before, tuple(records), first))
                 case Ping(ping_id=ping_id):
                     self._reply(Pong(ping_id))
                 case Violation(code=code, message=message, fatal=fatal, client_id=client_id):
                     if not self._native:
-                        logger.info("%s: dropped a line: %s", self._conn.label, message)
+                        self._dropped.note(message)
                     self._reply(Error(code, message, fatal, client_id))
                     if fatal:
                         return code
@@ -105,7 +126,14 @@ class Receiver:
         user = self._user or event.user
         assert user is not None, "the papayaChat decoder always names the user"
         try:
-            result = self._writer.append(user, event.text, event.client_id)
+            result = self._writer.append(
+                user,
+                event.text,
+                event.client_id,
+                action=event.action,
+                dialect=None if self._native else "papaya",
+                verified=self._identity.verified,
+            )
         except StorageFailed as exc:
             self._reply(Error("storage_failed", str(exc), False, event.client_id))
             return

@@ -69,6 +69,7 @@ class Sender:
         durable: DurableEnd,
         *,
         user: str | None,
+        verified: bool = False,
         cursor: int,
         head: int,
         native: bool,
@@ -82,6 +83,7 @@ class Sender:
         self._durable = durable
         self._peek: LogReader | None = None  # reads ahead of `reader` to measure the lag
         self._user = user
+        self._verified = verified
         self.cursor = cursor
         self._welcome_head = head  # also where the live stream starts, for the lag
         self._native = native
@@ -116,7 +118,12 @@ class Sender:
                 self._conn.sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self) -> str:
-        self._send_events([Welcome(SERVER_NAME, self._user or "", self._welcome_head)])
+        head = self._welcome_head
+        # No `online`: fork mode's processes share no member list (docs/protocol.md).
+        welcome = Welcome(
+            SERVER_NAME, self._user or "", head, first=min(head, 1), verified=self._verified
+        )
+        self._send_events([welcome])
         while True:
             if not wakeup.drain(self._wake_fd):
                 raise Stopped  # the parent is gone: nobody would wake us again

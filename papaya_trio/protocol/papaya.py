@@ -1,8 +1,10 @@
 """The papayaChat dialect: the original C server's protocol, byte for byte.
 
 The client opens with exactly 128 bytes of key, then writes `user: text\\n` lines. The server
-sends a history tail of raw lines, then each new message with its newline replaced by a NUL,
-one message per write. There are no replies and no errors: bad lines are dropped.
+sends a history tail of raw lines, then new messages as the original daemon does: the lines
+pending at a wake-up joined by newlines, with one final NUL, in one write (its client prints
+what a read returns up to the first NUL, so a NUL per message would hide all but the first of
+a burst). There are no replies and no errors: bad lines are dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from papaya_trio.protocol.events import (
     ServerEvent,
     Violation,
 )
-from papaya_trio.protocol.rules import KEY_CHARS, text_problem, user_problem
+from papaya_trio.protocol.rules import KEY_CHARS, papaya_user_problem, text_problem
 from papaya_trio.records import Record
 
 HISTORY_LINES: Final = 7
@@ -62,16 +64,16 @@ def parse_line(line: bytes, max_message_bytes: int) -> SendText | Violation:
     user, sep, text = decoded.partition(": ")
     if not sep:
         return Violation("dropped", "line is not of the form 'user: text'")
-    if why := user_problem(user):
+    if why := papaya_user_problem(user):
         return Violation("dropped", why)
-    if problem := text_problem(text, max_message_bytes):
+    if problem := text_problem(text, max_message_bytes, allow_empty=True):
         return Violation("dropped", problem[1])
     return SendText(text, user=user)
 
 
-def encode_live(record: Record) -> bytes:
-    """A live message: the raw line with its final newline replaced by NUL."""
-    return record.raw_line.encode() + b"\x00"
+def encode_live(records: Sequence[Record]) -> bytes:
+    """Live messages pending together: their raw lines joined by newlines, one final NUL."""
+    return b"\n".join(r.raw_line.encode() for r in records) + b"\x00"
 
 
 def encode_history(records: Sequence[Record]) -> bytes:
@@ -80,21 +82,28 @@ def encode_history(records: Sequence[Record]) -> bytes:
 
 
 def encode_writes(events: Sequence[ServerEvent]) -> list[bytes]:
-    """The writes that carry `events`: replayed history as raw lines in one write, then each
-    live message in its own write; welcome, acks, pongs and errors have no form here."""
+    """The writes that carry `events`: replayed history as raw lines in one write, then the
+    live messages in one write (see `encode_live`); the dialect has no form for anything else."""
     messages = [event for event in events if isinstance(event, Message)]
-    history = encode_history([m.record for m in messages if m.replay])
-    live = [encode_live(m.record) for m in messages if not m.replay]
-    return [history, *live] if history else live
+    writes = []
+    if history := [m.record for m in messages if m.replay]:
+        writes.append(encode_history(history))
+    if live := [m.record for m in messages if not m.replay]:
+        writes.append(encode_live(live))
+    return writes
 
 
 def history_tail(records: Sequence[Record]) -> Sequence[Record]:
-    """The original's tail: at most the last 7 lines that fit in the last 1050 bytes."""
+    """The original's tail: the newest messages within 7 lines and the last 1050 bytes (a
+    multi-line message counts each of its lines)."""
     size = 0
+    lines = 0
     keep = 0
     for record in reversed(records[-HISTORY_LINES:]):
-        size += len(record.raw_line.encode()) + 1
-        if size > HISTORY_BYTES:
+        raw = record.raw_line
+        size += len(raw.encode()) + 1
+        lines += raw.count("\n") + 1
+        if size > HISTORY_BYTES or lines > HISTORY_LINES:
             break
         keep += 1
     return records[len(records) - keep :]

@@ -239,7 +239,8 @@ async def _run_session(peer: WebSocketPeer, room: Room, full: bool) -> int:
         logger.warning("%s: refused: server full", peer.label)
         await refuse(peer, Error("server_full", "the server is full", fatal=True))
         return TRY_AGAIN_LATER
-    identity = await native_handshake(peer, room, trio.current_time() + room.settings.auth_timeout)
+    deadline = trio.current_time() + room.settings.auth_timeout
+    identity = await native_handshake(peer, room, deadline, dialect="websocket")
     if identity is None:
         return GOING_AWAY if room.closed else POLICY_VIOLATION
     session = room.session_class(room, peer, identity)
