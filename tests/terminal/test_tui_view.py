@@ -127,8 +127,9 @@ async def test_status_line_counts_down_to_each_reconnect_attempt(
         view.apply(Disconnected("connection refused", delay, attempt))
         await trio.sleep(0.5)  # between two ticks of the countdown
         for left in range(int(delay), 0, -1):
-            assert f"reconnecting in {left} s (attempt {attempt}: connection refused)" in (
-                screen(view)[-2]
+            assert (
+                f"reconnecting in {left} s (attempt {attempt}: connection refused)"
+                in (screen(view)[-2])
             )
             await trio.sleep(1)
         assert "reconnecting now" in screen(view)[-2]
