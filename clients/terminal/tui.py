@@ -221,7 +221,9 @@ class ChatView:
     def __init__(self, *, server_name: str, session: ChatSession) -> None:
         self._session = session
         self._server_name = server_name
-        self._state: tuple[str, str] = ("status_wait", f"connecting to {server_name}")
+        #: The status line's colour, the connection state, and its details (shown last: the
+        #: line is cut at the terminal's width).
+        self._state: tuple[str, str, str] = ("status_wait", f"connecting to {server_name}", "")
         self._following = True
         self._last_day: date | None = None
         self._walker: urwid.SimpleFocusListWalker[Row] = urwid.SimpleFocusListWalker([])
@@ -308,14 +310,15 @@ class ChatView:
             if event.attempt == 1:  # one line per outage; the attempts are in the status line
                 self._add([("error", f"-- disconnected: {printable(event.reason)}")])
             self._retry_at = trio.current_time() + event.retry_in
-            self._retry_note = f" (attempt {event.attempt}: {printable(event.reason)})"
+            self._retry_note = f"attempt {event.attempt}: {printable(event.reason)}"
             self._wake_count_down()
         elif (line := event_line(event, self._server_name)) is not None:
             self._add([("notice", f"-- {line}")])
         if isinstance(event, Connected):
             self._state = (
                 "status",
-                f"connected to {printable(event.server)} at {self._server_name}",
+                "connected",
+                f"{printable(event.server)} at {self._server_name}",
             )
             self._online = {member.user: member for member in event.online}
             self._first = event.first if event.first or event.head == 0 else None
@@ -411,8 +414,11 @@ class ChatView:
                 last_day = day
                 rows.append(Row(day_divider(day), day=day))
             rows.append(Row(message_markup(message, self._session.user), seq=message.seq))
-        if last_day is not None and self._walker and self._walker[0].day == last_day:
-            del self._walker[0]  # the day continues from the inserted page
+        dated = next(
+            (n for n, row in enumerate(self._walker) if row.day or row.seq is not None), None
+        )
+        if last_day is not None and dated is not None and self._walker[dated].day == last_day:
+            del self._walker[dated]  # the day goes on from the inserted page: one divider
         self._insert_top(rows)
         if page.at_start:
             self._mark_start()
@@ -462,11 +468,11 @@ class ChatView:
         return row
 
     def _update_status(self) -> None:
-        attr, text = self._state
+        attr, text, detail = self._state
         if self._retry_at is not None:
             remaining = math.ceil(self._retry_at - trio.current_time())
             when = f"in {remaining} s" if remaining > 0 else "now"
-            attr, text = "status_wait", f"reconnecting {when}{self._retry_note}"
+            attr, text, detail = "status_wait", f"reconnecting {when}", self._retry_note
         parts = [f" {self._session.user}", text]
         if self._online:
             parts.append(f"{self._online_count()} online")
@@ -476,6 +482,8 @@ class ChatView:
             parts.append("loading older messages")
         if not self._following:
             parts.append("scrolled up (PageDown)")
+        if detail:
+            parts.append(detail)
         self._status.set_text(" · ".join(parts))
         self._status_map.set_attr_map({None: attr})
 
