@@ -7,7 +7,11 @@ fixture of `tests/conftest.py`, so it runs in every server mode the suite covers
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,8 @@ import pytest
 from tests.real_server import RunningServer, ServerFactory
 
 CLIENT = [sys.executable, "-m", "clients.terminal"]
+#: Seconds a terminal test waits for what the user should see.
+TIMEOUT = 15
 
 
 def key_file(server: RunningServer) -> Path:
@@ -54,3 +60,36 @@ def client_env(tmp_path: Path) -> dict[str, str]:
         "LANG": "C.UTF-8",
         "TERM": "xterm-256color",
     }
+
+
+class Tmux:
+    """One tmux server on a private socket, with the client in its only pane."""
+
+    def __init__(self, socket: Path) -> None:
+        self._base = ["tmux", "-S", str(socket)]
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(
+            [*self._base, *args], check=True, capture_output=True, text=True, timeout=TIMEOUT
+        ).stdout
+
+    def screen(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "chat")
+
+    def wait_for(self, condition: Callable[[str], bool], what: str) -> str:
+        """Wait until the screen satisfies `condition`; capture-pane offers no blocking wait."""
+        deadline = time.monotonic() + TIMEOUT
+        while not condition(screen := self.screen()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
+            time.sleep(0.05)
+        return screen
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Tmux]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    mux = Tmux(tmp_path / "tmux.sock")
+    yield mux
+    subprocess.run([*mux._base, "kill-server"], capture_output=True, timeout=TIMEOUT)

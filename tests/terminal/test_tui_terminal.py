@@ -8,21 +8,15 @@ so it can count every message exactly once.
 from __future__ import annotations
 
 import shlex
-import shutil
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from tests.real_server import RunningServer, ServerFactory
-from tests.terminal.conftest import CLIENT, key_file, restart
+from tests.terminal.conftest import CLIENT, TIMEOUT, Tmux, key_file, restart
 from tests.terminal.test_plain_process import once
 
-TIMEOUT = 15
 PAGE_UP, PAGE_DOWN = "\x1b[5~", "\x1b[6~"
 
 
@@ -78,39 +72,6 @@ def test_wrong_key_leaves_the_screen_and_exits_3(
     tui.expect(pexpect.EOF)
     tui.close()
     assert tui.exitstatus == 3
-
-
-class Tmux:
-    """One tmux server on a private socket, with the client in its only pane."""
-
-    def __init__(self, socket: Path) -> None:
-        self._base = ["tmux", "-S", str(socket)]
-
-    def run(self, *args: str) -> str:
-        return subprocess.run(
-            [*self._base, *args], check=True, capture_output=True, text=True, timeout=TIMEOUT
-        ).stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "chat")
-
-    def wait_for(self, condition: Callable[[str], bool], what: str) -> str:
-        """Wait until the screen satisfies `condition`; capture-pane offers no blocking wait."""
-        deadline = time.monotonic() + TIMEOUT
-        while not condition(screen := self.screen()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
-            time.sleep(0.05)
-        return screen
-
-
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    mux = Tmux(tmp_path / "tmux.sock")
-    yield mux
-    subprocess.run([*mux._base, "kill-server"], capture_output=True, timeout=TIMEOUT)
 
 
 def test_reconnect_after_server_restart_without_duplicates(
