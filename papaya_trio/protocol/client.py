@@ -465,9 +465,9 @@ def _time(obj: dict[str, object]) -> datetime:
 def message_lines(text: str) -> list[str]:
     """Split typed or pasted text into sendable messages, one per line.
 
-    The protocol forbids control characters in a message, newlines included, so a paste
-    becomes one message per line; tabs become four spaces, other control characters are
-    dropped, and blank lines are skipped (the server refuses empty text).
+    A paste becomes one message per line (servers before issue 13 refuse a newline in a
+    text); tabs become four spaces, other control characters are dropped, and blank lines are
+    skipped (the server refuses empty text).
     """
     lines = []
     for raw in text.splitlines():

@@ -7,6 +7,7 @@ fixture of `tests/conftest.py`, so it runs in every server mode the suite covers
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,3 +94,14 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
     mux = Tmux(tmp_path / "tmux.sock")
     yield mux
     subprocess.run([*mux._base, "kill-server"], capture_output=True, timeout=TIMEOUT)
+
+
+def start_tui(
+    tmux: Tmux, server: RunningServer, env: dict[str, str], size: tuple[int, int] = (80, 24)
+) -> None:
+    """alice's full-screen client in tmux's only pane, `size` = (columns, rows)."""
+    env = {**env, "PAPAYA_USER": "alice", "PAPAYA_KEY_FILE": str(key_file(server))}
+    command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable])
+    command += " " + shlex.join([*CLIENT[1:], "--port", str(server.port)])
+    columns, rows = size
+    tmux.run("new-session", "-d", "-s", "chat", "-x", str(columns), "-y", str(rows), command)

@@ -4,27 +4,14 @@ command line's --version and its answer when pointed at the HTTP port."""
 
 from __future__ import annotations
 
-import shlex
 import subprocess
-import sys
 import time
 
-from tests.real_server import RunningServer, ServerFactory
-from tests.terminal.conftest import CLIENT, TIMEOUT, Tmux, key_file
+from tests.real_server import ServerFactory
+from tests.terminal.conftest import CLIENT, TIMEOUT, Tmux, key_file, start_tui
 from tests.terminal.test_plain_process import listener, once
 
 PAGE_UP = "PPage"
-
-
-def start_tui(
-    tmux: Tmux, server: RunningServer, env: dict[str, str], size: tuple[int, int] = (80, 24)
-) -> None:
-    """alice's full-screen client in tmux's only pane, `size` = (columns, rows)."""
-    env = {**env, "PAPAYA_USER": "alice", "PAPAYA_KEY_FILE": str(key_file(server))}
-    command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable])
-    command += " " + shlex.join([*CLIENT[1:], "--port", str(server.port)])
-    columns, rows = size
-    tmux.run("new-session", "-d", "-s", "chat", "-x", str(columns), "-y", str(rows), command)
 
 
 def type_line(tmux: Tmux, text: str) -> None:

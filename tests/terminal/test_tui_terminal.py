@@ -7,14 +7,12 @@ so it can count every message exactly once.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import pexpect
 
 from tests.real_server import RunningServer, ServerFactory
-from tests.terminal.conftest import CLIENT, TIMEOUT, Tmux, key_file, restart
+from tests.terminal.conftest import CLIENT, TIMEOUT, Tmux, key_file, restart, start_tui
 from tests.terminal.test_plain_process import once
 
 PAGE_UP, PAGE_DOWN = "\x1b[5~", "\x1b[6~"
@@ -77,10 +75,7 @@ def test_wrong_key_leaves_the_screen_and_exits_3(
 def test_reconnect_after_server_restart_without_duplicates(
     servers: ServerFactory, chat_server: RunningServer, client_env: dict[str, str], tmux: Tmux
 ) -> None:
-    env = {**client_env, "PAPAYA_USER": "alice", "PAPAYA_KEY_FILE": str(key_file(chat_server))}
-    command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable])
-    command += " " + shlex.join([*CLIENT[1:], "--port", str(chat_server.port)])
-    tmux.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "30", command)
+    start_tui(tmux, chat_server, client_env, size=(100, 30))
     tmux.wait_for(lambda s: "connected to" in s, "the first connection")
     tmux.run("send-keys", "-t", "chat", "before restart", "Enter")
     tmux.wait_for(lambda s: "alice: before restart" in s, "our own message")
