@@ -17,6 +17,8 @@ are applied by one task; urwid redraws when trio goes idle, so nothing polls.
   marked.
 - Who is online comes with the welcome and is kept up to date by presence events: a count in
   the status line, the names with /who.
+- Typing a message (not a command) sends a typing hint at most once per `TYPING_INTERVAL`;
+  others' hints show in the status line for `TYPING_SHOWN` seconds or until their message.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -64,11 +67,13 @@ from clients.terminal.session import (
 from clients.terminal.transport import Connector
 from clients.terminal.wrapping import HANGING
 from papaya_trio.protocol.client import (
+    TYPING_INTERVAL,
     ChatMessage,
     History,
     LocalProtocolError,
     Member,
     Presence,
+    Typing,
     message_lines,
 )
 
@@ -80,6 +85,9 @@ MAX_INPUT_HISTORY = 200
 EVENT_BUFFER = 256
 
 SCROLL_KEYS = frozenset({"page up", "page down", "shift up", "shift down"})
+#: Seconds a typing hint stays in the status line unless renewed (the server relays at most one
+#: per user per 2 s, clients send one per 3 s while typing).
+TYPING_SHOWN = 6.0
 #: Older messages asked for per PageUp at the top.
 HISTORY_PAGE = 50
 
@@ -138,7 +146,10 @@ class InputLine(urwid.Edit):
         elif key == "tab":
             self.insert_text("    ")
         else:
-            return super().keypress(size, key)
+            unhandled = super().keypress(size, key)
+            if len(key) == 1 and not self.edit_text.startswith("/"):  # a message, not a command
+                self._view.typed()
+            return unhandled
         return None
 
     def _recall_line(self, step: int) -> None:
@@ -245,6 +256,9 @@ class ChatView:
         self._retry_at: float | None = None
         self._retry_note = ""
         self._wake = trio.Event()
+        #: Who is typing: name -> trio time when the hint expires.
+        self._typing: dict[str, float] = {}
+        self._typing_sent_at = -math.inf
         self._update_status()
 
     def __repr__(self) -> str:
@@ -290,6 +304,12 @@ class ChatView:
             ("pending", " (pending)")
         ]
 
+    def typed(self) -> None:
+        """The user typed a character of a message: send a typing hint, one per interval."""
+        now = time.monotonic()
+        if now - self._typing_sent_at >= TYPING_INTERVAL and self._session.send_typing():
+            self._typing_sent_at = now
+
     def set_following(self, following: bool) -> None:
         """Follow new messages (bottom visible) or keep the scrolled position."""
         self._following = following
@@ -304,6 +324,10 @@ class ChatView:
             self._settle(event)
         elif isinstance(event, Presence):
             self._presence(event)
+        elif isinstance(event, Typing):
+            if event.user != self._session.user:
+                self._typing[event.user] = trio.current_time() + TYPING_SHOWN
+                self._wake_count_down()
         elif isinstance(event, History):
             self._show_history(event)
         elif isinstance(event, Disconnected):
@@ -328,6 +352,7 @@ class ChatView:
         self._update_status()
 
     def _show_message(self, message: ChatMessage) -> None:
+        self._typing.pop(message.user, None)
         if message.user == self._session.user:
             for message_id, pending in self._pending.items():
                 if (pending.text, pending.action) == (message.text, message.action):
@@ -441,17 +466,20 @@ class ChatView:
                 self.apply(event)
 
     async def count_down(self) -> None:
-        """Keep the reconnect countdown in the status line current, once per second while
-        reconnecting; asleep otherwise (woken by the events that change it)."""
+        """Keep the status line's clocks current: the reconnect countdown, once per second
+        while reconnecting, and the typing hints, until they expire; asleep otherwise (woken
+        by the events that change them)."""
         while True:
+            now = trio.current_time()
+            self._typing = {user: end for user, end in self._typing.items() if end > now}
             self._update_status()
             wake = self._wake
-            remaining = None if self._retry_at is None else self._retry_at - trio.current_time()
-            if remaining is None or remaining <= 0:
-                await wake.wait()
-                continue
-            # Until the shown whole number of seconds changes.
-            with trio.move_on_after(remaining - math.ceil(remaining) + 1):
+            deadlines = list(self._typing.values())
+            if self._retry_at is not None and self._retry_at > now:
+                remaining = self._retry_at - now
+                # When the shown whole number of seconds changes.
+                deadlines.append(now + remaining - math.ceil(remaining) + 1)
+            with trio.move_on_at(min(deadlines, default=math.inf)):
                 await wake.wait()
 
     def _wake_count_down(self) -> None:
@@ -478,6 +506,9 @@ class ChatView:
             parts.append(f"{self._online_count()} online")
         if self._session.pending_count:
             parts.append(f"{self._session.pending_count} unconfirmed")
+        if self._typing:
+            names = ", ".join(printable(user) for user in sorted(self._typing))
+            parts.append(f"{names} {'is' if len(self._typing) == 1 else 'are'} typing")
         if self._history_id is not None:
             parts.append("loading older messages")
         if not self._following:

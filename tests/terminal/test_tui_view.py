@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime
 
@@ -11,8 +12,8 @@ import urwid
 
 from clients.terminal.session import ChatSession, Connected, Disconnected, Rejected, SessionEvent
 from clients.terminal.transport import open_tcp_connection
-from clients.terminal.tui import MAX_SCROLLBACK, ChatView
-from papaya_trio.protocol.client import ChatMessage, History, Member, Presence
+from clients.terminal.tui import MAX_SCROLLBACK, TYPING_SHOWN, ChatView
+from papaya_trio.protocol.client import ChatMessage, History, Member, Presence, Typing
 
 SIZE = (60, 10)
 
@@ -236,3 +237,30 @@ async def test_page_up_at_the_top_loads_older_messages_and_marks_the_start(
     assert sum("──" in t and "2026" in t for t in texts) == 1  # one day divider, not two
     keys(view, *["page up"] * 30)
     assert len(view._session._requests) == 1  # at the start: nothing more to ask for
+
+
+async def test_typing_hints_are_shown_until_they_expire_or_the_message_comes(
+    view: ChatView, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    nursery.start_soon(view.count_down)
+    view.apply(Typing("bob"))
+    view.apply(Typing("carol"))
+    view.apply(Typing("alice"))  # our own, from another connection: not shown
+    await trio.sleep(1)
+    assert "bob, carol are typing" in screen(view)[-2]
+    view.apply(message(1, "bob", "done"))
+    assert "carol is typing" in screen(view)[-2]
+    await trio.sleep(TYPING_SHOWN)
+    assert "typing" not in screen(view)[-2]
+
+
+def test_typing_sends_one_hint_per_interval(view: ChatView) -> None:
+    view._session.connected = True  # as after a welcome: requests may go out
+    keys(view, *"hello there")
+    assert list(view._session._requests) == [{"type": "typing"}]
+    view._session._requests.clear()
+    view._typing_sent_at = -math.inf  # as if the interval had passed
+    keys(view, "ctrl u", *"/who")
+    assert not view._session._requests  # a command is not typing
+    keys(view, "ctrl u", "x")
+    assert list(view._session._requests) == [{"type": "typing"}]
