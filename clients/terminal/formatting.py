@@ -5,7 +5,8 @@ Times are shown in the local time zone (TZ), to the minute; plain mode also give
 `2026-11-26 14:28 alice: hi`. An action (/me) reads `14:28 * alice waves`; the lines of a
 multi-line message after the first are indented (plain mode: by two spaces). A name verified by
 a personal token is followed by `✓`; a message from the papayaChat dialect, whose names nobody
-checks, has its name prefixed with `~`.
+checks, has its name prefixed with `~`. In a room with accounts (`accounts`: someone is
+verified), the full-screen view follows a name that is not verified with `?`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ PLAIN_INDENT = "  "
 VERIFIED_MARK = "✓"
 #: Before a name from the papayaChat dialect (unverifiable).
 PAPAYA_MARK = "~"
+#: After a name not verified, in a room where names can be.
+UNVERIFIED_MARK = "?"
 
 #: urwid text markup: a string, or a list of (attribute, string) pairs and strings.
 Markup = list[tuple[str, str] | str]
@@ -53,9 +56,12 @@ def printable_lines(text: str) -> str:
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
-def _name(message: ChatMessage) -> str:
-    mark = PAPAYA_MARK if message.dialect == "papaya" else ""
-    return mark + printable(message.user) + (VERIFIED_MARK if message.verified else "")
+def _name(message: ChatMessage, accounts: bool = False) -> str:
+    if message.dialect == "papaya":
+        return PAPAYA_MARK + printable(message.user)
+    if message.verified:
+        return printable(message.user) + VERIFIED_MARK
+    return printable(message.user) + (UNVERIFIED_MARK if accounts else "")
 
 
 def plain_line(message: ChatMessage) -> str:
@@ -68,22 +74,24 @@ def plain_line(message: ChatMessage) -> str:
     return f"{stamp} {_name(message)}: {text}"
 
 
-def message_markup(message: ChatMessage, own_user: str, *, stamp: datetime | None = None) -> Markup:
+def message_markup(message: ChatMessage, own_user: str, *, accounts: bool = False) -> Markup:
     """One message for the full-screen view; our own messages get the `own` attribute.
 
     An action (`action`, or the older form: text `* alice waves` by alice) reads
-    `* alice waves`. `stamp` replaces the message's time (a pending message has none yet).
+    `* alice waves`. `accounts`: mark names that are not verified.
     """
     user_attr = "own" if message.user == own_user else "user"
-    when = local_time(stamp if stamp is not None else message.time)
-    time_part = ("time", f"{when:%H:%M} ")
+    time_part = ("time", f"{local_time(message.time):%H:%M} ")
     if message.action:
-        return [time_part, (user_attr, f"* {_name(message)} {printable_lines(message.text)}")]
+        return [
+            time_part,
+            (user_attr, f"* {_name(message, accounts)} {printable_lines(message.text)}"),
+        ]
     if message.text.startswith(f"* {message.user} "):
         return [time_part, (user_attr, printable_lines(message.text))]
     return [
         time_part,
-        (user_attr, _name(message)),
+        (user_attr, _name(message, accounts)),
         ("own_text" if user_attr == "own" else "text", f": {printable_lines(message.text)}"),
     ]
 

@@ -93,6 +93,8 @@ class Connected:
     head: int
     first: int = 0
     online: tuple[Member, ...] = ()
+    #: Whether our own name is verified by a personal token.
+    verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +330,9 @@ class ChatSession:
         self._backoff.reset()
         self._last_received = trio.current_time()
         self._unsent = deque(self._pending)
-        await self._events.send(Connected(event.server, event.head, event.first, event.online))
+        await self._events.send(
+            Connected(event.server, event.head, event.first, event.online, event.verified)
+        )
 
     async def _serve(self, conn: MessageConnection) -> str:
         """Run the reader and the writer until one of them ends the connection."""

@@ -247,6 +247,9 @@ class ChatView:
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         #: Who is online: name (None: papayaChat connections) -> member.
         self._online: dict[str | None, Member] = {}
+        #: Whether the room has accounts (someone was seen verified): then names that are not
+        #: verified are marked.
+        self._accounts = False
         #: The oldest stored sequence number (None: the server did not say).
         self._first: int | None = None
         self._history_id: str | None = None
@@ -299,7 +302,7 @@ class ChatView:
 
     def _pending_markup(self, text: str, action: bool) -> Markup:
         draft = ChatMessage(0, datetime.now(UTC), self._session.user, text, action=action)
-        markup = message_markup(draft, self._session.user)
+        markup = self._markup(draft)
         return [(("pending", part[1]) if isinstance(part, tuple) else part) for part in markup] + [
             ("pending", " (pending)")
         ]
@@ -345,6 +348,7 @@ class ChatView:
                 f"{printable(event.server)} at {self._server_name}",
             )
             self._online = {member.user: member for member in event.online}
+            self._accounts = event.verified or any(m.verified for m in event.online)
             self._first = event.first if event.first or event.head == 0 else None
             self._history_id = None
             self._retry_at = None
@@ -357,14 +361,18 @@ class ChatView:
             for message_id, pending in self._pending.items():
                 if (pending.text, pending.action) == (message.text, message.action):
                     del self._pending[message_id]
-                    pending.row.set_text(message_markup(message, self._session.user))
+                    pending.row.set_text(self._markup(message))
                     pending.row.seq = message.seq
                     return
         day = local_time(message.time).date()
         if day != self._last_day:
             self._last_day = day
             self._add(day_divider(day), day=day)
-        self._add(message_markup(message, self._session.user), seq=message.seq)
+        self._add(self._markup(message), seq=message.seq)
+
+    def _markup(self, message: ChatMessage) -> Markup:
+        self._accounts = self._accounts or message.verified
+        return message_markup(message, self._session.user, accounts=self._accounts)
 
     def _settle(self, event: Confirmed | Rejected) -> None:
         """A pending message whose copy did not arrive was confirmed, or was refused."""
@@ -375,13 +383,14 @@ class ChatView:
             draft = ChatMessage(
                 event.seq, datetime.now(UTC), self._session.user, pending.text, pending.action
             )
-            pending.row.set_text(message_markup(draft, self._session.user))
+            pending.row.set_text(self._markup(draft))
             pending.row.seq = event.seq
         else:
             line = event_line(event, self._server_name)
             pending.row.set_text([("error", f"-- {line}")])
 
     def _presence(self, event: Presence) -> None:
+        self._accounts = self._accounts or event.verified
         known = self._online.get(event.user)
         count = (known.count if known else 0) + (1 if event.event == "join" else -1)
         if count <= 0:
@@ -438,7 +447,7 @@ class ChatView:
             if day != last_day:
                 last_day = day
                 rows.append(Row(day_divider(day), day=day))
-            rows.append(Row(message_markup(message, self._session.user), seq=message.seq))
+            rows.append(Row(self._markup(message), seq=message.seq))
         dated = next(
             (n for n, row in enumerate(self._walker) if row.day or row.seq is not None), None
         )

@@ -36,6 +36,16 @@ def restart(servers: ServerFactory, server: RunningServer) -> RunningServer:
 
 
 @pytest.fixture
+def utc() -> Iterator[None]:
+    """Local time is UTC for the test (times are shown in local time)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", "UTC")
+        time.tzset()
+        yield
+    time.tzset()
+
+
+@pytest.fixture
 def chat_server(servers: ServerFactory) -> RunningServer:
     return servers.start()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -38,15 +36,6 @@ from papaya_trio.protocol.client import ChatMessage
 )
 def test_parse_input(line: str, command: object) -> None:
     assert parse_input(line) == command
-
-
-@pytest.fixture
-def utc() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TZ", "UTC")
-        time.tzset()
-        yield
-    time.tzset()
 
 
 MESSAGE = ChatMessage(7, datetime(2026, 11, 26, 14, 28, 25, tzinfo=UTC), "alice", "hi 漢字")

@@ -17,6 +17,9 @@ from papaya_trio.protocol.client import ChatMessage, History, Member, Presence, 
 
 SIZE = (60, 10)
 
+#: Every test here reads times on the screen.
+pytestmark = pytest.mark.usefixtures("utc")
+
 
 @pytest.fixture
 def view() -> ChatView:
@@ -264,3 +267,18 @@ def test_typing_sends_one_hint_per_interval(view: ChatView) -> None:
     assert not view._session._requests  # a command is not typing
     keys(view, "ctrl u", "x")
     assert list(view._session._requests) == [{"type": "typing"}]
+
+
+def test_unverified_names_are_marked_once_the_room_has_accounts(view: ChatView) -> None:
+    view.apply(Connected("papaya-trio 0.1.0", 0))
+    view.apply(message(1, "bob", "before accounts"))
+    assert any("14:28 bob: before accounts" in row for row in screen(view))
+    view.apply(Presence("join", "carol", True, "native"))
+    view.apply(message(2, "bob", "unverified"))
+    stamp = message(0, "", "").time
+    view.apply(ChatMessage(3, stamp, "carol", "verified", verified=True))
+    view.apply(ChatMessage(4, stamp, "tom", "papaya", dialect="papaya"))
+    rows = screen(view)
+    assert any("14:28 bob?: unverified" in row for row in rows), rows
+    assert any("14:28 carol✓: verified" in row for row in rows), rows
+    assert any("14:28 ~tom: papaya" in row for row in rows), rows
