@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="trust the CA certificates in this file instead of the system's, for --tls and"
         " wss:// (PAPAYA_CA_FILE); for a self-signed server, its certificate",
     )
+    parser.add_argument(
+        "--token-file",
+        dest="token_file",
+        help="file holding your personal token, from `papaya-trio user add NAME`"
+        " (PAPAYA_TOKEN_FILE); proves your name",
+    )
     parser.add_argument("--config", type=Path, help="TOML file instead of the default one")
     parser.add_argument(
         "--plain",

@@ -112,7 +112,12 @@ async def run_plain(
     """Run plain or once mode and return the exit status."""
     send_events, receive_events = trio.open_memory_channel[SessionEvent](EVENT_BUFFER)
     session = ChatSession(
-        connect=connect, key=config.key, user=config.user, events=send_events, rng=rng
+        connect=connect,
+        key=config.key,
+        user=config.user,
+        events=send_events,
+        rng=rng,
+        token=config.token,
     )
     printer = Printer()
     status = ExitStatus.OK

@@ -176,7 +176,7 @@ class ChatSession:
         self,
         *,
         connect: Connector,
-        key: str,
+        key: str | None,
         user: str,
         events: trio.MemorySendChannel[SessionEvent],
         rng: random.Random,
@@ -186,9 +186,11 @@ class ChatSession:
         keepalive_interval: float = 30.0,
         keepalive_timeout: float = 10.0,
         backoff: Backoff | None = None,
+        token: str | None = None,
     ) -> None:
         self._connect = connect
         self._key = key
+        self._token = token
         self.user = user
         self._events = events
         self._fail_fast = fail_fast
@@ -312,7 +314,9 @@ class ChatSession:
         raise TransportError(f"no welcome from the server within {self._connect_timeout:g} s")
 
     async def _handshake(self, conn: MessageConnection) -> None:
-        await conn.send_object(protocol.hello(self._key, self.user, self.last_seq))
+        await conn.send_object(
+            protocol.hello(self._key, self.user, self.last_seq, token=self._token)
+        )
         obj = await conn.receive_object()
         if obj is None:
             raise _ConnectionLost("server closed the connection before the welcome")

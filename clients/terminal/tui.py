@@ -538,7 +538,12 @@ async def run_tui(
     """
     send_events, receive_events = trio.open_memory_channel[SessionEvent](EVENT_BUFFER)
     session = ChatSession(
-        connect=connect, key=config.key, user=config.user, events=send_events, rng=rng
+        connect=connect,
+        key=config.key,
+        user=config.user,
+        events=send_events,
+        rng=rng,
+        token=config.token,
     )
     view = ChatView(server_name=server_name, session=session)
     event_loop = urwid.TrioEventLoop()

@@ -294,3 +294,12 @@ async def test_presence_and_actions_reach_the_session(
     client.session.send_nowait("waves", action=True)
     own = await client.next(ChatMessage)
     assert (own.user, own.text, own.action) == ("alice", "waves", True)
+
+
+async def test_the_token_goes_into_the_hello(
+    server: LoopbackServer, proxy: FaultProxy, nursery: trio.Nursery
+) -> None:
+    client = Client(tcp(proxy.port), server.key, token="secret-token")  # type: ignore[arg-type]
+    nursery.start_soon(client.session.run)
+    await client.next(Connected)  # auth = "key" (the default) does not ask for the token
+    assert proxy.sent("hello")[0]["token"] == "secret-token"
