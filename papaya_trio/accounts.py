@@ -16,7 +16,9 @@ The server keeps an `Accounts` and calls `refresh()` before each check: it stats
 re-reads it only when it changed, so `user add` and `user remove` take effect at the next
 hello without a restart (connections already up are not touched). A file that cannot be read
 or parsed at start stops the server; later, the server logs the problem and keeps what it had.
-Checking a token runs scrypt (tens of milliseconds) in a worker thread, off the event loop.
+Checking a token runs scrypt (tens of milliseconds, 16 MiB) in a worker thread, off the event
+loop, at most KDF_THREADS at a time: anyone can send hellos with tokens, and each check costs
+the server that memory and CPU, so the checks queue rather than multiply.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ HASH_BYTES = 32
 TOKEN_BYTES = 32
 MAX_USERS = 10_000  # a bound on the file the server reads (and holds in memory)
 MAX_FILE_BYTES = 4 * 1024 * 1024
+KDF_THREADS = 2  # token checks run at once (each holds 128 * n * r bytes)
 
 
 class AccountError(Exception):
@@ -237,6 +240,7 @@ class Accounts:
         self._threaded = threaded
         self._stamp: tuple[int, int, int] | None = None
         self._entries: dict[str, Entry] = {}
+        self._limiter: trio.CapacityLimiter | None = None  # made in trio's run, on first use
         self.refresh(strict=True)
 
     def __repr__(self) -> str:
@@ -274,7 +278,10 @@ class Accounts:
             return entry
         assert token is not None
         if self._threaded:
-            return TokenCheck(True, await trio.to_thread.run_sync(entry.matches, token))
+            if self._limiter is None:
+                self._limiter = trio.CapacityLimiter(KDF_THREADS)
+            valid = await trio.to_thread.run_sync(entry.matches, token, limiter=self._limiter)
+            return TokenCheck(True, valid)
         return TokenCheck(True, entry.matches(token))
 
     def check_sync(self, name: str, token: str | None) -> TokenCheck:

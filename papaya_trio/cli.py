@@ -1,4 +1,4 @@
-"""The `papaya-trio` command: serve, keygen, cert, default-config, bench."""
+"""The `papaya-trio` command: serve, keygen, cert, default-config, log export/import, bench."""
 
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ from papaya_trio.config import (
 )
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
+from papaya_trio.logtransfer import TransferError, export_records, import_lines
+from papaya_trio.records import record_json
 from papaya_trio.selfsigned import DEFAULT_DAYS, CertificateError, write_certificate
-from papaya_trio.service import ServiceError, run_service
+from papaya_trio.service import ServiceError, open_log_store, run_service
 from papaya_trio.tls import TlsError
+from papaya_trio.workers import run_workers
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -70,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="unregister NAME (its token stops working)")
     remove.add_argument("name", metavar="NAME")
     commands.add_parser("default-config", help="print the default configuration as TOML")
+    log = commands.add_parser("log", help="move a room's messages between stores (JSON lines)")
+    log_commands = log.add_subparsers(dest="log_command", required=True)
+    export = log_commands.add_parser("export", help="write every message to stdout")
+    add_flags(export)
+    restore = log_commands.add_parser("import", help="append messages, numbers and times kept")
+    restore.add_argument("file", type=Path, help="JSON lines from `log export` ('-': stdin)")
+    add_flags(restore)
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
     )
@@ -79,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -88,8 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if warning := cleartext_warning(config):
                 logging.getLogger(__name__).warning("%s", warning)
+            if config.log_level != "debug":
+                # The Redis client narrates reconnects and script loads at info; the Redis
+                # store logs each outage and recovery itself, once.
+                logging.getLogger("coredis").setLevel(logging.WARNING)
             if config.mode == "fork":
                 run_fork_service(config)
+            elif config.workers > 1:
+                return trio.run(run_workers, config, argv)
             else:
                 trio.run(run_service, config)
         elif args.command == "keygen":
@@ -104,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _user_command(args)
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "log":
+            trio.run(_transfer, args)
         elif args.command == "bench":
             return bench_command.run(args)
     except (
@@ -114,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         TlsError,
         CertificateError,
         AccountError,
+        TransferError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
@@ -144,3 +164,24 @@ def _user_command(args: argparse.Namespace) -> None:
     else:
         for name in list_users(data_dir):
             print(name)
+
+
+async def _transfer(args: argparse.Namespace) -> None:
+    """`log export` or `log import` on the store the configuration names."""
+    config = load_config(args)
+    async with open_log_store(config) as store:
+        if args.log_command == "export":
+            async for record in export_records(store):
+                sys.stdout.write(record_json(record) + "\n")
+            sys.stdout.flush()
+        else:
+            lines = sys.stdin if args.file == Path("-") else _read_lines(args.file)
+            count = await import_lines(store, lines)
+            print(f"imported {count} messages; the log ends at {store.head}", file=sys.stderr)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransferError(f"cannot read {path}: {exc}") from None

@@ -144,6 +144,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ORIGIN",
     ),
     Option(
+        "metrics",
+        str,
+        "off",
+        "Prometheus metrics at /metrics: off; http (on the HTTP port, to anyone who can reach"
+        " it); or HOST:PORT, a plain-HTTP listener of its own, e.g. 127.0.0.1:9772",
+    ),
+    Option(
         "fsync",
         str,
         "always",
@@ -152,6 +159,47 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "fsync_interval", float, 1.0, "seconds between syncs with fsync = interval", minimum=0.001
+    ),
+    Option(
+        "store",
+        str,
+        "file",
+        "where the log lives: file (DATA_DIR/chat.log) or redis (a stream several servers share)",
+        choices=("file", "redis"),
+    ),
+    Option(
+        "redis_url",
+        str,
+        "redis://127.0.0.1:6379/0",
+        "the Redis for store = redis: redis://, rediss:// (TLS) or unix:///path/to/socket",
+    ),
+    Option("redis_key", str, "papaya", "prefix of the room's Redis keys (KEY:log, KEY:ids)"),
+    Option(
+        "workers",
+        int,
+        1,
+        "with store = redis: run this many servers of the room, sharing the ports (reuse_port)",
+        minimum=1,
+    ),
+    Option(
+        "reuse_port",
+        bool,
+        False,
+        "with store = redis: listen with SO_REUSEPORT, so several servers share the ports",
+    ),
+    Option(
+        "redis_replicas",
+        int,
+        0,
+        "with fsync = always, replicas that must have a message before it is acknowledged",
+        minimum=0,
+    ),
+    Option(
+        "redis_timeout",
+        float,
+        5.0,
+        "seconds a Redis command may take before it counts as failed",
+        minimum=0.01,
     ),
     Option(
         "shutdown_deadline", float, 5.0, "seconds clients get to leave on shutdown", minimum=0.0
@@ -193,8 +241,16 @@ class ServerConfig:
     ws_ping_interval: float
     ws_ping_timeout: float
     allowed_origins: list[str]
+    metrics: str
     fsync: str
     fsync_interval: float
+    store: str
+    redis_url: str
+    redis_key: str
+    workers: int
+    reuse_port: bool
+    redis_replicas: int
+    redis_timeout: float
     shutdown_deadline: float
     log_level: str
 
@@ -202,6 +258,11 @@ class ServerConfig:
     def key_path(self) -> Path:
         """Where the key lives."""
         return Path(self.key_file) if self.key_file else Path(self.data_dir) / "key"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics listener, or None (metrics off or on the HTTP port)."""
+        return None if self.metrics in METRICS_MODES else parse_host_port(self.metrics)
 
     @property
     def tls(self) -> bool:
@@ -290,11 +351,29 @@ def check(config: ServerConfig) -> None:
     for name in ("tcp_port", "http_port", "papaya_port"):
         if getattr(config, name) > 65535:
             raise ConfigError(f"{name} must be at most 65535, not {getattr(config, name)}")
+    if config.store == "redis":
+        if config.mode == "fork":
+            raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')
+        if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+        if config.workers > 1 and 0 in (config.tcp_port, config.http_port):
+            raise ConfigError("workers share their ports: tcp_port and http_port cannot be 0")
+    elif config.reuse_port or config.workers > 1:
+        raise ConfigError('workers and reuse_port share one room: they need store = "redis"')
     if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
         raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
     if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
         # a text of max_message_bytes, JSON-escaped, must fit in one frame (fork mode has none)
         raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")
+    if config.metrics not in METRICS_MODES:
+        parse_host_port(config.metrics)
+    if config.mode == "fork" and config.metrics == "http":
+        raise ConfigError('fork mode has no HTTP port: give metrics = "HOST:PORT" instead')
+    if config.workers > 1 and config.metrics != "off":
+        raise ConfigError(
+            "metrics count one server: with workers, run each server with --reuse-port and"
+            " a metrics HOST:PORT of its own instead"
+        )
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     exposed = public_addresses(config)
@@ -305,6 +384,19 @@ def check(config: ServerConfig) -> None:
             f" {CLEARTEXT} would cross the network readable by anyone on the way; give"
             " tls_cert and tls_key (see `papaya-trio cert`), or set allow_plaintext = true"
         )
+
+
+METRICS_MODES = ("off", "http")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9772` for IPv6, `*:9772` for every interface) as (host, port)."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"metrics must be off, http or HOST:PORT, not {value!r}")
+    return host, int(port)
 
 
 #: What a plaintext port gives away to anyone who can watch the network.

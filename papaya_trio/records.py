@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 CRC_HEX = 8
@@ -57,8 +57,34 @@ class CorruptRecord(ValueError):
     """A complete line that is not a valid record."""
 
 
-def encode_record(record: Record) -> bytes:
-    """Return the record as one log line, newline included."""
+def record_meta(record: Record) -> str:
+    """The record's optional fields (action, dialect, verified) as compact JSON, or "" when it
+    has none: how stores that keep fields apart (Redis) carry them."""
+    fields: dict[str, object] = {}
+    if record.action:
+        fields["a"] = 1
+    if record.dialect is not None:
+        fields["d"] = record.dialect
+    if record.verified:
+        fields["v"] = 1
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")) if fields else ""
+
+
+def with_meta(record: Record, meta: str | None) -> Record:
+    """`record` with the optional fields in `meta` (from `record_meta`); ValueError if bad."""
+    if not meta:
+        return record
+    fields = json.loads(meta)
+    dialect = fields.get("d")
+    if not (dialect is None or isinstance(dialect, str)):
+        raise ValueError("dialect must be a string")
+    return replace(
+        record, action=fields.get("a") == 1, dialect=dialect, verified=fields.get("v") == 1
+    )
+
+
+def record_json(record: Record) -> str:
+    """The record's JSON body: compact, non-ASCII kept as it is, `id` only when there is one."""
     fields: dict[str, object] = {
         "seq": record.seq,
         "t": record.time_ms,
@@ -67,13 +93,14 @@ def encode_record(record: Record) -> bytes:
     }
     if record.client_id is not None:
         fields["id"] = record.client_id
-    if record.action:
-        fields["a"] = 1
-    if record.dialect is not None:
-        fields["d"] = record.dialect
-    if record.verified:
-        fields["v"] = 1
-    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+    meta = record_meta(record)
+    return body[:-1] + "," + meta[1:] if meta else body
+
+
+def encode_record(record: Record) -> bytes:
+    """Return the record as one log line, newline included."""
+    body = record_json(record).encode()
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -89,6 +116,11 @@ def decode_record(line: bytes) -> Record:
         raise CorruptRecord("record checksum is not hexadecimal") from None
     if zlib.crc32(body) != expected:
         raise CorruptRecord("record checksum does not match")
+    return parse_record_json(body)
+
+
+def parse_record_json(body: bytes | str) -> Record:
+    """The record in a JSON body; raise CorruptRecord if it is not one."""
     try:
         fields = json.loads(body)
         record = Record(

@@ -1,4 +1,4 @@
-"""The server as a real program: data folder, key, log file, TCP listeners, signals.
+"""The server as a real program: data folder, key, log store, TCP listeners, signals.
 
 Everything here touches the real world (files, sockets, wall clock, signals); the server
 underneath (`ChatServer`, `Room`, `ChatLog`) does not, so tests and the simulation run it
@@ -14,15 +14,18 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
 
 from papaya_trio.accounts import AccountError, Accounts, users_path
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
-from papaya_trio.config import ServerConfig
+from papaya_trio.config import ServerConfig, public_addresses
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
+from papaya_trio.logstore import LogStore
+from papaya_trio.metrics import METRICS_PATH, Metrics
+from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
@@ -46,6 +49,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data folder (owner-only) if it does not exist."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 @contextmanager
 def locked_data_dir(data_dir: Path) -> Iterator[int]:
     """Create the data folder and hold its lock file: one server per folder at a time.
@@ -54,7 +62,7 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
     a forked child shares: fork mode closes this descriptor in every child, so only the server
     itself holds the folder.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_data_dir(data_dir)
     fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
@@ -107,8 +115,9 @@ def load_accounts(config: ServerConfig, *, threaded: bool = True) -> Accounts | 
     return accounts
 
 
-def web_settings(config: ServerConfig) -> WebSettings:
-    """The HTTP port's part of the configuration, with the browser client's files read in."""
+def web_settings(config: ServerConfig, metrics: Metrics | None = None) -> WebSettings:
+    """The HTTP port's part of the configuration, with the browser client's files read in
+    (and `metrics` served at /metrics if given)."""
     try:
         site = StaticSite.browser_client(config.max_message_bytes)
     except StaticSiteError as exc:
@@ -121,24 +130,39 @@ def web_settings(config: ServerConfig) -> WebSettings:
         allowed_origins=frozenset(config.allowed_origins),
         scheme="https" if config.tls else "http",
     )
-    return WebSettings(site, websocket)
+    return WebSettings(site, websocket, metrics)
 
 
 async def open_tcp_listeners(
     config: ServerConfig, port: int | None = None
 ) -> list[trio.SocketListener]:
     """Listen on `port` (default: tcp_port) at every configured address ('*': all interfaces,
-    IPv4 and IPv6)."""
+    IPv4 and IPv6), with SO_REUSEPORT if `reuse_port` is set."""
     port = config.tcp_port if port is None else port
     listeners: list[trio.SocketListener] = []
     try:
         for host in config.listen:
-            listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+            address = None if host == "*" else host
+            if config.reuse_port:
+                listeners += await _open_shared_listeners(port, address)
+            else:
+                listeners += await trio.open_tcp_listeners(port, host=address)
     except OSError as exc:
         for listener in listeners:
             await listener.aclose()
         raise ServiceError(f"cannot listen on port {port}: {exc.strerror}") from None
     return listeners
+
+
+async def open_metrics_listeners(config: ServerConfig) -> list[trio.SocketListener]:
+    """The metrics listener's sockets when `metrics` is HOST:PORT, else none."""
+    if (address := config.metrics_address) is None:
+        return []
+    host, port = address
+    try:
+        return await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+    except OSError as exc:
+        raise ServiceError(f"cannot listen for metrics on {config.metrics}: {exc}") from None
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -148,36 +172,102 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return server_context(Path(config.tls_cert), Path(config.tls_key))
 
 
+async def _open_shared_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, plus SO_REUSEPORT: every server of the room binds the
+    same port and the kernel spreads new connections over them."""
+    listeners: list[trio.SocketListener] = []
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen()
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    return listeners
+
+
+@asynccontextmanager
+async def open_log_store(
+    config: ServerConfig, metrics: Metrics | None = None
+) -> AsyncIterator[LogStore]:
+    """The configured log store, open; flushed and released on exit.
+
+    With `metrics`, the file store's fsyncs are timed and its size exported.
+
+    The file store holds the data folder's lock throughout; the Redis store shares its stream
+    with any number of servers, so it takes no lock (the data folder only holds the key).
+    """
+    data_dir = Path(config.data_dir)
+    fsync = FsyncPolicy(config.fsync)
+    if config.store == "redis":
+        make_data_dir(data_dir)
+        try:
+            async with open_redis_log(
+                config.redis_url,
+                key=config.redis_key,
+                clock_ms=wall_clock_ms,
+                fsync=fsync,
+                replicas=config.redis_replicas,
+                command_timeout=config.redis_timeout,
+            ) as redis_log:
+                logger.info("log in redis stream %s: %d messages", redis_log.stream, redis_log.head)
+                yield redis_log
+        except RedisStoreError as exc:
+            raise ServiceError(str(exc)) from None
+        return
+    with locked_data_dir(data_dir):
+        storage = FileStorage(data_dir / LOG_FILE)
+        stored = storage if metrics is None else metrics.storage(storage)
+        log, recovery = await ChatLog.open(
+            stored, clock_ms=wall_clock_ms, fsync=fsync, sync_interval=config.fsync_interval
+        )
+        logger.info("log %s: %d messages", storage.path, recovery.records)
+        try:
+            yield log
+        finally:
+            await log.aclose()
+
+
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
 
     SIGHUP re-reads the TLS certificate and key (see `tls`).
     """
     context = tls_context(config)
-    data_dir = Path(config.data_dir)
-    with locked_data_dir(data_dir):
+    metrics = Metrics()
+    async with open_log_store(config, metrics) as log:
         key = load_or_create_key(config.key_path)
-        storage = FileStorage(data_dir / LOG_FILE)
-        log, recovery = await ChatLog.open(
-            storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
-        )
-        logger.info("log %s: %d messages", storage.path, recovery.records)
-        try:
-            await _serve(config, log, key, context)
-        finally:
-            await log.aclose()
-        logger.info("stopped; log flushed")
+        await _serve(config, log, key, context, metrics)
+    logger.info("stopped; log flushed")
 
 
 async def _serve(
-    config: ServerConfig, log: ChatLog, key: str, context: ssl.SSLContext | None
+    config: ServerConfig,
+    log: LogStore,
+    key: str,
+    context: ssl.SSLContext | None,
+    metrics: Metrics,
 ) -> None:
-    room = Room(log, key, room_settings(config), accounts=load_accounts(config))
+    room = Room(log, key, room_settings(config), accounts=load_accounts(config), metrics=metrics)
     server = ChatServer(
         room,
         max_connections=config.max_connections,
         shutdown_deadline=config.shutdown_deadline,
-        web=web_settings(config),
+        web=web_settings(config, metrics if config.metrics == "http" else None),
     )
     ports = [config.tcp_port, config.http_port]
     if config.papaya_port >= 0:
@@ -186,11 +276,24 @@ async def _serve(
     try:
         for port in ports:
             opened.append(await open_tcp_listeners(config, port))
+        opened.append(await open_metrics_listeners(config))
     except ServiceError:
         for listener in (listener for group in opened for listener in group):
             await listener.aclose()
         raise
-    tcp, http, papaya = opened[0], opened[1], opened[2] if len(opened) > 2 else []
+    tcp, http, *others, metrics_listeners = opened
+    papaya = others[0] if others else []
+    for listener in metrics_listeners:
+        address = format_address(listener.socket.getsockname())
+        logger.info("listening metrics http://%s%s", address, METRICS_PATH)
+    if config.metrics == "http":
+        logger.info("metrics at %s on the HTTP port", METRICS_PATH)
+        if public_addresses(config):
+            logger.warning(
+                "metrics = http: anyone who can reach the HTTP port can read %s; "
+                'prefer metrics = "127.0.0.1:PORT" (a listener of its own)',
+                METRICS_PATH,
+            )
     # The tcp lines come last: whoever waits for "listening tcp" then has them all.
     scheme, secure = ("https", " (TLS)") if context else ("http", "")
     for listener in http:
@@ -203,13 +306,10 @@ async def _serve(
         logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            if log.fsync is FsyncPolicy.INTERVAL:
-                nursery.start_soon(log.run_interval_sync, config.fsync_interval)
+            await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
             await server.serve(
-                _secured(tcp, context),
-                _secured(http, context),
-                papaya,
+                _secured(tcp, context), _secured(http, context), papaya, metrics_listeners
             )
             nursery.cancel_scope.cancel()
 

@@ -168,6 +168,7 @@ class Session:
         self._drop_lagging(f"you fell more than {self.room.settings.max_lag} messages behind")
 
     def _drop_lagging(self, message: str) -> None:
+        self.room.metrics.evicted_for_lag()
         self._end("lagging")
         self.close("lagging", message)
         if self._writing:
@@ -176,6 +177,11 @@ class Session:
     async def run(self) -> str:
         """Run until the client leaves or is closed; return why it ended."""
         log = self.room.log
+        if isinstance(self.identity.history, Since) and self.identity.history.seq > log.head:
+            try:  # the client may have seen `since` on another server sharing the log
+                await log.catch_up(self.identity.history.seq)
+            except StorageFailed as exc:
+                self.close("storage_failed", f"cannot read the log now: {exc}")
         head = log.head
         try:
             with (
@@ -241,11 +247,16 @@ class Session:
         await self._write([welcome])
         while True:
             while self._closing is None:
-                batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
+                try:
+                    batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
+                except StorageFailed as exc:  # the client resumes later with `since`
+                    self.close("storage_failed", f"cannot read the log now: {exc}")
+                    break
                 if not batch:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])
                 sub.cursor = batch[-1].seq
+                self.room.metrics.delivered(batch, welcome_head)
             if self._closing is not None:
                 self._end(self._closing.code)
                 await self._write([self._closing])
@@ -320,7 +331,8 @@ class Session:
         user = self.identity.user or event.user
         assert user is not None, "the papayaChat decoder always names the user"
         try:
-            result = await self.room.log.append(
+            result = await self.room.metrics.append(
+                self.room.log,
                 user,
                 event.text,
                 event.client_id,

@@ -190,7 +190,7 @@ class NativeClient:
             world.oracle.ack_seen(self.user, client_id, seq, text, self.user)
         elif kind == "error":
             self._on_error(conn, obj)
-        elif kind != "pong":
+        elif kind not in ("pong", "presence", "typing"):  # presence: not modelled here yet
             world.fail(REPLIES, f"{self.user}: unexpected {obj}")
 
     def _on_error(self, conn: Connection, obj: dict[str, object]) -> None:
@@ -201,7 +201,9 @@ class NativeClient:
             assert isinstance(client_id, str)
             conn.unanswered.discard(client_id)
             self._retry.add(client_id)
-        elif code in ("lagging", "shutdown"):
+        elif code in ("lagging", "shutdown", "name_taken"):
+            # name_taken: the server has not yet seen this client's previous connection drop;
+            # the connection ends and the client reconnects after its backoff.
             conn.end = str(code)
         elif not self._garbage_expected(code):
             self.world.fail(REPLIES, f"{self.user}: unexpected error {obj}")
@@ -387,15 +389,16 @@ class PapayaClient:
             await self.write(f"{self.user}: {text}\n".encode())
 
     async def read(self) -> None:
-        """Collect history (newline-ended) and live (NUL-ended) lines until the end."""
+        """Collect history and live lines until the end. Like the original daemon, the server
+        joins the live lines pending at a wake-up with newlines and ends them with one NUL, so
+        the lines before the first NUL are the history followed by the first burst's; the
+        oracle tells them apart."""
         assert self.link is not None and self.view is not None
         reader = FrameReader(self.link.client, b"\n\x00")
         try:
             while (frame := await reader.next()) is not None:
                 text = frame[0].decode()
-                if frame[1] == ord("\n"):
-                    if self.view.live:
-                        self.world.fail(REPLIES, f"{self.user}: history line after live ones")
+                if frame[1] == ord("\n") and not self.view.live:
                     self.view.history.append(text)
                 else:
                     self.view.live.append(text)

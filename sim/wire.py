@@ -74,7 +74,16 @@ def line(**fields: Any) -> bytes:
 
 
 def record_from(obj: dict[str, Any]) -> Record:
-    """The record a `message` object describes (client ids are not sent to clients)."""
+    """The record a `message` object describes (client ids are not sent to clients; the
+    optional action, dialect and verified fields are)."""
     moment = datetime.fromisoformat(obj["time"].replace("Z", "+00:00"))
     time_ms = int(moment.timestamp() * 1000 + 0.5)
-    return Record(obj["seq"], time_ms, obj["user"], obj["text"])
+    return Record(
+        obj["seq"],
+        time_ms,
+        obj["user"],
+        obj["text"],
+        action=obj.get("action", False),
+        dialect=obj.get("dialect"),
+        verified=obj.get("verified", False),
+    )

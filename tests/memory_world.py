@@ -11,7 +11,9 @@ from typing import Any
 import trio
 import trio.testing
 
+from papaya_trio.accounts import Accounts
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.metrics import Metrics
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage, Storage
@@ -53,17 +55,22 @@ class LineClient:
     async def receive(self, *, notices: bool = False) -> dict[str, Any] | None:
         """The next object, or None at end of stream. Presence and typing notices are kept
         in `notices` and skipped, unless `notices` asks for them."""
-        while True:
-            while b"\n" not in self._buffer:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    return None
-                self._buffer += data
-            line, _, self._buffer = self._buffer.partition(b"\n")
-            obj: dict[str, Any] = json.loads(line)
+        while (obj := await self.receive_object()) is not None:
             if notices or obj["type"] not in ("presence", "typing"):
                 return obj
             self.notices.append(obj)
+        return None
+
+    async def receive_object(self) -> dict[str, Any] | None:
+        """The next object on the wire, or None at end of stream."""
+        while b"\n" not in self._buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        obj: dict[str, Any] = json.loads(line)
+        return obj
 
     async def notice(self) -> dict[str, Any]:
         """The next presence or typing notice (skipping messages and acks, kept in `seen`)."""
@@ -144,12 +151,17 @@ async def open_world(
     ] = trio.testing.memory_stream_pair,
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
     max_connections: int = 64,
+    accounts: Accounts | None = None,
+    cache_records: int = 4096,
+    metrics: Metrics | None = None,
     **settings: Any,
 ) -> AsyncIterator[World]:
     """Run a server over memory streams for the `async with` block, then shut it down."""
     storage = storage if storage is not None else MemoryStorage()
-    log, _ = await ChatLog.open(storage, clock_ms=trio_clock_ms, fsync=fsync)
-    room = Room(log, KEY, RoomSettings(**settings))
+    log, _ = await ChatLog.open(
+        storage, clock_ms=trio_clock_ms, fsync=fsync, cache_records=cache_records
+    )
+    room = Room(log, KEY, RoomSettings(**settings), accounts=accounts, metrics=metrics)
     server = ChatServer(room, max_connections=max_connections)
     listener = MemoryListener(make_pair)
     async with trio.open_nursery() as nursery:

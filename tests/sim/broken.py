@@ -13,10 +13,17 @@ from typing import Any
 
 import trio
 
-from papaya_trio import SERVER_NAME
 from papaya_trio.broadcaster import Broadcaster, Subscription
 from papaya_trio.chatlog import AppendResult, ChatLog, FsyncPolicy, StorageFailed
-from papaya_trio.protocol.events import Ack, Error, Message, Pong, Welcome
+from papaya_trio.protocol.events import (
+    Ack,
+    Error,
+    Message,
+    Pong,
+    Presence,
+    TypingNotice,
+    Welcome,
+)
 from papaya_trio.records import Record, encode_record
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.session import FINISH, SEND_BATCH, Session
@@ -74,8 +81,9 @@ class DroppingRoom(Room):
 class PushedSession(Session):
     """Sends the history from the log, then only what the broadcaster pushes."""
 
-    async def _send_task(self, sub: Subscription, welcome_head: int) -> None:
-        await self._write([Welcome(SERVER_NAME, self.identity.user or "", welcome_head)])
+    async def _send_task(self, sub: Subscription, welcome: Welcome) -> None:
+        welcome_head = welcome.head
+        await self._write([welcome])
         while sub.cursor < welcome_head:
             batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
             await self._write([Message(r, replay=True) for r in batch])
@@ -99,12 +107,30 @@ class UnlockedPublishLog(ChatLog):
     """Writes under the lock, then fsyncs and publishes outside it ("so others can write
     meanwhile"): a second append can take the same sequence number."""
 
-    async def append(self, user: str, text: str, client_id: str | None = None) -> AppendResult:
+    async def append(
+        self,
+        user: str,
+        text: str,
+        client_id: str | None = None,
+        *,
+        action: bool = False,
+        dialect: str | None = None,
+        verified: bool = False,
+    ) -> AppendResult:
         async with self._lock:
             self._check_usable()
             if client_id is not None and (seq := self._dedupe.get((user, client_id))):
                 return AppendResult(seq, duplicate=True)
-            record = Record(self._written + 1, self._clock_ms(), user, text, client_id)
+            record = Record(
+                self._written + 1,
+                self._clock_ms(),
+                user,
+                text,
+                client_id,
+                action=action,
+                dialect=dialect,
+                verified=verified,
+            )
             await self._write(encode_record(record))
         if self.fsync is FsyncPolicy.ALWAYS:
             try:
@@ -141,8 +167,12 @@ class SignalRoom(Room):
 class OneReadPerWakeSession(Session):
     """papayaChat's SEND: one read of the log per wake-up, then wait for the next signal."""
 
-    async def _send_task(self, sub: Subscription, welcome_head: int) -> None:
-        await self._write([Welcome(SERVER_NAME, self.identity.user or "", welcome_head)])
+    def notify(self, notice: Presence | TypingNotice) -> None:
+        """papayaChat had no presence; its wake-ups would hide the lost ones."""
+
+    async def _send_task(self, sub: Subscription, welcome: Welcome) -> None:
+        welcome_head = welcome.head
+        await self._write([welcome])
         while True:
             batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
             if batch:

@@ -24,6 +24,9 @@ async def test_websocket_client_chats_with_history_and_since(
             "server": welcome["server"],
             "user": "alice",
             "head": 0,
+            "first": 0,
+            "verified": False,
+            "online": [{"user": "alice", "verified": False, "dialect": "websocket", "count": 1}],
         }
         for i in range(4):
             assert await alice.chat(f"m{i}", f"a{i}") == i + 1
@@ -195,6 +198,9 @@ async def test_keepalive_keeps_live_clients_and_drops_dead_ones(
         alive, _ = await world.join_ws("alive")
         dead, _ = await world.join_ws("dead")
         assert len(world.room.sessions) == 2
+        # A client that reads nothing cannot answer pings once its receive queue is full:
+        # alive reads what it is sent (here, the presence notice for dead), as browsers do.
+        assert (await alive.notice())["user"] == "dead"
         dead.stream.frozen = True
         await trio.sleep(30.0 + 20.0 - 0.5)  # the first ping is not answered yet...
         assert len(world.room.sessions) == 2

@@ -41,7 +41,7 @@ class WsClient(LineClient):
     async def send_raw(self, data: bytes | str) -> None:
         await self.ws.send_message(data)
 
-    async def receive(self) -> dict[str, Any] | None:
+    async def receive_object(self) -> dict[str, Any] | None:
         """The next object, or None once the server has closed."""
         try:
             frame = await self.ws.get_message()
