@@ -15,6 +15,7 @@ from clients.terminal.exit_status import ExitStatus
 from clients.terminal.plain import run_plain
 from clients.terminal.transport import client_tls_context, connector_for
 from clients.terminal.tui import run_tui
+from papaya_trio import __version__
 
 DESCRIPTION = """\
 Chat in a papaya-trio room from the terminal: a full-screen view by default, or --plain for
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"papaya-chat {__version__}")
     parser.add_argument("--host", help="server host (PAPAYA_HOST; default 127.0.0.1)")
     parser.add_argument("--port", help="server TCP port (PAPAYA_PORT; default 7722)")
     parser.add_argument("--user", help="your name in the room (PAPAYA_USER; default login)")
@@ -65,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PEM",
         help="trust the CA certificates in this file instead of the system's, for --tls and"
         " wss:// (PAPAYA_CA_FILE); for a self-signed server, its certificate",
+    )
+    parser.add_argument(
+        "--token-file",
+        dest="token_file",
+        help="file holding your personal token, from `papaya-trio user add NAME`"
+        " (PAPAYA_TOKEN_FILE); proves your name",
     )
     parser.add_argument("--config", type=Path, help="TOML file instead of the default one")
     parser.add_argument(

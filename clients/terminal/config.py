@@ -10,10 +10,13 @@ XDG_CONFIG_HOME is unset) or the file given with `--config`. It may hold these k
     ws = "wss://chat.example.org/ws"    # use WebSocket instead of TCP
     tls = true                          # TLS on the TCP port (a wss:// URL always has it)
     ca_file = "papaya-ca.pem"           # trust this certificate (default: the system's CAs)
+    token_file = "~/.config/papaya/token"  # a personal token (`papaya-trio user add NAME`)
 
 The matching environment variables are PAPAYA_HOST, PAPAYA_PORT, PAPAYA_USER, PAPAYA_KEY_FILE,
-PAPAYA_WS, PAPAYA_TLS (1 or 0) and PAPAYA_CA_FILE. With TLS the server's certificate is always
-verified, host name included. The key itself is read from the key file so that it never
+PAPAYA_WS, PAPAYA_TLS (1 or 0), PAPAYA_CA_FILE and PAPAYA_TOKEN_FILE. With a token file the
+client proves its name with the personal token; on a server with `auth = "accounts"` it needs
+no key then (a key file is still used when there is one). With TLS the server's certificate
+is always verified, host name included. The key itself is read from the key file so that it never
 appears in the process list; `--key` exists for quick tests but any local user can read it
 from `ps`.
 """
@@ -36,7 +39,7 @@ MAX_KEY_FILE_BYTES = 4096
 #: The protocol's limit on user names.
 MAX_USER_CHARS = 32
 
-SETTINGS = ("host", "port", "user", "key_file", "ws", "tls", "ca_file")
+SETTINGS = ("host", "port", "user", "key_file", "ws", "tls", "ca_file", "token_file")
 ENVIRONMENT = {name: f"PAPAYA_{name.upper()}" for name in SETTINGS}
 
 
@@ -51,10 +54,11 @@ class ClientConfig:
     host: str
     port: int
     user: str
-    key: str
+    key: str | None
     ws_url: str | None
     tls: bool = False
     ca_file: Path | None = None
+    token: str | None = None
 
     @property
     def secure(self) -> bool:
@@ -66,7 +70,7 @@ class ClientConfig:
         return (
             f"ClientConfig(host={self.host!r}, port={self.port}, user={self.user!r},"
             f" ws_url={self.ws_url!r}, tls={self.tls}, ca_file={self.ca_file!r},"
-            f" key=<{len(self.key)} chars>)"
+            f" key=<{len(self.key or '')} chars>, token=<{len(self.token or '')} chars>)"
         )
 
 
@@ -96,7 +100,7 @@ def read_toml(path: Path, *, required: bool) -> dict[str, object]:
         raise ConfigError(
             f"config file {path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})"
         )
-    for name in ("key_file", "ca_file"):
+    for name in ("key_file", "ca_file", "token_file"):
         value = values.get(name)
         if isinstance(value, str):
             values[name] = str(path.parent / Path(value).expanduser())
@@ -139,28 +143,38 @@ def resolve(
         raise ConfigError(f"TLS over WebSocket needs a wss:// URL, not {ws_url!r}")
     ca_value = pick("ca_file")
     ca_file = Path(_text(ca_value)).expanduser() if ca_value else None
-    if key is None:
-        key = read_key_file(_key_file(pick("key_file")))
+    token_value = pick("token_file")
+    token = read_key_file(Path(_text(token_value)).expanduser(), "token") if token_value else None
+    key_value = pick("key_file")
+    if key is None and (token is None or key_value is not None or DEFAULT_KEY_FILE.is_file()):
+        key = read_key_file(_key_file(key_value))
     return ClientConfig(
-        host=host, port=port, user=user, key=key, ws_url=ws_url, tls=tls, ca_file=ca_file
+        host=host,
+        port=port,
+        user=user,
+        key=key,
+        ws_url=ws_url,
+        tls=tls,
+        ca_file=ca_file,
+        token=token,
     )
 
 
-def read_key_file(path: Path) -> str:
-    """Return the key held in `path`, without surrounding whitespace."""
+def read_key_file(path: Path, what: str = "key") -> str:
+    """Return the key (or token) held in `path`, without surrounding whitespace."""
     try:
         with path.open("rb") as f:
             data = f.read(MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_KEY_FILE_BYTES:
-        raise ConfigError(f"key file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
+        raise ConfigError(f"{what} file {path} is larger than {MAX_KEY_FILE_BYTES} bytes")
     try:
         key = data.decode("ascii").strip()
     except UnicodeDecodeError:
-        raise ConfigError(f"key file {path} is not ASCII text") from None
+        raise ConfigError(f"{what} file {path} is not ASCII text") from None
     if not key:
-        raise ConfigError(f"key file {path} is empty")
+        raise ConfigError(f"{what} file {path} is empty")
     return key
 
 

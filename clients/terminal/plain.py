@@ -25,9 +25,9 @@ import trio
 from clients.terminal.config import ClientConfig
 from clients.terminal.exit_status import ExitStatus, failure_exit
 from clients.terminal.formatting import event_line, plain_line, printable
-from clients.terminal.protocol import ChatMessage, LocalProtocolError, message_lines
 from clients.terminal.session import ChatSession, Connected, Rejected, SessionEvent, SessionFailed
 from clients.terminal.transport import Connector
+from papaya_trio.protocol.client import ChatMessage, LocalProtocolError, message_lines
 
 #: Bytes read from stdin at once.
 STDIN_CHUNK_BYTES = 65536
@@ -112,7 +112,12 @@ async def run_plain(
     """Run plain or once mode and return the exit status."""
     send_events, receive_events = trio.open_memory_channel[SessionEvent](EVENT_BUFFER)
     session = ChatSession(
-        connect=connect, key=config.key, user=config.user, events=send_events, rng=rng
+        connect=connect,
+        key=config.key,
+        user=config.user,
+        events=send_events,
+        rng=rng,
+        token=config.token,
     )
     printer = Printer()
     status = ExitStatus.OK

@@ -18,7 +18,12 @@ reader owns the receive half and the writer owns the send half.
 - Between connections it waits with exponential backoff and jitter (`Backoff`), reset after each
   welcome. Before the first welcome, any failure is fatal (`ServerUnreachable`) when
   `fail_fast` is set: a typo in the host or port should fail at once, not retry forever.
-- A wrong key or user name (`bad_key`, `bad_user`) can never get better: `SessionRefused`.
+- A wrong key, user name or token (`bad_key`, `bad_user`, `bad_token`) can never get better:
+  `SessionRefused`; so is `name_taken` on the first connection (later the name may still be
+  held by our own dropped connection, so a reconnection retries).
+- Presence, typing hints and history pages are passed on as they come. History and typing
+  requests (`request_history`, `send_typing`) go out only on a live connection and are not
+  resent: the frontend asks again.
 
 What the session sees is reported as `SessionEvent`s on a bounded channel; when the frontend is
 slow the reader waits, and the server, not this process, decides when we are too far behind.
@@ -35,19 +40,29 @@ from typing import NoReturn
 
 import trio
 
-from clients.terminal import protocol
-from clients.terminal.protocol import (
+from clients.terminal.transport import Connector, MessageConnection, TransportError
+from papaya_trio.protocol import client as protocol
+from papaya_trio.protocol.client import (
     Ack,
     ChatMessage,
+    History,
+    Member,
     Pong,
+    Presence,
     RemoteProtocolError,
     ServerError,
+    Typing,
     Welcome,
 )
-from clients.terminal.transport import Connector, MessageConnection, TransportError
 
 #: Error codes after which retrying with the same settings cannot succeed.
-REFUSAL_CODES = frozenset({"bad_key", "bad_user"})
+REFUSAL_CODES = frozenset({"bad_key", "bad_user", "bad_token"})
+#: Refused only before the first welcome: after a drop, the server may still hold our own old
+#: connection under the name for a moment, so a reconnection retries instead.
+FIRST_REFUSAL_CODES = frozenset({"name_taken"})
+#: Requests other than sends (history, typing) waiting for the writer; they are not resent
+#: after a reconnection, so the frontend simply asks again.
+MAX_REQUESTS = 8
 
 
 class SessionFailed(Exception):
@@ -72,18 +87,25 @@ class _ConnectionLost(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Connected:
-    """A connection is up (after `welcome`)."""
+    """A connection is up (after `welcome`): the room's newest and oldest sequence numbers,
+    and who is online."""
 
     server: str
     head: int
+    first: int = 0
+    online: tuple[Member, ...] = ()
+    #: Whether our own name is verified by a personal token.
+    verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    """The connection is gone; the next attempt starts in `retry_in` seconds."""
+    """The connection is gone; the next attempt starts in `retry_in` seconds. `attempt` counts
+    the failures since the last welcome: 1 when a live connection was lost."""
 
     reason: str
     retry_in: float
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +133,17 @@ class Notice:
     text: str
 
 
-SessionEvent = Connected | Disconnected | ChatMessage | Confirmed | Rejected | Notice
+SessionEvent = (
+    Connected
+    | Disconnected
+    | ChatMessage
+    | Confirmed
+    | Rejected
+    | Notice
+    | Presence
+    | Typing
+    | History
+)
 
 
 class Backoff:
@@ -145,7 +177,7 @@ class ChatSession:
         self,
         *,
         connect: Connector,
-        key: str,
+        key: str | None,
         user: str,
         events: trio.MemorySendChannel[SessionEvent],
         rng: random.Random,
@@ -155,9 +187,11 @@ class ChatSession:
         keepalive_interval: float = 30.0,
         keepalive_timeout: float = 10.0,
         backoff: Backoff | None = None,
+        token: str | None = None,
     ) -> None:
         self._connect = connect
         self._key = key
+        self._token = token
         self.user = user
         self._events = events
         self._fail_fast = fail_fast
@@ -170,8 +204,10 @@ class ChatSession:
         self._next_id = 0
         #: The highest sequence number passed on; None before the first welcome.
         self.last_seq: int | None = None
-        #: Unconfirmed messages by id, oldest first.
-        self._pending: OrderedDict[str, str] = OrderedDict()
+        #: Unconfirmed messages by id, oldest first: (text, action).
+        self._pending: OrderedDict[str, tuple[str, bool]] = OrderedDict()
+        #: History and typing requests for the current connection.
+        self._requests: deque[dict[str, object]] = deque()
         #: Ids of pending messages not yet written on the current connection.
         self._unsent: deque[str] = deque()
         self._wake_writer = trio.Event()
@@ -197,8 +233,8 @@ class ChatSession:
         """How many sent messages are not confirmed yet."""
         return len(self._pending)
 
-    def send_nowait(self, text: str) -> str:
-        """Queue one message (one line of text) and return its id.
+    def send_nowait(self, text: str, *, action: bool = False) -> str:
+        """Queue one message (or a /me action with `action`) and return its id.
 
         Raises `trio.WouldBlock` when `max_pending` messages are unconfirmed, and
         `LocalProtocolError` when the text can never fit in one protocol line.
@@ -207,8 +243,8 @@ class ChatSession:
             raise trio.WouldBlock
         self._next_id += 1
         message_id = f"{self._id_prefix}-{self._next_id}"
-        protocol.encode(protocol.send(text, message_id))
-        self._pending[message_id] = text
+        protocol.encode(protocol.send(text, message_id, action=action))
+        self._pending[message_id] = (text, action)
         self._unsent.append(message_id)
         self._all_confirmed = _cleared(self._all_confirmed)
         if len(self._pending) >= self._max_pending:
@@ -216,13 +252,28 @@ class ChatSession:
         self._wake_writer.set()
         return message_id
 
-    async def send(self, text: str) -> str:
+    async def send(self, text: str, *, action: bool = False) -> str:
         """Queue one message, waiting while too many are unconfirmed; return its id."""
         while True:
             try:
-                return self.send_nowait(text)
+                return self.send_nowait(text, action=action)
             except trio.WouldBlock:
                 await self._room.wait()
+
+    def request_history(self, before: int, limit: int, request_id: str) -> bool:
+        """Ask for older messages; False (nothing sent) when offline or too many are queued."""
+        return self._request(protocol.history(before, limit, request_id))
+
+    def send_typing(self) -> bool:
+        """Send a typing hint; False (nothing sent) when offline or too many are queued."""
+        return self._request(protocol.typing())
+
+    def _request(self, obj: dict[str, object]) -> bool:
+        if not self.connected or len(self._requests) >= MAX_REQUESTS:
+            return False
+        self._requests.append(obj)
+        self._wake_writer.set()
+        return True
 
     async def wait_connected(self) -> None:
         """Block until the server has welcomed this session once."""
@@ -238,16 +289,19 @@ class ChatSession:
         Raises `SessionRefused` when the server refuses the key or user name, and
         `ServerUnreachable` when the first connection fails with `fail_fast`.
         """
+        attempt = 0
         while True:
             try:
                 reason = await self._run_connection()
             except (TransportError, RemoteProtocolError, _ConnectionLost) as exc:
                 reason = str(exc)
+            attempt = 1 if self.connected else attempt + 1
             self.connected = False
+            self._requests.clear()
             if self.last_seq is None and self._fail_fast:
                 raise ServerUnreachable(reason)
             delay = self._backoff.next_delay()
-            await self._events.send(Disconnected(reason, delay))
+            await self._events.send(Disconnected(reason, delay, attempt))
             await trio.sleep(delay)
 
     async def _run_connection(self) -> str:
@@ -261,12 +315,16 @@ class ChatSession:
         raise TransportError(f"no welcome from the server within {self._connect_timeout:g} s")
 
     async def _handshake(self, conn: MessageConnection) -> None:
-        await conn.send_object(protocol.hello(self._key, self.user, self.last_seq))
+        await conn.send_object(
+            protocol.hello(self._key, self.user, self.last_seq, token=self._token)
+        )
         obj = await conn.receive_object()
         if obj is None:
             raise _ConnectionLost("server closed the connection before the welcome")
         event = protocol.parse_event(obj)
         if isinstance(event, ServerError):
+            if event.code in FIRST_REFUSAL_CODES and self.last_seq is None:
+                raise SessionRefused(event.code, event.message)
             self._raise_for(event)
         if not isinstance(event, Welcome):
             raise RemoteProtocolError(f"server answered hello with {obj.get('type')!r}")
@@ -277,7 +335,9 @@ class ChatSession:
         self._backoff.reset()
         self._last_received = trio.current_time()
         self._unsent = deque(self._pending)
-        await self._events.send(Connected(event.server, event.head))
+        await self._events.send(
+            Connected(event.server, event.head, event.first, event.online, event.verified)
+        )
 
     async def _serve(self, conn: MessageConnection) -> str:
         """Run the reader and the writer until one of them ends the connection."""
@@ -317,6 +377,8 @@ class ChatSession:
                     await self._events.send(Confirmed(event.id, event.seq))
             elif isinstance(event, ServerError):
                 await self._on_error(event)
+            elif isinstance(event, Presence | Typing | History):
+                await self._events.send(event)
             elif isinstance(event, Pong | Welcome | None):
                 # A pong only proves the link is alive; a repeated welcome or an unknown type
                 # carries nothing for us.
@@ -326,9 +388,9 @@ class ChatSession:
     async def _on_error(self, error: ServerError) -> None:
         if error.fatal:
             self._raise_for(error)
-        if error.id is not None and (text := self._forget(error.id)) is not None:
+        if error.id is not None and (pending := self._forget(error.id)) is not None:
             self.rejected += 1
-            await self._events.send(Rejected(error.id, text, error.code, error.message))
+            await self._events.send(Rejected(error.id, pending[0], error.code, error.message))
         else:
             await self._events.send(Notice(f"server: {error.message} ({error.code})"))
 
@@ -337,15 +399,15 @@ class ChatSession:
             raise SessionRefused(error.code, error.message)
         raise _ConnectionLost(f"server: {error.message} ({error.code})")
 
-    def _forget(self, message_id: str) -> str | None:
-        """Drop a message from `pending` once it is confirmed or refused; return its text."""
-        text = self._pending.pop(message_id, None)
-        if text is None:
+    def _forget(self, message_id: str) -> tuple[str, bool] | None:
+        """Drop a message from `pending` once it is confirmed or refused; return it."""
+        pending = self._pending.pop(message_id, None)
+        if pending is None:
             return None
         if not self._pending:
             self._all_confirmed.set()
         self._room.set()
-        return text
+        return pending
 
     async def _write_loop(self, conn: MessageConnection) -> None:
         ping_sent_at: float | None = None
@@ -356,10 +418,14 @@ class ChatSession:
             self._wake_writer = _cleared(self._wake_writer)
             while self._unsent:
                 message_id = self._unsent.popleft()
-                text = self._pending.get(message_id)
-                if text is not None:  # not refused or confirmed meanwhile
-                    await conn.send_object(protocol.send(text, message_id))
+                pending = self._pending.get(message_id)
+                if pending is not None:  # not refused or confirmed meanwhile
+                    text, action = pending
+                    await conn.send_object(protocol.send(text, message_id, action=action))
                     last_sent = trio.current_time()
+            while self._requests:
+                await conn.send_object(self._requests.popleft())
+                last_sent = trio.current_time()
             now = trio.current_time()
             if ping_sent_at is not None and self._last_received >= ping_sent_at:
                 ping_sent_at = None

@@ -19,9 +19,9 @@ import trio
 import trio_websocket
 
 from clients.terminal.config import ConfigError
-from clients.terminal.protocol import (
+from papaya_trio.protocol.client import (
     MAX_RECEIVE_LINE_BYTES,
-    LineBuffer,
+    ClientDecoder,
     encode,
     parse_json,
 )
@@ -55,33 +55,42 @@ Connector: TypeAlias = Callable[[], AbstractAsyncContextManager[MessageConnectio
 
 
 class TcpConnection:
-    """The native dialect over a TCP stream: one line of JSON per object."""
+    """The native dialect over a TCP stream: one line of JSON per object.
+
+    The first object (the hello) is followed by a blank line, which the native dialect skips:
+    an HTTP server, which waits for a blank line to end the request head, then answers at once
+    (400), and the decoder reports `WrongService` instead of a 10 s wait for a welcome.
+    """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        self._lines = LineBuffer(MAX_RECEIVE_LINE_BYTES)
+        self._decoder = ClientDecoder(MAX_RECEIVE_LINE_BYTES)
         self._eof = False
+        self._first = True
 
     def __repr__(self) -> str:
-        return f"<TcpConnection {self._lines!r}{' eof' if self._eof else ''}>"
+        return f"<TcpConnection {self._decoder!r}{' eof' if self._eof else ''}>"
 
     async def send_object(self, obj: dict[str, object]) -> None:
         """Send one object as a line."""
         line = encode(obj)
+        if self._first:
+            self._first = False
+            line += b"\n"
         with _map_exceptions():
             await self._stream.send_all(line)
 
     async def receive_object(self) -> dict[str, object] | None:
         """Return the next object, None at end of stream (a partial last line is dropped)."""
-        while (line := self._lines.next_line()) is None:
+        while (obj := self._decoder.next_object()) is None:
             if self._eof:
                 return None
             with _map_exceptions():
                 data = await self._stream.receive_some(RECEIVE_CHUNK_BYTES)
             if not data:
                 self._eof = True
-            self._lines.receive_data(data)
-        return parse_json(line)
+            self._decoder.receive_data(data)
+        return obj
 
 
 class WebSocketConnection:

@@ -19,6 +19,10 @@ request, or a generator that used most of a core.
 
 With ``--rate 0`` the clients only say hello and stay idle: the idle-connections measurement.
 
+The hello, the welcome and the sends go through the shared client module
+(`papaya_trio.protocol.client`); the received stream is scanned with one regular expression
+instead of decoding every object, so that the generator's CPU stays far below the server's.
+
 Bounds: at most `MAX_CONNECTIONS` clients, `loadgen.MAX_DURATION` seconds, `MAX_MESSAGES` messages;
 at most `CONNECT_CONCURRENCY` connections being opened at once; partial lines are bounded by
 `MAX_LINE`. Loopback by default. Run:
@@ -43,6 +47,7 @@ import trio
 from papaya_trio.bench.loadgen import check_bounds
 from papaya_trio.bench.stats import LatencyHistogram
 from papaya_trio.bench.system import raise_open_file_limit
+from papaya_trio.protocol import client as protocol
 
 MAX_CONNECTIONS = 20_000
 MAX_MESSAGES = 1_000_000
@@ -153,8 +158,7 @@ class ChatLoad:
 
     async def _welcome(self, index: int, stream: trio.SocketStream) -> tuple[int, bytes]:
         """Say hello; return the welcome's head and whatever followed it in the same read."""
-        hello = {"type": "hello", "key": self.spec.key, "user": f"b{index}"}
-        await stream.send_all(json.dumps(hello).encode() + b"\n")
+        await stream.send_all(protocol.encode(protocol.hello(self.spec.key, f"b{index}", None)))
         line = bytearray()
         while b"\n" not in line:
             chunk = await stream.receive_some(RECEIVE_BYTES)
@@ -163,11 +167,12 @@ class ChatLoad:
             line += chunk
         first, _, rest = bytes(line).partition(b"\n")
         try:
-            welcome = json.loads(first)
-            if welcome.get("type") == "welcome":
-                return int(welcome["head"]), rest
-        except (ValueError, KeyError, AttributeError):
-            pass
+            protocol.check_first_line(first)
+            welcome = protocol.parse_event(protocol.parse_json(first))
+        except protocol.RemoteProtocolError as exc:
+            raise LoadError(f"client {index}: {exc}: {first[:200]!r}") from None
+        if isinstance(welcome, protocol.Welcome):
+            return welcome.head, rest
         raise LoadError(f"client {index}: refused: {first[:200]!r}")
 
     async def _join_all(self) -> None:
@@ -230,7 +235,7 @@ class ChatLoad:
     # --- sending ------------------------------------------------------------------------
     def _line(self, number: int) -> bytes:
         text = f"{TEXT_PREFIX}{number} ".ljust(self.spec.message_bytes, "x")
-        return json.dumps({"type": "send", "text": text, "id": f"k{number}"}).encode() + b"\n"
+        return protocol.encode(protocol.send(text, f"k{number}"))
 
     async def _pace(self, start: float) -> None:
         """Send message k at ``start + k / rate`` from sender k mod S, until the window ends."""

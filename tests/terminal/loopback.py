@@ -180,7 +180,8 @@ class FaultProxy:
         end.cancel()
 
     def _from_client(self, line: bytes) -> list[bytes]:
-        self.client_objects.append(json.loads(line))
+        if line.strip():  # the blank line after a hello carries nothing
+            self.client_objects.append(json.loads(line))
         return [line]
 
     def _from_server(self, line: bytes) -> list[bytes]:

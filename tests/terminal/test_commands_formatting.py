@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
-from clients.terminal.commands import Mistake, Quit, Say, ShowHelp, parse_input
+from clients.terminal.commands import Mistake, Quit, Say, ShowHelp, ShowWho, parse_input
 from clients.terminal.formatting import event_line, message_markup, plain_line, printable
-from clients.terminal.protocol import ChatMessage
 from clients.terminal.session import (
     Confirmed,
     Connected,
@@ -19,6 +16,7 @@ from clients.terminal.session import (
     Rejected,
     SessionEvent,
 )
+from papaya_trio.protocol.client import ChatMessage
 
 
 @pytest.mark.parametrize(
@@ -29,23 +27,15 @@ from clients.terminal.session import (
         ("/quit", Quit()),
         ("/EXIT", Quit()),
         ("/help", ShowHelp()),
-        ("/me waves  ", Say("* alice waves")),
+        ("/who", ShowWho()),
+        ("/me waves  ", Say("waves", action=True)),
         ("/me", Mistake("/me needs an action, e.g. /me waves")),
         ("//etc/passwd is a path", Say("/etc/passwd is a path")),
         ("/frobnicate", Mistake("unknown command /frobnicate; /help lists the commands")),
     ],
 )
 def test_parse_input(line: str, command: object) -> None:
-    assert parse_input(line, "alice") == command
-
-
-@pytest.fixture
-def utc() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TZ", "UTC")
-        time.tzset()
-        yield
-    time.tzset()
+    assert parse_input(line) == command
 
 
 MESSAGE = ChatMessage(7, datetime(2026, 11, 26, 14, 28, 25, tzinfo=UTC), "alice", "hi 漢字")
@@ -77,8 +67,26 @@ def test_bidi_controls_cannot_reorder_the_line() -> None:
 
 @pytest.mark.usefixtures("utc")
 def test_actions_are_shown_without_the_name_prefix() -> None:
-    action = ChatMessage(8, MESSAGE.time, "alice", "* alice waves")
+    older_form = ChatMessage(8, MESSAGE.time, "alice", "* alice waves")
+    assert message_markup(older_form, "bob") == [("time", "14:28 "), ("user", "* alice waves")]
+    action = ChatMessage(9, MESSAGE.time, "alice", "waves", action=True)
     assert message_markup(action, "bob") == [("time", "14:28 "), ("user", "* alice waves")]
+    assert plain_line(action) == "2026-11-26 14:28 * alice waves"
+
+
+@pytest.mark.usefixtures("utc")
+def test_multi_line_texts_keep_their_lines_and_stay_printable() -> None:
+    message = ChatMessage(9, MESSAGE.time, "bob", "one\ntwo\x1b[2J")
+    assert plain_line(message) == "2026-11-26 14:28 bob: one\n  two\ufffd[2J"
+    assert message_markup(message, "alice")[2] == ("text", ": one\ntwo\ufffd[2J")
+
+
+@pytest.mark.usefixtures("utc")
+def test_verified_and_papaya_dialect_names_are_marked() -> None:
+    verified = ChatMessage(9, MESSAGE.time, "bob", "hi", verified=True)
+    papaya = ChatMessage(10, MESSAGE.time, "tom", "hi", dialect="papaya")
+    assert plain_line(verified) == "2026-11-26 14:28 bob✓: hi"
+    assert plain_line(papaya) == "2026-11-26 14:28 ~tom: hi"
 
 
 @pytest.mark.parametrize(

@@ -154,3 +154,22 @@ def test_tls_needs_a_wss_url(key_file: Path) -> None:
 def test_tls_must_be_a_boolean(key_file: Path) -> None:
     with pytest.raises(ConfigError, match="PAPAYA_TLS must be true or false"):
         config.resolve({"user": "a", "key_file": str(key_file)}, {"PAPAYA_TLS": "maybe"}, {})
+
+
+def test_token_file_alone_is_enough_and_with_a_key_both_are_sent(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./papaya-data/key here
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 43 + "\n")
+    alone = config.resolve({"user": "a"}, {"PAPAYA_TOKEN_FILE": str(token_file)}, {})
+    assert (alone.key, alone.token) == (None, "t" * 43)
+    assert "tttt" not in repr(alone)
+    both = config.resolve(
+        {"user": "a", "key_file": str(key_file), "token_file": str(token_file)}, {}, {}
+    )
+    assert (both.key, both.token) == ("k" * 128, "t" * 43)
+    with pytest.raises(ConfigError, match="cannot read token file"):
+        config.resolve({"user": "a", "token_file": str(tmp_path / "missing")}, {}, {})
+    with pytest.raises(ConfigError, match="no key"):
+        config.resolve({"user": "a"}, {}, {})

@@ -14,7 +14,6 @@ import pytest
 import trio
 import trio_websocket
 
-from clients.terminal.protocol import ChatMessage
 from clients.terminal.session import (
     Backoff,
     ChatSession,
@@ -27,6 +26,7 @@ from clients.terminal.session import (
     SessionRefused,
 )
 from clients.terminal.transport import Connector, open_tcp_connection, open_websocket_connection
+from papaya_trio.protocol.client import ChatMessage, History, Presence
 from tests.terminal.loopback import FaultProxy, LoopbackServer, open_loopback_server, pump_lines
 
 E = TypeVar("E")
@@ -260,3 +260,61 @@ async def test_websocket_transport_carries_the_same_objects(
     client.session.send_nowait("back")
     await client.next(Confirmed)
     assert (await server.stored())[-1].text == "back"
+
+
+async def test_history_pages_are_asked_for_and_passed_on(
+    server: LoopbackServer, proxy: FaultProxy, client: Client
+) -> None:
+    for n in range(5):
+        await server.store("bob", f"m{n}")
+    await client.messages(5)
+    assert client.session.request_history(4, 2, "h-1")
+    page = await client.next(History)
+    assert (page.id, page.before, [m.seq for m in page.messages]) == ("h-1", 4, [2, 3])
+    assert not page.at_start
+    assert client.session.request_history(2, 200, "h-2")
+    last = await client.next(History)
+    assert [m.text for m in last.messages] == ["m0"] and last.at_start
+    assert proxy.sent("history")[0] == {"type": "history", "before": 4, "limit": 2, "id": "h-1"}
+
+
+async def test_history_is_not_asked_for_offline(server: LoopbackServer) -> None:
+    client = Client(tcp(server.port), server.key)
+    assert not client.session.request_history(10, 10, "h-1")
+    assert not client.session.send_typing()
+
+
+async def test_a_name_held_by_a_live_connection_is_refused_at_first(
+    server: LoopbackServer, client: Client
+) -> None:
+    twin = Client(tcp(server.port), server.key)  # also "alice"
+    with pytest.raises(SessionRefused, match="name_taken"):
+        await twin.session.run()
+
+
+async def test_presence_and_actions_reach_the_session(
+    server: LoopbackServer, client: Client, nursery: trio.Nursery
+) -> None:
+    rng = random.Random(3)
+    send, events = trio.open_memory_channel[SessionEvent](100)
+    bob = ChatSession(connect=tcp(server.port), key=server.key, user="bob", events=send, rng=rng)
+    nursery.start_soon(bob.run)
+    joined = await client.next(Presence)
+    assert (joined.event, joined.user) == ("join", "bob")
+    with trio.fail_after(WAIT):
+        async for event in events:
+            if isinstance(event, Connected):
+                assert {m.user for m in event.online} == {"alice", "bob"}
+                break
+    client.session.send_nowait("waves", action=True)
+    own = await client.next(ChatMessage)
+    assert (own.user, own.text, own.action) == ("alice", "waves", True)
+
+
+async def test_the_token_goes_into_the_hello(
+    server: LoopbackServer, proxy: FaultProxy, nursery: trio.Nursery
+) -> None:
+    client = Client(tcp(proxy.port), server.key, token="secret-token")  # type: ignore[arg-type]
+    nursery.start_soon(client.session.run)
+    await client.next(Connected)  # auth = "key" (the default) does not ask for the token
+    assert proxy.sent("hello")[0]["token"] == "secret-token"

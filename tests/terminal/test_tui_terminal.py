@@ -7,22 +7,14 @@ so it can count every message exactly once.
 
 from __future__ import annotations
 
-import shlex
-import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from tests.real_server import RunningServer, ServerFactory
-from tests.terminal.conftest import CLIENT, key_file, restart
+from tests.terminal.conftest import CLIENT, TIMEOUT, Tmux, key_file, restart, start_tui
 from tests.terminal.test_plain_process import once
 
-TIMEOUT = 15
 PAGE_UP, PAGE_DOWN = "\x1b[5~", "\x1b[6~"
 
 
@@ -80,46 +72,10 @@ def test_wrong_key_leaves_the_screen_and_exits_3(
     assert tui.exitstatus == 3
 
 
-class Tmux:
-    """One tmux server on a private socket, with the client in its only pane."""
-
-    def __init__(self, socket: Path) -> None:
-        self._base = ["tmux", "-S", str(socket)]
-
-    def run(self, *args: str) -> str:
-        return subprocess.run(
-            [*self._base, *args], check=True, capture_output=True, text=True, timeout=TIMEOUT
-        ).stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p", "-t", "chat")
-
-    def wait_for(self, condition: Callable[[str], bool], what: str) -> str:
-        """Wait until the screen satisfies `condition`; capture-pane offers no blocking wait."""
-        deadline = time.monotonic() + TIMEOUT
-        while not condition(screen := self.screen()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}; screen:\n{screen}")
-            time.sleep(0.05)
-        return screen
-
-
-@pytest.fixture
-def tmux(tmp_path: Path) -> Iterator[Tmux]:
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
-    mux = Tmux(tmp_path / "tmux.sock")
-    yield mux
-    subprocess.run([*mux._base, "kill-server"], capture_output=True, timeout=TIMEOUT)
-
-
 def test_reconnect_after_server_restart_without_duplicates(
     servers: ServerFactory, chat_server: RunningServer, client_env: dict[str, str], tmux: Tmux
 ) -> None:
-    env = {**client_env, "PAPAYA_USER": "alice", "PAPAYA_KEY_FILE": str(key_file(chat_server))}
-    command = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), sys.executable])
-    command += " " + shlex.join([*CLIENT[1:], "--port", str(chat_server.port)])
-    tmux.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "30", command)
+    start_tui(tmux, chat_server, client_env, size=(100, 30))
     tmux.wait_for(lambda s: "connected to" in s, "the first connection")
     tmux.run("send-keys", "-t", "chat", "before restart", "Enter")
     tmux.wait_for(lambda s: "alice: before restart" in s, "our own message")
