@@ -15,6 +15,11 @@ in-memory cache; older ones are read from storage through a sparse offset index 
 every INDEX_STRIDE records), in bounded batches, so replaying a long history never loads the
 whole log.
 
+On open the whole log is scanned. A damaged tail (a torn record, or a complete record whose
+checksum fails) is moved to a quarantine file and cut off; each damaged complete record gets a
+lost-message marker in its place. Damage followed by intact records stops the start instead
+(see `open`).
+
 A failed write is cut back off the storage and reported as StorageFailed; the message is not
 stored and the log stays usable. A failed fsync leaves the disk's state unknown, so the log
 refuses further appends (reads keep working) until the server is restarted.
@@ -31,7 +36,8 @@ from typing import Required, TypedDict, Unpack
 
 import trio
 
-from papaya_trio.records import CorruptRecord, Record, RecordScanner, decode_record, encode_record
+from papaya_trio.records import Record, RecordScanner, encode_record
+from papaya_trio.salvage import Intact, Salvager, lost_count, lost_record
 from papaya_trio.storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -64,6 +70,7 @@ class LogOptions(TypedDict, total=False):
     fsync: FsyncPolicy
     cache_records: int
     dedupe_entries: int
+    quarantine: Callable[[bytes], object] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +85,10 @@ class AppendResult:
 class Recovery:
     """What opening the log found and repaired."""
 
-    records: int
-    truncated_bytes: int
+    records: int  # intact records found (lost-message markers not included)
+    truncated_bytes: int  # damaged bytes cut off the end (and quarantined)
     problem: str | None
+    lost: int = 0  # lost-message markers stored in place of damaged complete records
 
 
 class ChatLog:
@@ -94,12 +102,14 @@ class ChatLog:
         fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
         cache_records: int = 4096,
         dedupe_entries: int = DEDUPE_ENTRIES,
+        quarantine: Callable[[bytes], object] | None = None,
     ) -> None:
         self._storage = storage
         self._clock_ms = clock_ms
         self.fsync = fsync
         self._cache_records = cache_records
         self._dedupe_entries = dedupe_entries
+        self._quarantine = quarantine  # keeps a cut tail's bytes; returns where (a path)
         self._lock = trio.Lock()
         self._size = 0
         self._written = 0  # newest record in storage
@@ -119,8 +129,11 @@ class ChatLog:
     ) -> tuple[ChatLog, Recovery]:
         """Scan the stored log, cut off a torn or corrupt tail, and return the ready log.
 
-        Raises LogCorrupted if a bad record is followed by good ones (a damaged middle is
-        never truncated away silently).
+        The cut bytes go to `quarantine` (which returns where it kept them); a damaged complete
+        record at the end is replaced by a lost-message marker (`salvage.lost_record`), so its
+        number, which may have been acknowledged, is never reused. Raises LogCorrupted if a bad
+        record is followed by good ones (a damaged middle is never truncated away: `papaya-trio
+        log repair` handles it).
         """
         log = cls(storage, **options)
         recovery = await log._scan()
@@ -293,40 +306,76 @@ class ChatLog:
         problem = scanner.problem
         if problem is None and scanner.pending:
             problem = f"torn record ({scanner.pending} bytes without a line end)"
-        if problem is not None and scanner.bad_offset is not None:
-            await self._refuse_if_damaged_middle(scanner.bad_offset, total, problem)
-        if good_end < total:
-            try:
-                await self._storage.truncate(good_end)
-                await self._storage.sync()
-            except OSError as exc:
-                raise StorageFailed(f"could not cut the damaged tail off the log: {exc}") from exc
-            logger.warning(
-                "log recovery: cut %d bytes off the end after record %d: %s",
-                total - good_end,
-                scanner.last_seq,
-                problem,
-            )
         self._size = good_end
+        lost = 0
+        if good_end < total:
+            assert problem is not None
+            await self._refuse_if_damaged_middle(good_end, total, scanner.last_seq, problem)
+            lost = await self._cut_tail(good_end, total, problem)
         self._synced = self._visible = self._written
-        return Recovery(scanner.last_seq, total - good_end, problem)
+        return Recovery(scanner.last_seq, total - good_end, problem, lost)
 
-    async def _refuse_if_damaged_middle(self, bad_offset: int, total: int, problem: str) -> None:
-        """Raise LogCorrupted if any intact record follows the bad one."""
-        offset, pending, first_line = bad_offset, b"", True
+    async def _refuse_if_damaged_middle(
+        self, bad_offset: int, total: int, last_seq: int, problem: str
+    ) -> None:
+        """Raise LogCorrupted if any intact record follows the bad bytes (see `salvage`)."""
+        salvager = Salvager(bad_offset, last_seq)
+        offset = bad_offset
         while offset < total:
             chunk = await self._storage.read(offset, min(READ_CHUNK, total - offset))
             if not chunk:
                 break
             offset += len(chunk)
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                if not first_line and _intact(line):
-                    raise LogCorrupted(
-                        f"log record at byte {bad_offset} is damaged ({problem}) and intact "
-                        "records follow it; refusing to truncate, repair the file by hand"
-                    )
-                first_line = False
+            if any(isinstance(piece, Intact) for piece in salvager.feed(chunk)):
+                raise LogCorrupted(
+                    f"log record at byte {bad_offset} is damaged ({problem}) and intact "
+                    "records follow it; refusing to start: stop here and run `papaya-trio "
+                    "log repair` (it keeps every intact record and quarantines the damage)"
+                )
+
+    async def _cut_tail(self, good_end: int, total: int, problem: str) -> int:
+        """Keep the damaged tail's bytes in quarantine, cut them off, and store a lost-message
+        marker for each complete line they held (numbers that may have been acknowledged are
+        never given to new messages). Returns how many markers were stored."""
+        cut = await self._storage.read(good_end, total - good_end)
+        where = "the server's log of this start (no quarantine file)"
+        if self._quarantine is not None:
+            try:
+                where = str(self._quarantine(cut))
+            except OSError as exc:
+                raise StorageFailed(f"could not quarantine the damaged tail: {exc}") from exc
+        try:
+            await self._storage.truncate(good_end)
+            lost = lost_count(cut)
+            for seq in range(self._written + 1, self._written + 1 + lost):
+                record = lost_record(seq, self._clock_ms(), where)
+                await self._storage.append(encode_record(record))
+                self._size += len(encode_record(record))
+                self._remember(record, self._size)
+            await self._storage.sync()
+        except OSError as exc:
+            raise StorageFailed(f"could not cut the damaged tail off the log: {exc}") from exc
+        if lost:
+            logger.error(
+                "log recovery: the last %d complete record(s) after record %d are damaged (%s):"
+                " moved %d bytes to %s and stored lost-message markers %d..%d in their place",
+                lost,
+                self._written - lost,
+                problem,
+                len(cut),
+                where,
+                self._written - lost + 1,
+                self._written,
+            )
+        else:
+            logger.warning(
+                "log recovery: cut %d bytes off the end after record %d: %s; the bytes are in %s",
+                len(cut),
+                self._written,
+                problem,
+                where,
+            )
+        return lost
 
     async def aclose(self) -> None:
         """Flush and fsync everything written, then release the storage."""
@@ -336,11 +385,3 @@ class ChatLog:
             except StorageFailed:
                 logger.critical("final sync failed: %s", self._broken)
         await self._storage.aclose()
-
-
-def _intact(line: bytes) -> bool:
-    try:
-        decode_record(line)
-    except CorruptRecord:
-        return False
-    return True

@@ -1,4 +1,5 @@
-"""The `papaya-trio` command: serve, keygen, cert, default-config, bench."""
+"""The `papaya-trio` command: serve, keygen, cert, default-config, log check/repair/backup,
+bench."""
 
 from __future__ import annotations
 
@@ -22,8 +23,15 @@ from papaya_trio.config import (
 )
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
+from papaya_trio.logmaint import (
+    BackupFailed,
+    MaintenanceError,
+    backup_log,
+    check_log,
+    repair_log,
+)
 from papaya_trio.selfsigned import DEFAULT_DAYS, CertificateError, write_certificate
-from papaya_trio.service import ServiceError, run_service
+from papaya_trio.service import LOG_FILE, ServiceError, run_service
 from papaya_trio.tls import TlsError
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -53,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})"
     )
     commands.add_parser("default-config", help="print the default configuration as TOML")
+    log = commands.add_parser(
+        "log",
+        help="check, repair or back up the log (see docs/log-format.md)",
+        description="Exit status: 0 done (check: the log is intact), 1 the log is damaged or"
+        " could not be read or written, 2 usage or configuration (no log, a server holds it,"
+        " the destination exists).",
+    )
+    log_commands = log.add_subparsers(dest="log_command", required=True)
+    check = log_commands.add_parser(
+        "check", help="verify every record and the numbering (safe while serving)"
+    )
+    add_flags(check)
+    repair = log_commands.add_parser(
+        "repair", help="keep every intact record, move damaged bytes to a quarantine file"
+    )
+    add_flags(repair)
+    backup = log_commands.add_parser(
+        "backup", help="copy the log to DEST up to a record boundary, verified (while serving)"
+    )
+    backup.add_argument("destination", type=Path, metavar="DEST", help="a new file")
+    add_flags(backup)
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
     )
@@ -85,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote a self-signed certificate to {args.cert} and its key to {args.key}")
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "log":
+            return _log_command(args)
         elif args.command == "bench":
             return bench_command.run(args)
     except (
@@ -94,12 +125,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         LogCorrupted,
         TlsError,
         CertificateError,
+        MaintenanceError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
-    except (StorageFailed, OSError) as exc:
+    except (StorageFailed, BackupFailed, OSError) as exc:
         # The data folder or the log cannot be used (permissions, a full or failing disk).
         logging.getLogger(__name__).debug("stopped by an I/O error", exc_info=True)
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _log_command(args: argparse.Namespace) -> int:
+    """`log check`, `log repair` or `log backup` on the configured data folder's log."""
+    path = Path(load_config(args).data_dir) / LOG_FILE
+    if args.log_command == "check":
+        survey = check_log(path)
+        print("\n".join(survey.lines(str(path))))
+        return 0 if survey.intact else 1
+    if args.log_command == "repair":
+        print("\n".join(repair_log(path).lines(str(path))))
+    else:
+        print("\n".join(backup_log(path, args.destination).lines()))
     return 0

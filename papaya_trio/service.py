@@ -7,14 +7,13 @@ without this module.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -22,6 +21,8 @@ import trio
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.config import ServerConfig
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
+from papaya_trio.loglock import LogInUse, held_log
+from papaya_trio.logmaint import write_quarantine
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
@@ -33,7 +34,6 @@ from papaya_trio.transports.websocket import WebSocketSettings
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "chat.log"
-LOCK_FILE = "server.lock"
 
 
 class ServiceError(Exception):
@@ -47,22 +47,19 @@ def wall_clock_ms() -> int:
 
 @contextmanager
 def locked_data_dir(data_dir: Path) -> Iterator[int]:
-    """Create the data folder and hold its lock file: one server per folder at a time.
+    """Create the data folder and hold the exclusive lock on its log: one server per log.
 
-    Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
-    a forked child shares: fork mode closes this descriptor in every child, so only the server
-    itself holds the folder.
+    Yields the lock's descriptor (see `loglock`: the lock is on ``chat.log`` itself, so no file
+    can be deleted to get around it). It belongs to the open file description, which a forked
+    child shares: fork mode closes this descriptor in every child, so only the server itself
+    holds the log.
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ServiceError(f"another server is using {data_dir}") from None
-        yield fd
-    finally:
-        os.close(fd)
+        with held_log(data_dir / LOG_FILE) as fd:
+            yield fd
+    except LogInUse as exc:
+        raise ServiceError(str(exc)) from None
 
 
 def load_or_create_key(path: Path) -> str:
@@ -139,7 +136,10 @@ async def run_service(config: ServerConfig) -> None:
         key = load_or_create_key(config.key_path)
         storage = FileStorage(data_dir / LOG_FILE)
         log, recovery = await ChatLog.open(
-            storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
+            storage,
+            clock_ms=wall_clock_ms,
+            fsync=FsyncPolicy(config.fsync),
+            quarantine=partial(write_quarantine, storage.path),
         )
         logger.info("log %s: %d messages", storage.path, recovery.records)
         try:

@@ -62,6 +62,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -76,7 +77,9 @@ from papaya_trio.chatlog import (
     Recovery,
     StorageFailed,
 )
+from papaya_trio.logmaint import write_quarantine
 from papaya_trio.records import Record, RecordScanner, ScannedRecord, encode_record
+from papaya_trio.service import wall_clock_ms
 from papaya_trio.storage import FileStorage
 
 logger = logging.getLogger(__name__)
@@ -349,12 +352,16 @@ class _InlineSyncStorage(FileStorage):
 
 
 def recover_log(path: Path, fsync: FsyncPolicy) -> Recovery:
-    """Trio mode's recovery, run once before anything is forked: cut a torn tail, refuse a
-    damaged middle (raises LogCorrupted), log what was done."""
+    """Trio mode's recovery, run once before anything is forked: quarantine and cut a damaged
+    tail (with lost-message markers for damaged complete records), refuse a damaged middle
+    (raises LogCorrupted), log what was done."""
 
     async def scan() -> Recovery:
         log, recovery = await ChatLog.open(
-            _InlineSyncStorage(path), clock_ms=lambda: 0, fsync=fsync
+            _InlineSyncStorage(path),
+            clock_ms=wall_clock_ms,
+            fsync=fsync,
+            quarantine=partial(write_quarantine, path),
         )
         await log.aclose()
         return recovery
