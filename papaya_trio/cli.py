@@ -1,5 +1,5 @@
-"""The `papaya-trio` command: serve, keygen, cert, default-config, log check/repair/backup,
-bench."""
+"""The `papaya-trio` command: serve, keygen, cert, default-config, log (export, import, check,
+repair, backup), bench."""
 
 from __future__ import annotations
 
@@ -30,10 +30,14 @@ from papaya_trio.logmaint import (
     check_log,
     repair_log,
 )
+from papaya_trio.logtransfer import TransferError, export_records, import_lines
+from papaya_trio.records import record_json
 from papaya_trio.selfsigned import DEFAULT_DAYS, CertificateError, write_certificate
-from papaya_trio.service import LOG_FILE, ServiceError, run_service
+from papaya_trio.service import LOG_FILE, ServiceError, open_log_store, run_service
 from papaya_trio.tls import TlsError
+from papaya_trio.workers import run_workers
 
+MAINTENANCE = ("check", "repair", "backup")  # the file store's `log` commands
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -63,12 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("default-config", help="print the default configuration as TOML")
     log = commands.add_parser(
         "log",
-        help="check, repair or back up the log (see docs/log-format.md)",
-        description="Exit status: 0 done (check: the log is intact), 1 the log is damaged or"
-        " could not be read or written, 2 usage or configuration (no log, a server holds it,"
-        " the destination exists).",
+        help="move a room's messages between stores; check, repair or back up the log file",
+        description="check, repair and backup work on the file store (docs/log-format.md)."
+        " Exit status: 0 done (check: the log is intact), 1 the log is damaged or could not be"
+        " read or written, 2 usage or configuration (no log file, a server holds the log, the"
+        " destination exists, store = redis).",
     )
     log_commands = log.add_subparsers(dest="log_command", required=True)
+    export = log_commands.add_parser("export", help="write every message to stdout")
+    add_flags(export)
+    restore = log_commands.add_parser("import", help="append messages, numbers and times kept")
+    restore.add_argument("file", type=Path, help="JSON lines from `log export` ('-': stdin)")
+    add_flags(restore)
     check = log_commands.add_parser(
         "check", help="verify every record and the numbering (safe while serving)"
     )
@@ -91,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -100,8 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if warning := cleartext_warning(config):
                 logging.getLogger(__name__).warning("%s", warning)
+            if config.log_level != "debug":
+                # The Redis client narrates reconnects and script loads at info; the Redis
+                # store logs each outage and recovery itself, once.
+                logging.getLogger("coredis").setLevel(logging.WARNING)
             if config.mode == "fork":
                 run_fork_service(config)
+            elif config.workers > 1:
+                return trio.run(run_workers, config, argv)
             else:
                 trio.run(run_service, config)
         elif args.command == "keygen":
@@ -114,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote a self-signed certificate to {args.cert} and its key to {args.key}")
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "log" and args.log_command in MAINTENANCE:
+            return _maintain(args)
         elif args.command == "log":
-            return _log_command(args)
+            trio.run(_transfer, args)
         elif args.command == "bench":
             return bench_command.run(args)
     except (
@@ -125,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LogCorrupted,
         TlsError,
         CertificateError,
+        TransferError,
         MaintenanceError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
@@ -137,9 +157,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _log_command(args: argparse.Namespace) -> int:
-    """`log check`, `log repair` or `log backup` on the configured data folder's log."""
-    path = Path(load_config(args).data_dir) / LOG_FILE
+async def _transfer(args: argparse.Namespace) -> None:
+    """`log export` or `log import` on the store the configuration names."""
+    config = load_config(args)
+    async with open_log_store(config) as store:
+        if args.log_command == "export":
+            async for record in export_records(store):
+                sys.stdout.write(record_json(record) + "\n")
+            sys.stdout.flush()
+        else:
+            lines = sys.stdin if args.file == Path("-") else _read_lines(args.file)
+            count = await import_lines(store, lines)
+            print(f"imported {count} messages; the log ends at {store.head}", file=sys.stderr)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransferError(f"cannot read {path}: {exc}") from None
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    """`log check`, `log repair` or `log backup` on the configured data folder's log file."""
+    config = load_config(args)
+    if config.store != "file":
+        raise MaintenanceError(
+            f"log {args.log_command} works on the file store, not {config.store}"
+        )
+    path = Path(config.data_dir) / LOG_FILE
     if args.log_command == "check":
         survey = check_log(path)
         print("\n".join(survey.lines(str(path))))

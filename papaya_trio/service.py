@@ -1,4 +1,4 @@
-"""The server as a real program: data folder, key, log file, TCP listeners, signals.
+"""The server as a real program: data folder, key, log store, TCP listeners, signals.
 
 Everything here touches the real world (files, sockets, wall clock, signals); the server
 underneath (`ChatServer`, `Room`, `ChatLog`) does not, so tests and the simulation run it
@@ -12,7 +12,7 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from papaya_trio.config import ServerConfig
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.loglock import LogInUse, held_log
 from papaya_trio.logmaint import write_quarantine
+from papaya_trio.logstore import LogStore
+from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
@@ -45,6 +47,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data folder (owner-only) if it does not exist."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 @contextmanager
 def locked_data_dir(data_dir: Path) -> Iterator[int]:
     """Create the data folder and hold the exclusive lock on its log: one server per log.
@@ -54,7 +61,7 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
     child shares: fork mode closes this descriptor in every child, so only the server itself
     holds the log.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_data_dir(data_dir)
     try:
         with held_log(data_dir / LOG_FILE) as fd:
             yield fd
@@ -105,12 +112,16 @@ async def open_tcp_listeners(
     config: ServerConfig, port: int | None = None
 ) -> list[trio.SocketListener]:
     """Listen on `port` (default: tcp_port) at every configured address ('*': all interfaces,
-    IPv4 and IPv6)."""
+    IPv4 and IPv6), with SO_REUSEPORT if `reuse_port` is set."""
     port = config.tcp_port if port is None else port
     listeners: list[trio.SocketListener] = []
     try:
         for host in config.listen:
-            listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+            address = None if host == "*" else host
+            if config.reuse_port:
+                listeners += await _open_shared_listeners(port, address)
+            else:
+                listeners += await trio.open_tcp_listeners(port, host=address)
     except OSError as exc:
         for listener in listeners:
             await listener.aclose()
@@ -125,32 +136,89 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return server_context(Path(config.tls_cert), Path(config.tls_key))
 
 
+async def _open_shared_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, plus SO_REUSEPORT: every server of the room binds the
+    same port and the kernel spreads new connections over them."""
+    listeners: list[trio.SocketListener] = []
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen()
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    return listeners
+
+
+@asynccontextmanager
+async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
+    """The configured log store, open; flushed and released on exit.
+
+    The file store holds the data folder's lock throughout; the Redis store shares its stream
+    with any number of servers, so it takes no lock (the data folder only holds the key).
+    """
+    data_dir = Path(config.data_dir)
+    fsync = FsyncPolicy(config.fsync)
+    if config.store == "redis":
+        make_data_dir(data_dir)
+        try:
+            async with open_redis_log(
+                config.redis_url,
+                key=config.redis_key,
+                clock_ms=wall_clock_ms,
+                fsync=fsync,
+                replicas=config.redis_replicas,
+                command_timeout=config.redis_timeout,
+            ) as redis_log:
+                logger.info("log in redis stream %s: %d messages", redis_log.stream, redis_log.head)
+                yield redis_log
+        except RedisStoreError as exc:
+            raise ServiceError(str(exc)) from None
+        return
+    with locked_data_dir(data_dir):
+        storage = FileStorage(data_dir / LOG_FILE)
+        log, recovery = await ChatLog.open(
+            storage,
+            clock_ms=wall_clock_ms,
+            fsync=fsync,
+            sync_interval=config.fsync_interval,
+            quarantine=partial(write_quarantine, storage.path),
+        )
+        logger.info("log %s: %d messages", storage.path, recovery.records)
+        try:
+            yield log
+        finally:
+            await log.aclose()
+
+
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
 
     SIGHUP re-reads the TLS certificate and key (see `tls`).
     """
     context = tls_context(config)
-    data_dir = Path(config.data_dir)
-    with locked_data_dir(data_dir):
+    async with open_log_store(config) as log:
         key = load_or_create_key(config.key_path)
-        storage = FileStorage(data_dir / LOG_FILE)
-        log, recovery = await ChatLog.open(
-            storage,
-            clock_ms=wall_clock_ms,
-            fsync=FsyncPolicy(config.fsync),
-            quarantine=partial(write_quarantine, storage.path),
-        )
-        logger.info("log %s: %d messages", storage.path, recovery.records)
-        try:
-            await _serve(config, log, key, context)
-        finally:
-            await log.aclose()
-        logger.info("stopped; log flushed")
+        await _serve(config, log, key, context)
+    logger.info("stopped; log flushed")
 
 
 async def _serve(
-    config: ServerConfig, log: ChatLog, key: str, context: ssl.SSLContext | None
+    config: ServerConfig, log: LogStore, key: str, context: ssl.SSLContext | None
 ) -> None:
     room = Room(log, key, room_settings(config))
     server = ChatServer(
@@ -183,8 +251,7 @@ async def _serve(
         logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            if log.fsync is FsyncPolicy.INTERVAL:
-                nursery.start_soon(log.run_interval_sync, config.fsync_interval)
+            await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
             await server.serve(
                 _secured(tcp, context),
