@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, LogCorrupted, StorageFailed
 from papaya_trio.records import Record, encode_record
@@ -245,3 +247,35 @@ async def test_a_failing_repair_at_start_is_reported_not_crashed() -> None:
     storage.fail_sync = True
     with pytest.raises(StorageFailed, match="damaged tail"):
         await ChatLog.open(storage, clock_ms=trio_clock_ms)
+
+
+@given(
+    count=st.integers(1, 12),
+    flips=st.lists(st.tuples(st.floats(0, 0.9999), st.integers(0, 7)), max_size=3),
+    cut=st.floats(0, 1),
+)
+def test_start_up_keeps_every_cut_byte_and_never_reuses_a_complete_records_number(
+    count: int, flips: list[tuple[float, int]], cut: float
+) -> None:
+    """Damage confined to the last record (flips, a torn end): bytes in = kept + quarantined."""
+    lines = [encode_record(Record(seq, 0, "u", f"message {seq}")) for seq in range(1, count + 1)]
+    last = bytearray(lines[-1])
+    for where, bit in flips:
+        last[int(where * len(last))] ^= 1 << bit
+    last = last[: max(1, int(cut * len(last)))] if cut < 1 else last
+    data = b"".join(lines[:-1]) + bytes(last)
+    kept: list[bytes] = []
+
+    def quarantine(cut_bytes: bytes) -> str:
+        kept.append(cut_bytes)
+        return "q"
+
+    async def scenario() -> None:
+        storage = MemoryStorage(data)
+        log, recovery = await ChatLog.open(storage, clock_ms=lambda: 0, quarantine=quarantine)
+        assert data[: len(data) - recovery.truncated_bytes] + b"".join(kept) == data
+        assert recovery.records >= count - 1  # no intact record before the damage is lost
+        complete_lines = data.count(b"\n")
+        assert (await log.append("u", "next")).seq == complete_lines + 1
+
+    trio.run(scenario)

@@ -50,8 +50,9 @@ async def test_deleting_server_lock_does_not_let_a_second_server_in(
     with trio.fail_after(TIMEOUT):
         assert await client.chat("still the only writer", "c-1") == 1
     await client.stream.aclose()
+    checked = log_command("check", "--data-dir", str(data))  # reads while the server runs
+    assert checked.returncode == 0 and "1 messages (1..1)" in checked.stdout
     assert first.stop() == 0
-    assert log_command("check", "--data-dir", str(data)).returncode == 0
     second = servers.start(data_dir=data)  # the lock went with the first server
     assert second.stop() == 0
 
