@@ -319,7 +319,7 @@ class ChatLog:
         self._size = good_end
         lost = 0
         if good_end < total:
-            assert problem is not None
+            problem = problem or f"{total - good_end} bytes could not be read"
             await self._refuse_if_damaged_middle(good_end, total, scanner.last_seq, problem)
             lost = await self._cut_tail(good_end, total, problem)
         self._synced = self._visible = self._written

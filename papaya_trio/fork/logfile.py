@@ -314,11 +314,14 @@ class LogWriter:
         # Under LOCK_EX nobody is writing: bytes after the last record are a dead writer's.
         size = self._log.size()
         if size > self._index.end:
+            torn = os.pread(self._log.fd, size - self._index.end, self._index.end)
+            where = write_quarantine(self._log.path, torn)
             os.ftruncate(self._log.fd, self._index.end)
             logger.warning(
-                "log: cut %d bytes of a torn record after record %d",
+                "log: cut %d bytes of a torn record after record %d; the bytes are in %s",
                 size - self._index.end,
                 self._index.head,
+                where,
             )
 
     def _write(self, data: bytes) -> None:
