@@ -77,7 +77,12 @@ OPTIONS: tuple[Option, ...] = (
         "listen on addresses other than loopback although the room key, names and messages"
         " travel in clear on some port (no TLS, or a papaya_port)",
     ),
-    Option("data_dir", str, "./papaya-data", "folder for the log, the key and the lock file"),
+    Option(
+        "data_dir",
+        str,
+        "./papaya-data",
+        "folder for the log (with any quarantine files) and the key",
+    ),
     Option("key_file", str, "", "file holding the 128-character key (default: DATA_DIR/key)"),
     Option("history", int, 50, "messages a native client gets on connect without since", minimum=0),
     Option("max_message_bytes", int, 4096, "longest message text, in UTF-8 bytes", minimum=1),
