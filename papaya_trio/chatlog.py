@@ -38,14 +38,17 @@ import trio
 from papaya_trio.logstore import AppendResult as AppendResult
 from papaya_trio.logstore import FsyncPolicy as FsyncPolicy
 from papaya_trio.logstore import StorageFailed as StorageFailed
-from papaya_trio.records import Record, RecordScanner, encode_record
+from papaya_trio.records import CorruptRecord, Record, RecordScanner, decode_record, encode_record
 from papaya_trio.salvage import Intact, Salvager, lost_count, lost_record
+from papaya_trio.segments import SegmentedFileStorage
 from papaya_trio.storage import Storage
 
 logger = logging.getLogger(__name__)
 
 INDEX_STRIDE = 128
 READ_CHUNK = 64 * 1024
+RETENTION_CHECK = 60.0  # seconds between retention's trims when no append triggers one
+DAY_MS = 86_400_000
 DEDUPE_ENTRIES = 65536  # client ids remembered for resend detection (fork mode uses it too)
 
 
@@ -62,6 +65,16 @@ class LogOptions(TypedDict, total=False):
     cache_records: int
     dedupe_entries: int
     quarantine: Callable[[bytes], object] | None
+    retention: Retention | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much history to keep (0: no bound), and how big a segment grows before sealing."""
+
+    days: float = 0.0
+    bytes: int = 0
+    segment_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,7 @@ class ChatLog:
         cache_records: int = 4096,
         dedupe_entries: int = DEDUPE_ENTRIES,
         quarantine: Callable[[bytes], object] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self._storage = storage
         self._clock_ms = clock_ms
@@ -95,12 +109,19 @@ class ChatLog:
         self._cache_records = cache_records
         self._dedupe_entries = dedupe_entries
         self._quarantine = quarantine  # keeps a cut tail's bytes; returns where (a path)
+        self._retention = retention
+        self._segments = storage if isinstance(storage, SegmentedFileStorage) else None
+        if retention is not None and self._segments is None:
+            raise TypeError("retention needs a SegmentedFileStorage")
         self._lock = trio.Lock()
         self._size = 0
         self._written = 0  # newest record in storage
         self._synced = 0  # newest record known durable
         self._visible = 0  # newest record readers may see
-        self._offsets: list[int] = []  # offset of record 1 + i * INDEX_STRIDE
+        self._offsets: dict[int, int] = {}  # block i: offset of record 1 + i * INDEX_STRIDE
+        self._first = 1  # oldest kept record (above 1 once retention dropped segments)
+        self._first_offset = 0  # where it starts
+        self._active_first: int | None = None  # oldest record in the active segment
         self._cache: list[Record] = []  # consecutive recent records, newest last
         self._dedupe: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._syncing = False
@@ -131,6 +152,11 @@ class ChatLog:
         return self._visible
 
     @property
+    def first(self) -> int:
+        """Sequence number of the oldest record kept (retention drops older ones)."""
+        return self._first
+
+    @property
     def broken(self) -> str | None:
         """Why the log refuses appends, or None while it accepts them."""
         return self._broken
@@ -151,10 +177,12 @@ class ChatLog:
             if key is not None and (seq := self._dedupe.get(key)) is not None:
                 result = AppendResult(seq, duplicate=True)
             else:
+                await self._seal_if_full()
                 record = Record(self._written + 1, self._clock_ms(), user, text, client_id)
                 await self._write(encode_record(record))
                 self._remember(record, self._size)
                 result = AppendResult(record.seq)
+                await self._trim()
                 if self.fsync is not FsyncPolicy.ALWAYS:
                     self._make_visible(record.seq)
         if self.fsync is FsyncPolicy.ALWAYS:
@@ -211,12 +239,75 @@ class ChatLog:
             self._make_visible(target)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The background work: the interval sync with `fsync = "interval"`, else none."""
-        if self.fsync is FsyncPolicy.INTERVAL:
-            await self.run_interval_sync(self.sync_interval, task_status=task_status)
-        else:
+        """The background work: the interval sync with `fsync = "interval"`, and retention's
+        trim every RETENTION_CHECK seconds (a quiet room's old segments age out too)."""
+        async with trio.open_nursery() as nursery:
+            if self.fsync is FsyncPolicy.INTERVAL:
+                await nursery.start(self.run_interval_sync, self.sync_interval)
+            if self._retention is not None:
+                nursery.start_soon(self._run_retention)
             task_status.started()
             await trio.sleep_forever()
+
+    async def _run_retention(self) -> None:
+        while True:
+            await trio.sleep(RETENTION_CHECK)
+            async with self._lock:
+                try:
+                    await self._trim()
+                except StorageFailed as exc:
+                    logger.error("retention: %s", exc)
+
+    # --- retention (see `segments`) ---------------------------------------------------------
+    async def _seal_if_full(self) -> None:
+        """Start a new segment before a record that would go to a full one."""
+        segments, retention = self._segments, self._retention
+        if segments is None or retention is None or self._active_first is None:
+            return
+        if self._size - segments.active_base < retention.segment_bytes:
+            return
+        try:
+            await segments.seal(self._active_first, self._cache[-1].time_ms)
+        except OSError as exc:
+            raise StorageFailed(f"could not start a new log segment: {exc}") from exc
+        self._active_first = None
+
+    async def _trim(self) -> None:
+        """Drop sealed segments that are too old or over the size bound, oldest first.
+
+        The active segment is never dropped, nor the newest sealed one while the active is
+        empty: the newest record always survives, and with it the next number.
+        """
+        segments, retention = self._segments, self._retention
+        if segments is None or retention is None:
+            return
+        now = self._clock_ms()
+        while segments.sealed and (self._active_first is not None or len(segments.sealed) > 1):
+            oldest = segments.sealed[0]
+            too_old = retention.days > 0 and oldest.last_time_ms < now - retention.days * DAY_MS
+            too_big = 0 < retention.bytes < self._size - oldest.base
+            if not (too_old or too_big):
+                return
+            try:
+                segments.drop_oldest()
+            except OSError as exc:
+                raise StorageFailed(f"could not delete an old log segment: {exc}") from exc
+            self._forget_before(segments.start_offset, oldest.base + oldest.size)
+            logger.info(
+                "retention: dropped %s (messages %d..%d); the log now starts at %d",
+                oldest.path.name,
+                oldest.first,
+                self._first - 1,
+                self._first,
+            )
+
+    def _forget_before(self, offset: int, segment_end: int) -> None:
+        """The records before byte `offset` are gone: move the start, drop their index."""
+        following = [s.first for s in self._segments.sealed] if self._segments else []
+        self._first = following[0] if following else (self._active_first or self._written + 1)
+        self._first_offset = offset
+        for block in [b for b, at in self._offsets.items() if at < segment_end]:
+            del self._offsets[block]
 
     async def run_interval_sync(
         self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -248,9 +339,12 @@ class ChatLog:
     def _remember(self, record: Record, end_offset: int) -> None:
         """Index, cache and dedupe-track a record now in storage ending at `end_offset`."""
         self._written = record.seq
+        segments = self._segments
+        if self._active_first is None and segments and end_offset > segments.active_base:
+            self._active_first = record.seq
         if (record.seq - 1) % INDEX_STRIDE == 0:
             line_length = len(encode_record(record))
-            self._offsets.append(end_offset - line_length)
+            self._offsets[(record.seq - 1) // INDEX_STRIDE] = end_offset - line_length
         self._cache.append(record)
         if len(self._cache) >= 2 * self._cache_records:
             del self._cache[: len(self._cache) - self._cache_records]
@@ -261,7 +355,9 @@ class ChatLog:
 
     # --- reading ----------------------------------------------------------------------------
     async def read_after(self, cursor: int, limit: int) -> list[Record]:
-        """Up to `limit` visible records with sequence numbers above `cursor`, oldest first."""
+        """Up to `limit` visible records with sequence numbers above `cursor`, oldest first
+        (from `first` on if `cursor` is older)."""
+        cursor = max(cursor, self._first - 1)
         last = min(self._visible, cursor + limit)
         if last <= cursor:
             return []
@@ -273,8 +369,11 @@ class ChatLog:
 
     async def _read_stored(self, first: int, last: int) -> list[Record]:
         block = (first - 1) // INDEX_STRIDE
-        offset = self._offsets[block]
-        scanner = RecordScanner(offset, after_seq=block * INDEX_STRIDE)
+        if block in self._offsets:
+            offset, after_seq = self._offsets[block], block * INDEX_STRIDE
+        else:  # the oldest kept block starts inside the index's block
+            offset, after_seq = self._first_offset, self._first - 1
+        scanner = RecordScanner(offset, after_seq=after_seq)
         found: list[Record] = []
         while offset < self._size:
             chunk = await self._storage.read(offset, min(READ_CHUNK, self._size - offset))
@@ -303,8 +402,10 @@ class ChatLog:
     # --- opening and closing ----------------------------------------------------------------
     async def _scan(self) -> Recovery:
         total = await self._storage.size()
-        scanner = RecordScanner()
-        offset = 0
+        offset = self._segments.start_offset if self._segments is not None else 0
+        self._first = await self._first_seq(offset, total)
+        self._first_offset = offset
+        scanner = RecordScanner(offset, after_seq=self._first - 1)
         while offset < total and scanner.problem is None:
             chunk = await self._storage.read(offset, min(READ_CHUNK, total - offset))
             if not chunk:
@@ -324,6 +425,17 @@ class ChatLog:
             lost = await self._cut_tail(good_end, total, problem)
         self._synced = self._visible = self._written
         return Recovery(scanner.last_seq, total - good_end, problem, lost)
+
+    async def _first_seq(self, offset: int, total: int) -> int:
+        """The number of the record at `offset`: 1 for a whole log, more once retention has
+        dropped older segments (read from the segment's name, else from the record)."""
+        if self._segments is not None and self._segments.sealed:
+            return self._segments.sealed[0].first
+        line = (await self._storage.read(offset, min(READ_CHUNK, total - offset))).split(b"\n")[0]
+        try:
+            return decode_record(line).seq
+        except CorruptRecord:
+            return 1  # damaged or empty: the scan that follows says what it found
 
     async def _refuse_if_damaged_middle(
         self, bad_offset: int, total: int, last_seq: int, problem: str

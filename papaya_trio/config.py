@@ -150,6 +150,28 @@ OPTIONS: tuple[Option, ...] = (
         "fsync_interval", float, 1.0, "seconds between syncs with fsync = interval", minimum=0.001
     ),
     Option(
+        "retention_days",
+        float,
+        0.0,
+        "drop log segments whose newest message is older than this many days (0: keep all;"
+        " trio mode, file store)",
+        minimum=0,
+    ),
+    Option(
+        "retention_bytes",
+        int,
+        0,
+        "drop the oldest log segments while the log is bigger than this (0: no bound)",
+        minimum=0,
+    ),
+    Option(
+        "segment_bytes",
+        int,
+        16 * 1024 * 1024,
+        "with retention: start a new log segment once the current one is this big",
+        minimum=4096,
+    ),
+    Option(
         "store",
         str,
         "file",
@@ -231,6 +253,9 @@ class ServerConfig:
     allowed_origins: list[str]
     fsync: str
     fsync_interval: float
+    retention_days: float
+    retention_bytes: int
+    segment_bytes: int
     store: str
     redis_url: str
     redis_key: str
@@ -333,6 +358,12 @@ def check(config: ServerConfig) -> None:
     for name in ("tcp_port", "http_port", "papaya_port"):
         if getattr(config, name) > 65535:
             raise ConfigError(f"{name} must be at most 65535, not {getattr(config, name)}")
+    retention = config.retention_days > 0 or config.retention_bytes > 0
+    if retention and (config.mode == "fork" or config.store != "file"):
+        raise ConfigError(
+            "retention_days and retention_bytes work in trio mode with the file store only"
+            f" (this is mode {config.mode}, store {config.store})"
+        )
     if config.store == "redis":
         if config.mode == "fork":
             raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')

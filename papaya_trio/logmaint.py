@@ -29,12 +29,14 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from papaya_trio.loglock import LogInUse, try_lock
 from papaya_trio.records import encode_record
 from papaya_trio.salvage import Damaged, Piece, Salvager, lost_count, lost_record
+from papaya_trio.segments import sealed_segments
 
 READ_CHUNK = 1024 * 1024
 QUARANTINE_TAG = ".quarantine-"
@@ -85,7 +87,7 @@ class Survey:
                 self.damaged.append(Span(piece.offset, len(piece.data), piece.reason))
             return
         seq = piece.record.seq
-        if seq != self.last + 1:
+        if self.first is not None and seq != self.last + 1:
             self.gaps.append((self.last + 1, seq - 1))
         self.records += 1
         self.first = seq if self.first is None else self.first
@@ -120,17 +122,43 @@ def _stable_end(fd: int) -> int:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _pieces(fd: int, end: int) -> Iterator[Piece]:
-    """Every piece of the file's first `end` bytes, in order."""
+def _pieces(parts: list[tuple[int, int]]) -> Iterator[Piece]:
+    """Every piece of the files' first `end` bytes, for each (fd, end), end to end, in order."""
     salvager = Salvager()
-    offset = 0
-    while offset < end:
-        chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
-        if not chunk:
-            break
-        offset += len(chunk)
-        yield from salvager.feed(chunk)
+    for fd, end in parts:
+        offset = 0
+        while offset < end:
+            chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            yield from salvager.feed(chunk)
     yield from salvager.finish()
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[list[tuple[int, int]]]:
+    """The log's files, oldest first, each with the length to read: the sealed segments
+    (`segments`) and the active file up to a record boundary. A segment sealed after the
+    active file was opened is that same file and is skipped, so nothing is read twice."""
+    _existing(path)
+    parts: list[tuple[int, int]] = []
+    active = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        inode = os.fstat(active).st_ino
+        for segment, _, _ in sealed_segments(path.parent):
+            fd = os.open(segment, os.O_RDONLY | os.O_CLOEXEC)
+            parts.append((fd, os.fstat(fd).st_size))
+            if os.fstat(fd).st_ino == inode:
+                parts.pop()
+                os.close(fd)
+        parts.append((active, _stable_end(active)))
+        yield parts
+    finally:
+        for fd, _ in parts:
+            os.close(fd)
+        if not parts or parts[-1][0] != active:
+            os.close(active)
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -190,15 +218,12 @@ def write_quarantine(log_path: Path, data: bytes) -> Path:
 
 
 def check_log(path: Path) -> Survey:
-    """Survey the log up to a record boundary (safe while a server runs)."""
-    _existing(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        survey = Survey(size=_stable_end(fd))
-        for piece in _pieces(fd, survey.size):
+    """Survey the log (its sealed segments, then the active file up to a record boundary);
+    safe while a server runs."""
+    with _opened(path) as parts:
+        survey = Survey(size=sum(end for _, end in parts))
+        for piece in _pieces(parts):
             survey.take(piece)
-    finally:
-        os.close(fd)
     return survey
 
 
@@ -247,6 +272,11 @@ def repair_log(path: Path, clock_ms: int | None = None) -> Repair:
     Raises MaintenanceError if there is no log or a server (or another repair) holds it.
     """
     _existing(path)
+    if sealed_segments(path.parent):
+        raise MaintenanceError(
+            "log repair handles a log without sealed segments (no retention) only; "
+            "`log backup` copies a segmented log into one file that repair can work on"
+        )
     now_ms = time.time_ns() // 1_000_000 if clock_ms is None else clock_ms
     lock_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
@@ -268,16 +298,17 @@ def _rewrite(path: Path, fd: int, now_ms: int) -> Repair:
     out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     quarantine: Quarantine | None = None
     trailing = 0  # complete damaged lines since the last intact record
-    last, last_time = 0, now_ms
+    last: int | None = None  # no markers before the first intact record
+    last_time = now_ms
     try:
-        for piece in _pieces(fd, survey.size):
+        for piece in _pieces([(fd, survey.size)]):
             if isinstance(piece, Damaged):
                 quarantine = quarantine or Quarantine(path)
                 quarantine.write(piece.data)
                 trailing += lost_count(piece.data)
                 continue
             where = str(quarantine.path) if quarantine else "nowhere: they were missing"
-            for seq in range(last + 1, piece.record.seq):
+            for seq in range(piece.record.seq if last is None else last + 1, piece.record.seq):
                 _write_all(out, encode_record(lost_record(seq, piece.record.time_ms, where)))
                 repair.markers.append(seq)
             _write_all(out, piece.data)
@@ -285,7 +316,8 @@ def _rewrite(path: Path, fd: int, now_ms: int) -> Repair:
             last, last_time, trailing = piece.record.seq, piece.record.time_ms, 0
         if trailing:
             assert quarantine is not None
-            for seq in range(last + 1, last + 1 + trailing):
+            after = last or 0
+            for seq in range(after + 1, after + 1 + trailing):
                 marker = lost_record(seq, max(now_ms, last_time), str(quarantine.path))
                 _write_all(out, encode_record(marker))
                 repair.markers.append(seq)
@@ -333,29 +365,28 @@ def backup_log(path: Path, destination: Path) -> Backup:
     if not destination.parent.is_dir():
         raise MaintenanceError(f"there is no folder {destination.parent}")
     temp = destination.with_name(destination.name + ".partial")
-    source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
+    with _opened(path) as parts:
         out = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            end = _stable_end(source)
-            offset = 0
-            while offset < end:
-                chunk = os.pread(source, min(READ_CHUNK, end - offset), offset)
-                if not chunk:
-                    break
-                _write_all(out, chunk)
-                offset += len(chunk)
-            survey, left_out = _verify_copy(out, offset)
+            copied = 0
+            for fd, end in parts:
+                offset = 0
+                while offset < end:
+                    chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
+                    if not chunk:
+                        break
+                    _write_all(out, chunk)
+                    offset += len(chunk)
+                copied += offset
+            survey, left_out = _verify_copy(out, copied)
             os.fsync(out)
-        finally:
+        except BaseException:
             os.close(out)
+            temp.unlink(missing_ok=True)
+            raise
+        os.close(out)
         os.replace(temp, destination)
         _fsync_folder(destination.parent)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(source)
     return Backup(destination, survey, left_out)
 
 
@@ -364,7 +395,7 @@ def _verify_copy(fd: int, size: int) -> tuple[Survey, int]:
     is cut off the copy. Returns the survey and the bytes cut."""
     survey = Survey()
     left_out = 0
-    for piece in _pieces(fd, size):
+    for piece in _pieces([(fd, size)]):
         torn = isinstance(piece, Damaged) and not piece.data.endswith(b"\n")
         if torn and piece.offset + len(piece.data) == size:
             os.ftruncate(fd, piece.offset)

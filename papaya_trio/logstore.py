@@ -72,6 +72,11 @@ class LogStore(Protocol):
         ...
 
     @property
+    def first(self) -> int:
+        """Sequence number of the oldest record kept (1 unless retention dropped older ones)."""
+        ...
+
+    @property
     def broken(self) -> str | None:
         """Why the store refuses appends for good, or None while it accepts them."""
         ...

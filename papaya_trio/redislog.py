@@ -171,6 +171,11 @@ class RedisLog:
         return self._visible
 
     @property
+    def first(self) -> int:
+        """Always 1: the Redis store has no retention (the stream is never trimmed)."""
+        return 1
+
+    @property
     def broken(self) -> str | None:
         """Why the store refuses appends, or None while it accepts them."""
         return self._broken

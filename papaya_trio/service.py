@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.chatlog import ChatLog, FsyncPolicy, Retention
 from papaya_trio.config import ServerConfig
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.loglock import LogInUse, held_log
@@ -26,6 +26,7 @@ from papaya_trio.logmaint import write_quarantine
 from papaya_trio.logstore import LogStore
 from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
+from papaya_trio.segments import SegmentedFileStorage
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
 from papaya_trio.tls import TlsError, reload_context, server_context
@@ -190,15 +191,23 @@ async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
             raise ServiceError(str(exc)) from None
         return
     with locked_data_dir(data_dir):
-        storage = FileStorage(data_dir / LOG_FILE)
-        log, recovery = await ChatLog.open(
+        retention = None
+        storage: FileStorage | SegmentedFileStorage
+        if config.retention_days > 0 or config.retention_bytes > 0:  # see `segments`
+            days, size = config.retention_days, config.retention_bytes
+            retention = Retention(days, size, config.segment_bytes)
+            storage = SegmentedFileStorage(data_dir)
+        else:
+            storage = FileStorage(data_dir / LOG_FILE)
+        log, _ = await ChatLog.open(
             storage,
             clock_ms=wall_clock_ms,
             fsync=fsync,
             sync_interval=config.fsync_interval,
             quarantine=partial(write_quarantine, storage.path),
+            retention=retention,
         )
-        logger.info("log %s: %d messages", storage.path, recovery.records)
+        logger.info("log %s: messages %d..%d", storage.path, log.first, log.head)
         try:
             yield log
         finally:

@@ -182,7 +182,13 @@ class Session:
 
     async def _send_loop(self, sub: Subscription, welcome_head: int) -> None:
         user = self.identity.user or ""
-        await self._write([Welcome(SERVER_NAME, user, welcome_head)])
+        greeting: list[ServerEvent] = [Welcome(SERVER_NAME, user, welcome_head)]
+        first = self.room.log.first
+        if isinstance(self.identity.history, Since) and self.identity.history.seq < first - 1:
+            # Retention dropped messages the client has not seen: say so before the replay.
+            notice = f"messages before {first} are no longer kept; history starts at {first}"
+            greeting.append(Error("history_trimmed", notice))
+        await self._write(greeting)
         while True:
             while self._closing is None:
                 try:
