@@ -26,7 +26,7 @@ from papaya_trio.logmaint import write_quarantine
 from papaya_trio.logstore import LogStore
 from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
-from papaya_trio.segments import SegmentedFileStorage
+from papaya_trio.segments import SegmentedFileStorage, sealed_segments
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
 from papaya_trio.tls import TlsError, reload_context, server_context
@@ -196,6 +196,8 @@ async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
         if config.retention_days > 0 or config.retention_bytes > 0:  # see `segments`
             days, size = config.retention_days, config.retention_bytes
             retention = Retention(days, size, config.segment_bytes)
+            storage = SegmentedFileStorage(data_dir)
+        elif sealed_segments(data_dir):  # retention was on: read the segments, trim nothing
             storage = SegmentedFileStorage(data_dir)
         else:
             storage = FileStorage(data_dir / LOG_FILE)

@@ -9,12 +9,16 @@ import trio
 import trio.testing
 
 from papaya_trio.chatlog import DAY_MS, ChatLog, Retention
-from papaya_trio.cli import main
+from papaya_trio.cli import build_parser, main
+from papaya_trio.config import load_config
+from papaya_trio.fork.logfile import recover_log
 from papaya_trio.logmaint import backup_log, check_log
+from papaya_trio.logstore import FsyncPolicy
 from papaya_trio.records import Record, RecordScanner, encode_record
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.segments import SegmentedFileStorage, sealed_segments
 from papaya_trio.server import ChatServer
+from papaya_trio.service import ServiceError, open_log_store
 from tests.memory_world import KEY, LineClient, MemoryListener
 
 TEXT = "x" * 200  # about 250 bytes a record
@@ -169,3 +173,35 @@ def test_retention_is_refused_where_it_is_not_supported(
 ) -> None:
     assert main(["serve", "--data-dir", str(tmp_path), *options]) == 2
     assert message in capsys.readouterr().err
+
+
+async def make_trimmed_log(folder: Path) -> ChatLog:
+    log = await open_log(folder, Retention(bytes=8192, segment_bytes=4096))
+    for i in range(60):
+        await log.append("u", f"{i} {TEXT}")
+    assert log.first > 1 and sealed_segments(folder)
+    await log.aclose()
+    return log
+
+
+async def test_without_retention_a_segmented_log_is_still_read_whole(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    trimmed = await make_trimmed_log(tmp_path)
+    segments_before = sealed_segments(tmp_path)
+    config = load_config(build_parser().parse_args(["serve", "--data-dir", str(tmp_path)]))
+    async with open_log_store(config) as log:
+        assert (log.first, log.head) == (trimmed.first, 60)
+        assert [r.seq for r in await log.read_after(0, 100)] == list(range(trimmed.first, 61))
+        assert (await log.append("u", "more")).seq == 61
+    assert sealed_segments(tmp_path) == segments_before  # nothing trimmed without retention
+
+
+def test_fork_mode_refuses_a_segmented_or_trimmed_log(tmp_path: Path) -> None:
+    trio.run(make_trimmed_log, tmp_path, clock=trio.testing.MockClock(autojump_threshold=0))
+    with pytest.raises(ServiceError, match="segmented log"):
+        recover_log(tmp_path / "chat.log", FsyncPolicy.ALWAYS)
+    for segment, _, _ in sealed_segments(tmp_path):
+        segment.unlink()  # as if every sealed segment had been trimmed
+    with pytest.raises(ServiceError, match="starts at message"):
+        recover_log(tmp_path / "chat.log", FsyncPolicy.ALWAYS)

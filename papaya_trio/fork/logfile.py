@@ -79,7 +79,8 @@ from papaya_trio.chatlog import (
 )
 from papaya_trio.logmaint import write_quarantine
 from papaya_trio.records import Record, RecordScanner, ScannedRecord, encode_record
-from papaya_trio.service import wall_clock_ms
+from papaya_trio.segments import sealed_segments
+from papaya_trio.service import ServiceError, wall_clock_ms
 from papaya_trio.storage import FileStorage
 
 logger = logging.getLogger(__name__)
@@ -359,6 +360,12 @@ def recover_log(path: Path, fsync: FsyncPolicy) -> Recovery:
     tail (with lost-message markers for damaged complete records), refuse a damaged middle
     (raises LogCorrupted), log what was done."""
 
+    if sealed_segments(path.parent):
+        raise ServiceError(
+            f"{path.parent} holds a segmented log (retention, trio mode): fork mode reads a"
+            " single-file log only; serve it in trio mode, or `log backup` it into one file"
+        )
+
     async def scan() -> Recovery:
         log, recovery = await ChatLog.open(
             _InlineSyncStorage(path),
@@ -367,6 +374,11 @@ def recover_log(path: Path, fsync: FsyncPolicy) -> Recovery:
             quarantine=partial(write_quarantine, path),
         )
         await log.aclose()
+        if log.first != 1:
+            raise ServiceError(
+                f"{path} starts at message {log.first} (retention dropped older ones): fork"
+                " mode reads a log that starts at 1 only; serve it in trio mode"
+            )
         return recovery
 
     return trio.run(scan)
