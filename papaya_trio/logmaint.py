@@ -36,7 +36,7 @@ from pathlib import Path
 from papaya_trio.loglock import LogInUse, try_lock
 from papaya_trio.records import encode_record
 from papaya_trio.salvage import Damaged, Piece, Salvager, lost_count, lost_record
-from papaya_trio.segments import sealed_segments
+from papaya_trio.segments import fsync_folder, sealed_segments
 
 READ_CHUNK = 1024 * 1024
 QUARANTINE_TAG = ".quarantine-"
@@ -122,9 +122,8 @@ def _stable_end(fd: int) -> int:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _pieces(parts: list[tuple[int, int]]) -> Iterator[Piece]:
-    """Every piece of the files' first `end` bytes, for each (fd, end), end to end, in order."""
-    salvager = Salvager()
+def _chunks(parts: list[tuple[int, int]]) -> Iterator[bytes]:
+    """The files' first `end` bytes, for each (fd, end), end to end, in bounded chunks."""
     for fd, end in parts:
         offset = 0
         while offset < end:
@@ -132,7 +131,14 @@ def _pieces(parts: list[tuple[int, int]]) -> Iterator[Piece]:
             if not chunk:
                 break
             offset += len(chunk)
-            yield from salvager.feed(chunk)
+            yield chunk
+
+
+def _pieces(parts: list[tuple[int, int]]) -> Iterator[Piece]:
+    """Every piece (`salvage`) of the files' bytes, in order."""
+    salvager = Salvager()
+    for chunk in _chunks(parts):
+        yield from salvager.feed(chunk)
     yield from salvager.finish()
 
 
@@ -159,14 +165,6 @@ def _opened(path: Path) -> Iterator[list[tuple[int, int]]]:
             os.close(fd)
         if not parts or parts[-1][0] != active:
             os.close(active)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -204,7 +202,7 @@ class Quarantine:
             os.fsync(self._fd)
         finally:
             os.close(self._fd)
-        _fsync_folder(self.path.parent)
+        fsync_folder(self.path.parent)
 
 
 def write_quarantine(log_path: Path, data: bytes) -> Path:
@@ -328,7 +326,7 @@ def _rewrite(path: Path, fd: int, now_ms: int) -> Repair:
             quarantine.close()
             repair.quarantine, repair.quarantined_bytes = quarantine.path, quarantine.size
     os.replace(temp, path)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
     return repair
 
 
@@ -369,15 +367,9 @@ def backup_log(path: Path, destination: Path) -> Backup:
         out = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             copied = 0
-            for fd, end in parts:
-                offset = 0
-                while offset < end:
-                    chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
-                    if not chunk:
-                        break
-                    _write_all(out, chunk)
-                    offset += len(chunk)
-                copied += offset
+            for chunk in _chunks(parts):
+                _write_all(out, chunk)
+                copied += len(chunk)
             survey, left_out = _verify_copy(out, copied)
             os.fsync(out)
         except BaseException:
@@ -386,7 +378,7 @@ def backup_log(path: Path, destination: Path) -> Backup:
             raise
         os.close(out)
         os.replace(temp, destination)
-        _fsync_folder(destination.parent)
+        fsync_folder(destination.parent)
     return Backup(destination, survey, left_out)
 
 

@@ -64,7 +64,8 @@ def sealed_segments(folder: Path) -> list[tuple[Path, int, int]]:
     return sorted(found, key=lambda item: item[1])
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Make a folder's entries (a new, renamed or deleted file) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -151,7 +152,7 @@ class SegmentedFileStorage:
             link.unlink()
             raise
         fresh.path = self.path
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
         self.sealed.append(Segment(link, first, last_time_ms, self._active_base, size))
         self._active, self._active_base = fresh, self._active_base + size
         await old.aclose()  # its lock was on the file that is now the sealed segment
@@ -160,5 +161,5 @@ class SegmentedFileStorage:
         """Delete the oldest sealed segment (there must be one); return it."""
         segment = self.sealed.pop(0)
         segment.path.unlink()
-        _fsync_folder(self.folder)
+        fsync_folder(self.folder)
         return segment

@@ -28,6 +28,14 @@ def mock_ms() -> int:
     return int(trio.current_time() * 1000)
 
 
+async def filled_log(folder: Path, retention: Retention, count: int) -> ChatLog:
+    """A log with retention holding `count` messages of about 250 bytes."""
+    log = await open_log(folder, retention)
+    for i in range(count):
+        await log.append("u", f"{i} {TEXT}")
+    return log
+
+
 async def open_log(folder: Path, retention: Retention) -> ChatLog:
     log, _ = await ChatLog.open(SegmentedFileStorage(folder), clock_ms=mock_ms, retention=retention)
     return log
@@ -82,9 +90,7 @@ async def test_the_size_bound_drops_the_oldest_segments_never_the_active_one(
 async def test_a_quiet_room_is_trimmed_by_the_background_task(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    log = await open_log(tmp_path, Retention(days=0.5, segment_bytes=4096))
-    for i in range(40):
-        await log.append("u", f"{i} {TEXT}")
+    log = await filled_log(tmp_path, Retention(days=0.5, segment_bytes=4096), 40)
     before = len(sealed_segments(tmp_path))
     assert before >= 2
     async with trio.open_nursery() as nursery:
@@ -122,9 +128,7 @@ async def test_an_old_single_file_log_opens_with_retention(tmp_path: Path) -> No
 async def test_since_before_the_oldest_kept_message_gets_history_trimmed_first(
     tmp_path: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
-    log = await open_log(tmp_path, Retention(bytes=8192, segment_bytes=4096))
-    for i in range(100):
-        await log.append("u", f"{i} {TEXT}")
+    log = await filled_log(tmp_path, Retention(bytes=8192, segment_bytes=4096), 100)
     assert log.first > 3
     server = ChatServer(Room(log, KEY, RoomSettings()), max_connections=4)
     listener = MemoryListener(trio.testing.memory_stream_pair)
@@ -150,9 +154,7 @@ async def test_backup_of_a_segmented_log_is_one_verified_file(
 ) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    log = await open_log(data, Retention(bytes=8192, segment_bytes=4096))
-    for i in range(50):
-        await log.append("u", f"{i} {TEXT}")
+    log = await filled_log(data, Retention(bytes=8192, segment_bytes=4096), 50)
     backup = backup_log(data / "chat.log", tmp_path / "copy.log")
     scanner = RecordScanner(after_seq=log.first - 1)
     copied = [s.record.seq for s in scanner.feed((tmp_path / "copy.log").read_bytes())]
@@ -176,9 +178,7 @@ def test_retention_is_refused_where_it_is_not_supported(
 
 
 async def make_trimmed_log(folder: Path) -> ChatLog:
-    log = await open_log(folder, Retention(bytes=8192, segment_bytes=4096))
-    for i in range(60):
-        await log.append("u", f"{i} {TEXT}")
+    log = await filled_log(folder, Retention(bytes=8192, segment_bytes=4096), 60)
     assert log.first > 1 and sealed_segments(folder)
     await log.aclose()
     return log
