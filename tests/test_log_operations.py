@@ -137,3 +137,34 @@ async def test_backup_while_the_server_takes_writes_is_a_verified_prefix(
         count = len(records_in(copy))
         assert 0 < count < total  # taken while the writes went on
         assert b"(verified)" in result.stdout and f"{count} messages".encode() in result.stdout
+
+
+async def test_a_real_server_with_retention_trims_segments_and_numbers_on_across_restarts(
+    trio_servers: ServerFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    options = ("--retention-bytes", "20000", "--segment-bytes", "4096")
+    server = trio_servers.start(*options, data_dir=data)
+    client = await native(server, "alice")
+    with trio.fail_after(TIMEOUT):
+        for i in range(150):
+            assert await client.chat(f"{i} " + "y" * 200, f"c-{i}") == i + 1
+    await client.stream.aclose()
+    assert server.stop() == 0
+    segments = sorted(data.glob("segment-*.log"))
+    assert segments and sum(p.stat().st_size for p in [*segments, data / "chat.log"]) < 30_000
+    checked = log_command("check", "--data-dir", str(data))
+    assert checked.returncode == 0 and "..150)" in checked.stdout
+
+    restarted = trio_servers.start(*options, data_dir=data)
+    late = LineClient(await trio.open_tcp_stream("127.0.0.1", restarted.port))
+    with trio.fail_after(TIMEOUT):
+        await late.hello("late", key=restarted.key, since=1)
+        notice = await late.expect("error")
+        assert notice["code"] == "history_trimmed" and not notice["fatal"]
+        first = int(notice["message"].rsplit(" ", 1)[1])
+        replay = await late.messages(150 - first + 1)
+        assert [m["seq"] for m in replay] == list(range(first, 151))
+        assert await late.chat("after the restart", "late-1") == 151
+    await late.stream.aclose()
+    assert restarted.stop() == 0
