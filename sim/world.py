@@ -17,7 +17,7 @@ from typing import Protocol
 import trio
 import trio.testing
 
-from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.session import Session
@@ -170,9 +170,10 @@ class ServerHost:
                     cache_records=profile.cache_records,
                 )
                 break
-            except OSError as exc:
-                # Recovery's own truncate or fsync failed: the server cannot start; a
-                # supervisor would start it again, so the simulation does too.
+            except (OSError, StorageFailed) as exc:
+                # Recovery's own read, truncate or fsync failed (the log reports that as
+                # StorageFailed): the server cannot start; a supervisor would start it again,
+                # so the simulation does too.
                 world.trace.record("start_failed", error=str(exc))
                 await trio.sleep(START_RETRY)
         world.oracle.begin_epoch(scan_log(bytes(world.disk.data)))
