@@ -66,6 +66,7 @@ class LogOptions(TypedDict, total=False):
     dedupe_entries: int
     quarantine: Callable[[bytes], object] | None
     retention: Retention | None
+    segments: SegmentedFileStorage | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class ChatLog:
         dedupe_entries: int = DEDUPE_ENTRIES,
         quarantine: Callable[[bytes], object] | None = None,
         retention: Retention | None = None,
+        segments: SegmentedFileStorage | None = None,
     ) -> None:
         self._storage = storage
         self._clock_ms = clock_ms
@@ -110,7 +112,10 @@ class ChatLog:
         self._dedupe_entries = dedupe_entries
         self._quarantine = quarantine  # keeps a cut tail's bytes; returns where (a path)
         self._retention = retention
-        self._segments = storage if isinstance(storage, SegmentedFileStorage) else None
+        # The segments behind `storage` (which may wrap them, as the metrics do).
+        if segments is None and isinstance(storage, SegmentedFileStorage):
+            segments = storage
+        self._segments = segments
         if retention is not None and self._segments is None:
             raise TypeError("retention needs a SegmentedFileStorage")
         self._lock = trio.Lock()

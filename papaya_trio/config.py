@@ -140,6 +140,13 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ORIGIN",
     ),
     Option(
+        "metrics",
+        str,
+        "off",
+        "Prometheus metrics at /metrics: off; http (on the HTTP port, to anyone who can reach"
+        " it); or HOST:PORT, a plain-HTTP listener of its own, e.g. 127.0.0.1:9772",
+    ),
+    Option(
         "fsync",
         str,
         "always",
@@ -251,6 +258,7 @@ class ServerConfig:
     ws_ping_interval: float
     ws_ping_timeout: float
     allowed_origins: list[str]
+    metrics: str
     fsync: str
     fsync_interval: float
     retention_days: float
@@ -270,6 +278,11 @@ class ServerConfig:
     def key_path(self) -> Path:
         """Where the key lives."""
         return Path(self.key_file) if self.key_file else Path(self.data_dir) / "key"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics listener, or None (metrics off or on the HTTP port)."""
+        return None if self.metrics in METRICS_MODES else parse_host_port(self.metrics)
 
     @property
     def tls(self) -> bool:
@@ -378,6 +391,15 @@ def check(config: ServerConfig) -> None:
     if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
         # a text of max_message_bytes, JSON-escaped, must fit in one frame (fork mode has none)
         raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")
+    if config.metrics not in METRICS_MODES:
+        parse_host_port(config.metrics)
+    if config.mode == "fork" and config.metrics == "http":
+        raise ConfigError('fork mode has no HTTP port: give metrics = "HOST:PORT" instead')
+    if config.workers > 1 and config.metrics != "off":
+        raise ConfigError(
+            "metrics count one server: with workers, run each server with --reuse-port and"
+            " a metrics HOST:PORT of its own instead"
+        )
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     exposed = public_addresses(config)
@@ -388,6 +410,19 @@ def check(config: ServerConfig) -> None:
             f" {CLEARTEXT} would cross the network readable by anyone on the way; give"
             " tls_cert and tls_key (see `papaya-trio cert`), or set allow_plaintext = true"
         )
+
+
+METRICS_MODES = ("off", "http")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9772` for IPv6, `*:9772` for every interface) as (host, port)."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"metrics must be off, http or HOST:PORT, not {value!r}")
+    return host, int(port)
 
 
 #: What a plaintext port gives away to anyone who can watch the network.

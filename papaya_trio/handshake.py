@@ -66,12 +66,14 @@ async def native_handshake(peer: Peer, room: Room, deadline: float) -> Identity 
         if isinstance(verdict, Identity):
             return verdict
         logger.warning("%s: auth failed: %s", peer.label, verdict.reason)
+        room.metrics.refuse(verdict.error.code)
         await refuse(peer, verdict.error)
         return None
     if closing.cancelled_caught:
         await refuse(peer, SHUTDOWN)
         return None
     logger.warning("%s: auth failed: timeout", peer.label)
+    room.metrics.refuse(AUTH_TIMEOUT.code)
     await refuse(peer, AUTH_TIMEOUT)
     return None
 
@@ -79,12 +81,15 @@ async def native_handshake(peer: Peer, room: Room, deadline: float) -> Identity 
 async def papaya_handshake(peer: Peer, room: Room, deadline: float) -> Identity | None:
     """Wait for the 128-byte key until `deadline`. None if refused (nothing is sent then)."""
     with room.handshaking() as closing, trio.move_on_at(deadline):
-        if identity := judge_papaya_key(await peer.receive(), room.key_matches):
+        event = await peer.receive()
+        if identity := judge_papaya_key(event, room.key_matches):
             return identity
         logger.warning("%s: papayaChat auth failed: wrong key or early close", peer.label)
+        room.metrics.refuse("bad_key" if isinstance(event, KeyPresented) else "no_key")
         return None
     if not closing.cancelled_caught:
         logger.warning("%s: papayaChat auth failed: timeout", peer.label)
+        room.metrics.refuse(AUTH_TIMEOUT.code)
     return None
 
 

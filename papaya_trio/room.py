@@ -11,6 +11,7 @@ import trio
 from papaya_trio.broadcaster import Broadcaster
 from papaya_trio.keys import key_matches
 from papaya_trio.logstore import LogStore
+from papaya_trio.metrics import Metrics
 from papaya_trio.session import Session
 
 
@@ -29,7 +30,8 @@ class RoomSettings:
 class Room:
     """One chat room: the log, its broadcaster, and the sessions connected to it.
 
-    Every transport builds its sessions with `session_class` (tests pass a subclass).
+    Every transport builds its sessions with `session_class` (tests pass a subclass), and
+    tells `metrics` what happens (a fresh registry unless the service passes its own).
     """
 
     def __init__(
@@ -39,10 +41,12 @@ class Room:
         settings: RoomSettings,
         *,
         session_class: type[Session] = Session,
+        metrics: Metrics | None = None,
     ) -> None:
         self.log = log
         self.session_class = session_class
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self._key = key.encode()
         self.broadcaster = Broadcaster(settings.max_lag)
         log.on_visible = self.broadcaster.publish

@@ -4,6 +4,10 @@
 runs each accepted connection in a handler task in its own nursery, apart from the accept
 loops (as hypercorn does), so that shutdown can stop accepting first, then give the sessions a
 deadline to say goodbye, then cancel whatever is left.
+
+Each chat connection's stream is wrapped to count its bytes (`metrics`). Connections to the
+metrics listener are not clients: they are served apart (`_scrape`), outside
+`max_connections` and the shutdown wait, at most MAX_SCRAPES at once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ logger = logging.getLogger(__name__)
 # Accept errors that mean "out of resources for now": wait, then go on (as trio.serve_listeners).
 TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_RETRY_DELAY = 0.1
+MAX_SCRAPES = 8  # metrics requests served at once on the metrics listener
 
 
 class ChatServer:
@@ -42,10 +47,12 @@ class ChatServer:
         self.max_connections = max_connections
         self.shutdown_deadline = shutdown_deadline
         self.connections = 0
+        self._scrapes = 0
         self._stop = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self._numbers = itertools.count(1)
+        room.metrics.watch(room.log, room.broadcaster, lambda: self.connections)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; `serve` returns when it is done."""
@@ -56,17 +63,18 @@ class ChatServer:
         tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         papaya_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        metrics_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and serve until shutdown, then close everything within the deadline.
 
         `tcp_listeners` carry both TCP dialects; `http_listeners` the browser client and its
-        WebSocket; `papaya_listeners` the papayaChat dialect alone. The listeners are closed on
-        return. Returns after every connection handler
+        WebSocket; `papaya_listeners` the papayaChat dialect alone; `metrics_listeners` only
+        `/metrics`. The listeners are closed on return. Returns after every connection handler
         has ended.
         """
-        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners]
+        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners, *metrics_listeners]
         async with trio.open_nursery() as handlers:
             try:
                 async with trio.open_nursery() as acceptors:
@@ -76,6 +84,8 @@ class ChatServer:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "http")
                     for listener in papaya_listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "papaya")
+                    for listener in metrics_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "metrics")
                     task_status.started()
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
@@ -105,7 +115,26 @@ class ChatServer:
                 logger.error("accept failed, retrying shortly: %s", exc)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            handlers.start_soon(self._handle, stream, kind)
+            if kind == "metrics":
+                handlers.start_soon(self._scrape, stream)
+            else:
+                handlers.start_soon(self._handle, stream, kind)
+
+    async def _scrape(self, stream: trio.abc.Stream) -> None:
+        """A connection to the metrics listener. It is no client: it neither counts toward
+        `max_connections` nor delays shutdown, and at most MAX_SCRAPES are served at once
+        (more are closed at once), so a flood there cannot crowd out the chat."""
+        if self._scrapes >= MAX_SCRAPES:
+            await trio.aclose_forcefully(stream)
+            return
+        self._scrapes += 1
+        try:
+            label = self._describe(stream, "metrics")
+            stream = self.room.metrics.count_bytes(stream, "metrics")
+            web = self.web.metrics_only(self.room.metrics)
+            await handle_http_stream(stream, self.room, label, False, web)
+        finally:
+            self._scrapes -= 1
 
     async def _handle(self, stream: trio.abc.Stream, kind: str) -> None:
         self.connections += 1
@@ -113,6 +142,7 @@ class ChatServer:
         try:
             full = self.connections > self.max_connections
             label = self._describe(stream, kind)
+            stream = self.room.metrics.count_bytes(stream, kind)
             if kind == "http":
                 await handle_http_stream(stream, self.room, label, full, self.web)
             else:

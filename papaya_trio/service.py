@@ -19,11 +19,12 @@ from pathlib import Path
 import trio
 
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, Retention
-from papaya_trio.config import ServerConfig
+from papaya_trio.config import ServerConfig, public_addresses
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.loglock import LogInUse, held_log
 from papaya_trio.logmaint import write_quarantine
 from papaya_trio.logstore import LogStore
+from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.segments import SegmentedFileStorage, sealed_segments
@@ -92,8 +93,9 @@ def room_settings(config: ServerConfig) -> RoomSettings:
     )
 
 
-def web_settings(config: ServerConfig) -> WebSettings:
-    """The HTTP port's part of the configuration, with the browser client's files read in."""
+def web_settings(config: ServerConfig, metrics: Metrics | None = None) -> WebSettings:
+    """The HTTP port's part of the configuration, with the browser client's files read in
+    (and `metrics` served at /metrics if given)."""
     try:
         site = StaticSite.browser_client(config.max_message_bytes)
     except StaticSiteError as exc:
@@ -106,7 +108,7 @@ def web_settings(config: ServerConfig) -> WebSettings:
         allowed_origins=frozenset(config.allowed_origins),
         scheme="https" if config.tls else "http",
     )
-    return WebSettings(site, websocket)
+    return WebSettings(site, websocket, metrics)
 
 
 async def open_tcp_listeners(
@@ -128,6 +130,17 @@ async def open_tcp_listeners(
             await listener.aclose()
         raise ServiceError(f"cannot listen on port {port}: {exc.strerror}") from None
     return listeners
+
+
+async def open_metrics_listeners(config: ServerConfig) -> list[trio.SocketListener]:
+    """The metrics listener's sockets when `metrics` is HOST:PORT, else none."""
+    if (address := config.metrics_address) is None:
+        return []
+    host, port = address
+    try:
+        return await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+    except OSError as exc:
+        raise ServiceError(f"cannot listen for metrics on {config.metrics}: {exc}") from None
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -166,8 +179,12 @@ async def _open_shared_listeners(port: int, host: str | None) -> list[trio.Socke
 
 
 @asynccontextmanager
-async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
+async def open_log_store(
+    config: ServerConfig, metrics: Metrics | None = None
+) -> AsyncIterator[LogStore]:
     """The configured log store, open; flushed and released on exit.
+
+    With `metrics`, the file store's fsyncs are timed and its size exported.
 
     The file store holds the data folder's lock throughout; the Redis store shares its stream
     with any number of servers, so it takes no lock (the data folder only holds the key).
@@ -193,21 +210,24 @@ async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
     with locked_data_dir(data_dir):
         retention = None
         storage: FileStorage | SegmentedFileStorage
+        segments: SegmentedFileStorage | None = None
         if config.retention_days > 0 or config.retention_bytes > 0:  # see `segments`
             days, size = config.retention_days, config.retention_bytes
             retention = Retention(days, size, config.segment_bytes)
-            storage = SegmentedFileStorage(data_dir)
+            storage = segments = SegmentedFileStorage(data_dir)
         elif sealed_segments(data_dir):  # retention was on: read the segments, trim nothing
-            storage = SegmentedFileStorage(data_dir)
+            storage = segments = SegmentedFileStorage(data_dir)
         else:
             storage = FileStorage(data_dir / LOG_FILE)
+        stored = storage if metrics is None else metrics.storage(storage)
         log, _ = await ChatLog.open(
-            storage,
+            stored,
             clock_ms=wall_clock_ms,
             fsync=fsync,
             sync_interval=config.fsync_interval,
             quarantine=partial(write_quarantine, storage.path),
             retention=retention,
+            segments=segments,
         )
         logger.info("log %s: messages %d..%d", storage.path, log.first, log.head)
         try:
@@ -222,21 +242,26 @@ async def run_service(config: ServerConfig) -> None:
     SIGHUP re-reads the TLS certificate and key (see `tls`).
     """
     context = tls_context(config)
-    async with open_log_store(config) as log:
+    metrics = Metrics()
+    async with open_log_store(config, metrics) as log:
         key = load_or_create_key(config.key_path)
-        await _serve(config, log, key, context)
+        await _serve(config, log, key, context, metrics)
     logger.info("stopped; log flushed")
 
 
 async def _serve(
-    config: ServerConfig, log: LogStore, key: str, context: ssl.SSLContext | None
+    config: ServerConfig,
+    log: LogStore,
+    key: str,
+    context: ssl.SSLContext | None,
+    metrics: Metrics,
 ) -> None:
-    room = Room(log, key, room_settings(config))
+    room = Room(log, key, room_settings(config), metrics=metrics)
     server = ChatServer(
         room,
         max_connections=config.max_connections,
         shutdown_deadline=config.shutdown_deadline,
-        web=web_settings(config),
+        web=web_settings(config, metrics if config.metrics == "http" else None),
     )
     ports = [config.tcp_port, config.http_port]
     if config.papaya_port >= 0:
@@ -245,11 +270,24 @@ async def _serve(
     try:
         for port in ports:
             opened.append(await open_tcp_listeners(config, port))
+        opened.append(await open_metrics_listeners(config))
     except ServiceError:
         for listener in (listener for group in opened for listener in group):
             await listener.aclose()
         raise
-    tcp, http, papaya = opened[0], opened[1], opened[2] if len(opened) > 2 else []
+    tcp, http, *others, metrics_listeners = opened
+    papaya = others[0] if others else []
+    for listener in metrics_listeners:
+        address = format_address(listener.socket.getsockname())
+        logger.info("listening metrics http://%s%s", address, METRICS_PATH)
+    if config.metrics == "http":
+        logger.info("metrics at %s on the HTTP port", METRICS_PATH)
+        if public_addresses(config):
+            logger.warning(
+                "metrics = http: anyone who can reach the HTTP port can read %s; "
+                'prefer metrics = "127.0.0.1:PORT" (a listener of its own)',
+                METRICS_PATH,
+            )
     # The tcp lines come last: whoever waits for "listening tcp" then has them all.
     scheme, secure = ("https", " (TLS)") if context else ("http", "")
     for listener in http:
@@ -265,9 +303,7 @@ async def _serve(
             await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
             await server.serve(
-                _secured(tcp, context),
-                _secured(http, context),
-                papaya,
+                _secured(tcp, context), _secured(http, context), papaya, metrics_listeners
             )
             nursery.cancel_scope.cancel()
 

@@ -125,6 +125,7 @@ class Session:
                 self._subscription.wake()  # the send task checks _closing after each item
 
     def _on_lagging(self) -> None:
+        self.room.metrics.evicted_for_lag()
         self._end("lagging")
         self.close("lagging", f"you fell more than {self.room.settings.max_lag} messages behind")
         if self._writing:
@@ -202,6 +203,7 @@ class Session:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])
                 sub.cursor = batch[-1].seq
+                self.room.metrics.delivered(batch, welcome_head)
             if self._closing is not None:
                 self._end(self._closing.code)
                 await self._write([self._closing])
@@ -255,7 +257,9 @@ class Session:
         user = self.identity.user or event.user
         assert user is not None, "the papayaChat decoder always names the user"
         try:
-            result = await self.room.log.append(user, event.text, event.client_id)
+            result = await self.room.metrics.append(
+                self.room.log, user, event.text, event.client_id
+            )
         except StorageFailed as exc:
             await self._send_side.send(Error("storage_failed", str(exc), False, event.client_id))
             return

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.metrics import Metrics
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage, Storage
@@ -126,12 +127,13 @@ async def open_world(
     ] = trio.testing.memory_stream_pair,
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
     max_connections: int = 64,
+    metrics: Metrics | None = None,
     **settings: Any,
 ) -> AsyncIterator[World]:
     """Run a server over memory streams for the `async with` block, then shut it down."""
     storage = storage if storage is not None else MemoryStorage()
     log, _ = await ChatLog.open(storage, clock_ms=trio_clock_ms, fsync=fsync)
-    room = Room(log, KEY, RoomSettings(**settings))
+    room = Room(log, KEY, RoomSettings(**settings), metrics=metrics)
     server = ChatServer(room, max_connections=max_connections)
     listener = MemoryListener(make_pair)
     async with trio.open_nursery() as nursery:

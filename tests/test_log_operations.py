@@ -143,7 +143,7 @@ async def test_a_real_server_with_retention_trims_segments_and_numbers_on_across
     trio_servers: ServerFactory, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    options = ("--retention-bytes", "20000", "--segment-bytes", "4096")
+    options = ("--retention-bytes", "20000", "--segment-bytes", "4096", "--metrics", "http")
     server = trio_servers.start(*options, data_dir=data)
     client = await native(server, "alice")
     with trio.fail_after(TIMEOUT):

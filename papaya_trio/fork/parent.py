@@ -24,6 +24,7 @@ sockets it is refusing, and never blocks anywhere else:
   note that there is something to sync.
 - SIGCHLD: reap every finished connection process and close its wake pipe.
 - SIGHUP (a service manager's reload): logged; fork mode has nothing to reload.
+- with ``metrics = "HOST:PORT"``: scrapes of the parent's own figures (`scrapes`).
 - SIGTERM or SIGINT: stop accepting (close the listeners), send SIGTERM to every client's
   process group (native clients are told ``shutdown``), wait up to ``shutdown_deadline`` for
   them, SIGKILL what is left, reap, fsync the log and return (the program exits 0).
@@ -52,6 +53,7 @@ from papaya_trio.fork import wakeup
 from papaya_trio.fork.client import ForkContext, run_child, serve_connection
 from papaya_trio.fork.logfile import DurableEnd, LogFile, open_index, recover_log
 from papaya_trio.fork.overload import EXHAUSTION_ERRORS, Exhaustion, Refusals
+from papaya_trio.fork.scrapes import FORK_METRICS, Scrapes
 from papaya_trio.fork.signals import (
     WATCHED,
     SignalWatch,
@@ -59,6 +61,7 @@ from papaya_trio.fork.signals import (
     close_quietly,
     forking_safely,
 )
+from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.server import format_address
 from papaya_trio.service import (
     LOG_FILE,
@@ -120,17 +123,23 @@ def run_fork_service(config: ServerConfig) -> None:
             os.fsync(log.fd)  # what an earlier run wrote may not have reached the disk yet
             durable = DurableEnd(fsync, index.end)
             signals = SignalWatch(WATCHED)  # before "listening": a SIGTERM from then on is ours
-            listeners = open_listeners(config)
+            scrapes = Scrapes(open_metrics_listeners(config), Metrics(only=FORK_METRICS))
+            try:
+                listeners = open_listeners(config)
+            except ServiceError:
+                scrapes.close_all()
+                raise
             try:
                 notify_read, notify_write = wakeup.open_wake_pipe()
                 context = ForkContext(
                     room_settings(config), key.encode(), path, fsync, durable, index, notify_write
                 )
                 fds = SupervisorFds(lock_fd, notify_read)
-                Supervisor(config, context, log, listeners, signals, fds).serve()
+                Supervisor(config, context, log, listeners, signals, fds, scrapes).serve()
             finally:
                 for listener in listeners:
                     listener.close()
+                scrapes.close_all()
             os.fsync(log.fd)
         finally:
             log.close()
@@ -139,12 +148,35 @@ def run_fork_service(config: ServerConfig) -> None:
 
 def open_listeners(config: ServerConfig) -> list[socket.socket]:
     """Listen on every configured address ('*': all interfaces, IPv4 and IPv6), non-blocking."""
+    listeners = bind_listeners(config.listen, config.tcp_port)
+    for listener in listeners:
+        logger.info("listening tcp %s", format_address(listener.getsockname()))
+    logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
+    return listeners
+
+
+def open_metrics_listeners(config: ServerConfig) -> list[socket.socket]:
+    """The metrics listener's sockets when `metrics` is HOST:PORT, else none."""
+    if (address := config.metrics_address) is None:
+        return []
+    host, port = address
+    listeners = bind_listeners([host], port)
+    for listener in listeners:
+        address_text = format_address(listener.getsockname())
+        logger.info(
+            "listening metrics http://%s%s (the parent's own figures)", address_text, METRICS_PATH
+        )
+    return listeners
+
+
+def bind_listeners(hosts: list[str], port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets on `port` at each host ('*': every interface)."""
     listeners: list[socket.socket] = []
     try:
-        for host in config.listen:
+        for host in hosts:
             for family, kind, proto, _, address in socket.getaddrinfo(
                 None if host == "*" else host,
-                config.tcp_port,
+                port,
                 type=socket.SOCK_STREAM,
                 flags=socket.AI_PASSIVE,
             ):
@@ -156,13 +188,11 @@ def open_listeners(config: ServerConfig) -> list[socket.socket]:
                 listener.bind(address)
                 listener.listen(socket.SOMAXCONN)
                 listener.setblocking(False)
-                logger.info("listening tcp %s", format_address(listener.getsockname()))
     except OSError as exc:
         for listener in listeners:
             listener.close()
         why = exc.strerror or str(exc)
-        raise ServiceError(f"cannot listen on port {config.tcp_port}: {why}") from None
-    logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
+        raise ServiceError(f"cannot listen on port {port}: {why}") from None
     return listeners
 
 
@@ -193,6 +223,7 @@ class Supervisor:
         listeners: list[socket.socket],
         signals: SignalWatch,
         fds: SupervisorFds,
+        scrapes: Scrapes,
     ) -> None:
         self._config = config
         self._context = context
@@ -207,6 +238,11 @@ class Supervisor:
         self._pid = os.getpid()
         self._unsynced = False
         self._last_sync = time.monotonic()
+        self._scrapes = scrapes
+        metrics = scrapes.metrics
+        metrics.open_connections.set_function(lambda: len(self._clients))
+        metrics.log_messages.set_function(self._catch_up)
+        metrics.watch_log_file(lambda: os.fstat(self._log.fd).st_size)
 
     def __repr__(self) -> str:
         return (
@@ -221,17 +257,20 @@ class Supervisor:
             pause = self._exhaustion.pause(now)
             poller = select.poll()
             watched = [self._signals.fileno(), self._notify_fd, *self._refusals.fds()]
+            watched += self._scrapes.fds()
             if pause is None:
                 watched += self._listening_fds()
             for fd in watched:
                 poller.register(fd, select.POLLIN)
             timeouts = [pause, self._refusals.timeout(now), self._sync_timeout()]
+            timeouts.append(self._scrapes.timeout(now))
             timeout = min((t for t in timeouts if t is not None), default=None)
             ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
             self._handle(ready)
             for fd in ready.intersection(self._refusals.fds()):
                 self._refusals.answer(fd)
             self._refusals.expire(time.monotonic())
+            self._scrapes.handle(ready, time.monotonic())
             for listener in self._listeners:
                 if listener.fileno() in ready:
                     self._accept(listener)
@@ -268,6 +307,7 @@ class Supervisor:
                 return
             label = "tcp " + format_address(address)
             if len(self._clients) >= self._config.max_connections:
+                self._scrapes.metrics.refuse("server_full")
                 self._refusals.add(sock, label, time.monotonic())
                 continue
             try:
@@ -278,8 +318,7 @@ class Supervisor:
 
     def _spawn(self, sock: socket.socket, label: str) -> bool:
         """Fork the connection's process; False if resources ran out (the pause has begun)."""
-        with self._log.locked(fcntl.LOCK_SH):
-            self._context.index.catch_up(self._log, self._context.durable.limit())
+        self._catch_up()
         try:
             wake_read, wake_write = wakeup.open_wake_pipe()
         except OSError as exc:
@@ -307,13 +346,19 @@ class Supervisor:
         self._exhaustion.spawned()
         return True
 
+    def _catch_up(self) -> int:
+        """Bring the parent's log index up to date (children inherit it); return its head."""
+        with self._log.locked(fcntl.LOCK_SH):
+            self._context.index.catch_up(self._log, self._context.durable.limit())
+        return self._context.index.head
+
     def _start_child(
         self, sock: socket.socket, label: str, wake: tuple[int, int], connected_at: float
     ) -> None:
         """The connection process: let go of the parent's descriptors, then serve."""
         wake_fd, wake_write = wake
         inherited = [self._lock_fd, self._notify_fd, self._log.fd, wake_write]
-        inherited += self._listening_fds()
+        inherited += self._listening_fds() + self._scrapes.fds()
         inherited += self._refusals.fds() + [client.wake_fd for client in self._clients.values()]
         signals = become_child(self._signals, self._pid, inherited)
         os.setpgid(0, 0)

@@ -6,6 +6,10 @@ or, for a WebSocket upgrade, replays the bytes it read to trio-websocket through
 `PrefixedStream`. (trio-websocket cannot do the dispatch itself: wsproto refuses a request
 without upgrade headers with a bare 400 before the server sees it.) Stream exceptions become
 `PeerGone` in `_stream_errors` and nowhere else in this module.
+
+With `metrics = "http"` the port also answers `GET /metrics` (`metrics_response`); a metrics
+listener of its own runs the same handler with `WebSettings.metrics_only`: `/metrics` and 404,
+no page and no WebSocket.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.peer import PeerGone
 from papaya_trio.room import Room
-from papaya_trio.transports.static import Response, StaticSite, render
+from papaya_trio.transports.static import Response, StaticSite, render, request_path
 from papaya_trio.transports.websocket import WebSocketSettings, serve_websocket
 
 logger = logging.getLogger(__name__)
@@ -32,10 +37,17 @@ ANSWER_TIMEOUT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:
-    """What the HTTP port serves: the browser client's files and the WebSocket limits."""
+    """What the HTTP port serves: the browser client's files, the WebSocket limits, and
+    whether it serves the metrics."""
 
     site: StaticSite = field(default_factory=StaticSite)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    metrics: Metrics | None = None  # served at /metrics when set
+    chat: bool = True  # the WebSocket endpoint; off on the metrics listener
+
+    def metrics_only(self, metrics: Metrics) -> WebSettings:
+        """What a metrics listener serves: `/metrics`, and 404 for anything else."""
+        return WebSettings(StaticSite(), self.websocket, metrics, chat=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,13 +156,15 @@ async def handle_http_stream(
             reason = "timed out" if timer.cancelled_caught else "closed"
             logger.debug("%s: %s before a complete request", label, reason)
             return
-        if head.is_websocket:
+        if head.is_websocket and web.chat:
             ws_label = label.replace("http", "ws", 1)
             stream = PrefixedStream(stream, head.raw)
             await serve_websocket(stream, room, ws_label, full, web.websocket, deadline, head.host)
             return
         request = head.request
-        response = web.site.respond(request.method, request.target, full=full)
+        response = metrics_response(web.metrics, request) or web.site.respond(
+            request.method, request.target, full=full
+        )
         logger.debug("%s: %r %r %d", label, request.method, request.target, response.status)
         await _answer(stream, head.conn, response, head_only=request.method == b"HEAD")
     except BadRequest as exc:
@@ -162,6 +176,16 @@ async def handle_http_stream(
         logger.info("%s: connection lost: %s", label, exc)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def metrics_response(metrics: Metrics | None, request: h11.Request) -> Response | None:
+    """The scrape of `GET /metrics` when this port serves the metrics, else None."""
+    if metrics is None or request.method not in (b"GET", b"HEAD"):
+        return None
+    if request_path(request.target) != METRICS_PATH:
+        return None
+    body, content_type = metrics.exposition()
+    return Response(200, content_type, body)
 
 
 async def _answer(

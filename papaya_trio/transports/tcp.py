@@ -120,10 +120,12 @@ async def handle_tcp_stream(
             peer.feed(first)
             if not native:
                 logger.warning("%s: refused: native dialect on papaya_port", label)
+                room.metrics.refuse(WRONG_PORT.code)
                 await refuse(peer, WRONG_PORT)
                 return
             if full:
                 logger.warning("%s: refused: server full", label)
+                room.metrics.refuse("server_full")
                 await refuse(peer, Error("server_full", "the server is full", fatal=True))
                 return
             identity = await native_handshake(peer, room, connected_at + settings.auth_timeout)
@@ -132,6 +134,7 @@ async def handle_tcp_stream(
             peer.feed(first)
             if full:
                 logger.warning("%s: refused: server full", label)
+                room.metrics.refuse("server_full")
                 return
             deadline = connected_at + settings.papaya_auth_timeout
             identity = await papaya_handshake(peer, room, deadline)
@@ -139,7 +142,8 @@ async def handle_tcp_stream(
             return
         session = room.session_class(room, peer, identity)
         logger.info("%s: %s joined", peer.label, identity.user or "papayaChat client")
-        reason = await session.run()
+        with room.metrics.connected("tcp", "native" if isinstance(peer, NativePeer) else "papaya"):
+            reason = await session.run()
         logger.info("%s: %s left: %s", peer.label, identity.user or "papayaChat client", reason)
     except PeerGone as exc:
         logger.info("%s: connection lost during handshake: %s", label, exc)

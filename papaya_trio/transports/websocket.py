@@ -44,6 +44,7 @@ from trio_websocket import (
 from wsproto.utilities import LocalProtocolError
 
 from papaya_trio.handshake import native_handshake, refuse
+from papaya_trio.metrics import Metrics
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol.events import ClientEvent, EndOfStream, Error, ServerEvent, Violation
 from papaya_trio.protocol.native import encode_json, parse_object
@@ -176,7 +177,7 @@ async def serve_websocket(
                         message_queue_size=MESSAGE_QUEUE_SIZE,
                         max_message_size=settings.max_message_bytes,
                     )
-                    ws = await _accept(request, settings, label, host)
+                    ws = await _accept(request, settings, label, host, room.metrics)
                 if ws is None:
                     return
                 peer = WebSocketPeer(
@@ -201,18 +202,24 @@ async def serve_websocket(
 
 
 async def _accept(
-    request: WebSocketRequest, settings: WebSocketSettings, label: str, host: str | None
+    request: WebSocketRequest,
+    settings: WebSocketSettings,
+    label: str,
+    host: str | None,
+    metrics: Metrics,
 ) -> WebSocketConnection | None:
-    """Check the path and the Origin; accept, or reject with an HTTP status."""
+    """Check the path and the Origin; accept, or reject with an HTTP status (counted)."""
     with _websocket_errors():
         path = request.path.split("?", 1)[0]
         if path != WEBSOCKET_PATH:
             logger.info("%s: refused: no WebSocket at %r", label, path)
+            metrics.refuse("websocket_path")
             await request.reject(404, body=b"no WebSocket here; try " + WEBSOCKET_PATH.encode())
             return None
         origin = _header(request, b"origin")
         if origin is not None and not _origin_allowed(origin, host, settings):
             logger.warning("%s: refused: origin %r is not allowed", label, origin)
+            metrics.refuse("origin")
             await request.reject(403, body=b"this Origin is not allowed\n")
             return None
         return await request.accept()
@@ -237,6 +244,7 @@ async def _run_session(peer: WebSocketPeer, room: Room, full: bool) -> int:
     """Authenticate and run the session; return the close code that says how it ended."""
     if full:
         logger.warning("%s: refused: server full", peer.label)
+        room.metrics.refuse("server_full")
         await refuse(peer, Error("server_full", "the server is full", fatal=True))
         return TRY_AGAIN_LATER
     identity = await native_handshake(peer, room, trio.current_time() + room.settings.auth_timeout)
@@ -244,7 +252,8 @@ async def _run_session(peer: WebSocketPeer, room: Room, full: bool) -> int:
         return GOING_AWAY if room.closed else POLICY_VIOLATION
     session = room.session_class(room, peer, identity)
     logger.info("%s: %s joined", peer.label, identity.user)
-    reason = await session.run()
+    with room.metrics.connected("websocket", "native"):
+        reason = await session.run()
     logger.info("%s: %s left: %s", peer.label, identity.user, reason)
     return CLOSE_CODES.get(reason, POLICY_VIOLATION)
 
