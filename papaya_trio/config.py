@@ -93,7 +93,101 @@ OPTIONS: tuple[Option, ...] = (
         "longest input line, in bytes (at least 3 x max_message_bytes + 1024)",
         minimum=1,
     ),
-    Option("max_connections", int, 1024, "connections served at once", minimum=1),
+    Option(
+        "max_connections", int, 1024, "members (authenticated clients) served at once", minimum=1
+    ),
+    Option(
+        "max_handshakes",
+        int,
+        1024,
+        "connections still authenticating at once, apart from members; when all are in use, "
+        "a newcomer from an address with none evicts the oldest of the busiest address",
+        minimum=1,
+    ),
+    Option(
+        "max_connections_per_ip",
+        int,
+        64,
+        "connections from one IPv4 address or IPv6 /64 at once (0: no cap; behind a reverse "
+        "proxy every client has the proxy's address)",
+        minimum=0,
+    ),
+    Option(
+        "max_handshakes_per_ip",
+        int,
+        8,
+        "connections still authenticating from one IPv4 address or IPv6 /64 (0: no cap)",
+        minimum=0,
+    ),
+    Option(
+        "pressure_auth_timeout",
+        float,
+        2.0,
+        "seconds a connection has to authenticate while half of max_handshakes are in use",
+        minimum=0.001,
+    ),
+    Option(
+        "wrong_key_rate",
+        float,
+        1.0,
+        "wrong keys per second one address may present on average; past the burst its "
+        "connections are closed at once",
+        minimum=0.001,
+    ),
+    Option("wrong_key_burst", int, 10, "wrong keys one address may present at once", minimum=1),
+    Option(
+        "auth_log_interval",
+        float,
+        10.0,
+        "seconds summed up in one log line about failed or refused connections",
+        minimum=0.001,
+    ),
+    Option(
+        "tcp_keepalive_idle",
+        int,
+        60,
+        "seconds a TCP connection may be quiet before the kernel probes it",
+        minimum=1,
+    ),
+    Option("tcp_keepalive_interval", int, 10, "seconds between keepalive probes", minimum=1),
+    Option(
+        "tcp_keepalive_count",
+        int,
+        5,
+        "unanswered keepalive probes after which the connection is dropped",
+        minimum=1,
+    ),
+    Option(
+        "idle_timeout",
+        float,
+        300.0,
+        "seconds a native client (TCP or WebSocket) may send nothing, not even a ping, before "
+        "it is dropped (0: no limit)",
+        minimum=0.0,
+    ),
+    Option(
+        "rate_messages",
+        float,
+        10.0,
+        "messages per second a member may send on average; past the burst its input is read "
+        "more slowly (0: no limit)",
+        minimum=0.0,
+    ),
+    Option("rate_burst", int, 50, "messages a member may send at once", minimum=1),
+    Option(
+        "rate_bytes",
+        float,
+        16384.0,
+        "bytes of message text per second a member may send on average (0: no limit)",
+        minimum=0.0,
+    ),
+    Option(
+        "rate_burst_bytes",
+        int,
+        262144,
+        "bytes of message text a member may send at once (at least max_message_bytes)",
+        minimum=1,
+    ),
     Option(
         "max_lag",
         int,
@@ -250,6 +344,21 @@ class ServerConfig:
     max_message_bytes: int
     max_line_bytes: int
     max_connections: int
+    max_handshakes: int
+    max_connections_per_ip: int
+    max_handshakes_per_ip: int
+    pressure_auth_timeout: float
+    wrong_key_rate: float
+    wrong_key_burst: int
+    auth_log_interval: float
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    idle_timeout: float
+    rate_messages: float
+    rate_burst: int
+    rate_bytes: float
+    rate_burst_bytes: int
     max_lag: int
     auth_timeout: float
     papaya_auth_timeout: float
@@ -388,6 +497,8 @@ def check(config: ServerConfig) -> None:
         raise ConfigError('workers and reuse_port share one room: they need store = "redis"')
     if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
         raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
+    if config.rate_burst_bytes < config.max_message_bytes:
+        raise ConfigError("rate_burst_bytes must be at least max_message_bytes")
     if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
         # a text of max_message_bytes, JSON-escaped, must fit in one frame (fork mode has none)
         raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")

@@ -25,6 +25,11 @@ class RoomSettings:
     max_lag: int = 1000
     auth_timeout: float = 10.0
     papaya_auth_timeout: float = 1.0
+    idle_timeout: float = 300.0  # 0: native clients may stay silent for ever
+    rate_messages: float = 10.0  # 0: no limit on messages
+    rate_burst: int = 50
+    rate_bytes: float = 16384.0  # 0: no limit on bytes of text
+    rate_burst_bytes: int = 262144
 
 
 class Room:

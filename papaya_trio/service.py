@@ -8,6 +8,7 @@ without this module.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import ssl
 import time
@@ -18,8 +19,10 @@ from pathlib import Path
 
 import trio
 
+from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, Retention
 from papaya_trio.config import ServerConfig, public_addresses
+from papaya_trio.keepalive import TcpKeepalive
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.loglock import LogInUse, held_log
 from papaya_trio.logmaint import write_quarantine
@@ -38,6 +41,7 @@ from papaya_trio.transports.websocket import WebSocketSettings
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "chat.log"
+SPARE_FILES = 64  # descriptors beyond the connections: log, lock, listeners, libraries
 
 
 class ServiceError(Exception):
@@ -71,6 +75,24 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
         raise ServiceError(str(exc)) from None
 
 
+def raise_open_file_limit(needed: int) -> None:
+    """Raise the soft limit on open files to `needed` (at most the hard limit), so that the
+    configured connections fit; warn when they do not. A server at the limit can accept
+    nobody, legitimate clients included, which is what a flood wants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "open file limit %d is below the %d that max_connections + max_handshakes need",
+            target,
+            needed,
+        )
+
+
 def load_or_create_key(path: Path) -> str:
     """The room's key; on first start a fresh one is written and its path logged."""
     if not path.exists():
@@ -90,6 +112,32 @@ def room_settings(config: ServerConfig) -> RoomSettings:
         max_lag=config.max_lag,
         auth_timeout=config.auth_timeout,
         papaya_auth_timeout=config.papaya_auth_timeout,
+        idle_timeout=config.idle_timeout,
+        rate_messages=config.rate_messages,
+        rate_burst=config.rate_burst,
+        rate_bytes=config.rate_bytes,
+        rate_burst_bytes=config.rate_burst_bytes,
+    )
+
+
+def admission_settings(config: ServerConfig) -> AdmissionSettings:
+    """The connection limits of the configuration."""
+    return AdmissionSettings(
+        max_connections=config.max_connections,
+        max_handshakes=config.max_handshakes,
+        max_connections_per_ip=config.max_connections_per_ip,
+        max_handshakes_per_ip=config.max_handshakes_per_ip,
+        pressure_auth_timeout=config.pressure_auth_timeout,
+        wrong_key_rate=config.wrong_key_rate,
+        wrong_key_burst=config.wrong_key_burst,
+        log_interval=config.auth_log_interval,
+    )
+
+
+def tcp_keepalive(config: ServerConfig) -> TcpKeepalive:
+    """The keepalive timings of the configuration."""
+    return TcpKeepalive(
+        config.tcp_keepalive_idle, config.tcp_keepalive_interval, config.tcp_keepalive_count
     )
 
 
@@ -243,6 +291,7 @@ async def run_service(config: ServerConfig) -> None:
     """
     context = tls_context(config)
     metrics = Metrics()
+    raise_open_file_limit(config.max_connections + config.max_handshakes + SPARE_FILES)
     async with open_log_store(config, metrics) as log:
         key = load_or_create_key(config.key_path)
         await _serve(config, log, key, context, metrics)
@@ -259,9 +308,10 @@ async def _serve(
     room = Room(log, key, room_settings(config), metrics=metrics)
     server = ChatServer(
         room,
-        max_connections=config.max_connections,
         shutdown_deadline=config.shutdown_deadline,
         web=web_settings(config, metrics if config.metrics == "http" else None),
+        admission=admission_settings(config),
+        keepalive=tcp_keepalive(config),
     )
     ports = [config.tcp_port, config.http_port]
     if config.papaya_port >= 0:

@@ -94,6 +94,19 @@ PROFILES: dict[str, Profile] = {
         shutdown_every=7.0,
         network=NetworkFaults(stall_every=8.0, stall_for=(1.0, 5.0)),
     ),
+    # Members sending twice the server's default rate_messages (10/s after a burst of 50):
+    # after a few seconds the server slows their reads ("fakelag"). Nothing may be lost or
+    # reordered, and everyone must still get live messages within the bound.
+    "rate-limit": Profile(
+        "rate-limit",
+        duration=20.0,
+        chatters=2,
+        lurkers=1,
+        papaya_clients=1,
+        ws_clients=1,
+        send_every=0.05,
+        latency_bound=3.0,
+    ),
     "script": Profile(
         "script",
         chatters=0,

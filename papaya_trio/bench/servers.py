@@ -82,6 +82,11 @@ def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
             *("--data-dir", "{data_dir}", "--listen", "127.0.0.1"),
             *("--tcp-port", "0", "--http-port", "0", "--fsync", fsync),
             *("--max-connections", str(max_connections)),
+            # Every generated client comes from 127.0.0.1, senders go as fast as the sweep
+            # asks and receivers stay silent: the per-address caps, the rate limits and the
+            # idle timeout would measure themselves, not the server.
+            *("--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0"),
+            *("--rate-messages", "0", "--rate-bytes", "0", "--idle-timeout", "0"),
         ),
         announcement=SERVE_ANNOUNCEMENT,
     )

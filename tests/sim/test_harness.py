@@ -64,7 +64,7 @@ def test_command_line_runs_seeds(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_failure_report_is_one_line_with_replay_and_trace(tmp_path: Path) -> None:
     components = Components(room_class=SignalRoom, session_class=OneReadPerWakeSession)
-    result, world = run_seed(1, "churn", components=components)
+    result, world = run_seed(2, "churn", components=components)
     assert result.failure is not None
     trace = tmp_path / "trace.jsonl"
     world.trace.write(trace)
@@ -72,5 +72,5 @@ def test_failure_report_is_one_line_with_replay_and_trace(tmp_path: Path) -> Non
     assert "\n" not in report
     assert "invariant=clients-reach-head" in report
     assert f"t={result.failure.time:.6f}s step={result.failure.step}" in report
-    assert "replay: python -m sim --seed 1 --profile churn" in report
+    assert "replay: python -m sim --seed 2 --profile churn" in report
     assert '"kind":"failure"' in trace.read_text()
