@@ -408,13 +408,15 @@ class ChatLog:
     async def _scan(self) -> Recovery:
         total = await self._storage.size()
         offset = self._segments.start_offset if self._segments is not None else 0
-        self._first = await self._first_seq(offset, total)
         self._first_offset = offset
-        scanner = RecordScanner(offset, after_seq=self._first - 1)
+        scanner = RecordScanner(offset)
         while offset < total and scanner.problem is None:
             chunk = await self._storage.read(offset, min(READ_CHUNK, total - offset))
             if not chunk:
                 break
+            if offset == self._first_offset:
+                self._first = self._first_seq(chunk)
+                scanner = RecordScanner(offset, after_seq=self._first - 1)
             offset += len(chunk)
             for scanned in scanner.feed(chunk):
                 self._remember(scanned.record, scanned.end_offset)
@@ -431,16 +433,15 @@ class ChatLog:
         self._synced = self._visible = self._written
         return Recovery(scanner.last_seq, total - good_end, problem, lost)
 
-    async def _first_seq(self, offset: int, total: int) -> int:
-        """The number of the record at `offset`: 1 for a whole log, more once retention has
-        dropped older segments (read from the segment's name, else from the record)."""
+    def _first_seq(self, first_chunk: bytes) -> int:
+        """The number of the oldest record: 1 for a whole log, more once retention has dropped
+        older segments (from the oldest segment's name, else from the log's first record)."""
         if self._segments is not None and self._segments.sealed:
             return self._segments.sealed[0].first
-        line = (await self._storage.read(offset, min(READ_CHUNK, total - offset))).split(b"\n")[0]
         try:
-            return decode_record(line).seq
+            return decode_record(first_chunk.split(b"\n")[0]).seq
         except CorruptRecord:
-            return 1  # damaged or empty: the scan that follows says what it found
+            return 1  # damaged: the scan that follows says what it found
 
     async def _refuse_if_damaged_middle(
         self, bad_offset: int, total: int, last_seq: int, problem: str

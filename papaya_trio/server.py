@@ -135,18 +135,22 @@ class ChatServer:
                 logger.error("accept failed, retrying shortly: %s", exc)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            if kind == "metrics":
-                handlers.start_soon(self._scrape, stream)
-                continue
-            address = _peer_address(stream)
-            ticket = self.admission.admit(address)
-            if ticket is None:
-                # Refused: closed at once, nothing read, no task started (counted for the
-                # summary). Under a flood this is most connections, so it must be cheap.
-                self.room.metrics.refuse("admission")
-                await trio.aclose_forcefully(stream)
-                continue
-            handlers.start_soon(self._handle, stream, kind, address, ticket)
+            await self._dispatch(stream, handlers, kind)
+
+    async def _dispatch(self, stream: trio.abc.Stream, handlers: trio.Nursery, kind: str) -> None:
+        """Start the handler of an accepted connection, or refuse it at once."""
+        if kind == "metrics":
+            handlers.start_soon(self._scrape, stream)
+            return
+        address = _peer_address(stream)
+        ticket = self.admission.admit(address)
+        if ticket is None:
+            # Refused: closed at once, nothing read, no task started (counted for the
+            # summary). Under a flood this is most connections, so it must be cheap.
+            self.room.metrics.refuse("admission")
+            await trio.aclose_forcefully(stream)
+            return
+        handlers.start_soon(self._handle, stream, kind, address, ticket)
 
     async def _scrape(self, stream: trio.abc.Stream) -> None:
         """A connection to the metrics listener. It is no client: it neither counts toward

@@ -4,7 +4,7 @@ meanwhile, on real sockets.
 Every flood socket binds to one of 127.0.0.2 ... 127.0.0.200 (all loopback on Linux), sends `{`
 (the start of a native hello) and then nothing, and reconnects as soon as the server drops
 it. Meanwhile a member connects from 127.0.0.1 again and again, says hello and times its
-welcome. Used by tests/test_limits_real.py; run it for the figures in docs/security.d/:
+welcome. Used by tests/test_limits_real.py; run it for the figures in docs/security.md:
 
     python -m tests.flood --port 7722 --key-file papaya-data/key --sockets 1100 --attempts 200
 

@@ -53,7 +53,7 @@ async def test_keyless_flood_from_199_addresses_never_keeps_a_member_out(
     assert latencies.failures == []
     assert len(latencies.seconds) == 20
     # Generous: the suite shares 2 cores with other work (at a load average of 13 the p99
-    # was 2.2 s, at 4 about 0.1 s). docs/security.d/limits.md has the figures measured with
+    # was 2.2 s, at 4 about 0.1 s). docs/security.md has the figures measured with
     # the default budget and the 1,100 sockets.
     assert latencies.percentile(0.99) < 5.0
     assert flood.dropped >= 600  # the flood did run into the budget all along

@@ -61,6 +61,7 @@ from papaya_trio.fork.signals import (
     close_quietly,
     forking_safely,
 )
+from papaya_trio.keepalive import set_tcp_keepalive
 from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.server import format_address
 from papaya_trio.service import (
@@ -69,6 +70,7 @@ from papaya_trio.service import (
     load_or_create_key,
     locked_data_dir,
     room_settings,
+    tcp_keepalive,
 )
 
 logger = logging.getLogger(__name__)
@@ -226,6 +228,7 @@ class Supervisor:
         scrapes: Scrapes,
     ) -> None:
         self._config = config
+        self._keepalive = tcp_keepalive(config)
         self._context = context
         self._log = log
         self._listeners = listeners
@@ -306,6 +309,11 @@ class Supervisor:
                 self._exhaustion.failed("accept", exc, time.monotonic())
                 return
             label = "tcp " + format_address(address)
+            try:
+                set_tcp_keepalive(sock, self._keepalive)  # inherited by the child's copy
+            except OSError:
+                sock.close()  # the client is already gone
+                continue
             if len(self._clients) >= self._config.max_connections:
                 self._scrapes.metrics.refuse("server_full")
                 self._refusals.add(sock, label, time.monotonic())

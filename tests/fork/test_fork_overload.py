@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import resource
 import select
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -222,3 +224,34 @@ async def test_restart_succeeds_at_once_after_the_parent_is_killed(
         assert len(await bob.messages(sent)) == sent
         assert await bob.chat("after the restart") == sent + 1
     assert second.stop() == 0
+
+
+def keepalive_timer(server_port: int, client_port: int) -> str:
+    """`ss`'s timer column for the server's side of one loopback connection ('' if none)."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{server_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+    for line in out.splitlines():
+        if f":{client_port} " in line + " ":
+            found = re.search(r"timer:\((\w+),", line)
+            return found.group(1) if found else ""
+    raise AssertionError(f"no connection from port {client_port} in:\n{out}")
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_accepted_sockets_get_keepalive_in_fork_mode(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    # Members and refused connections alike: the kernel's keepalive timer runs on both.
+    server = fork_servers.start("--max-connections", "1", "--tcp-keepalive-idle", "7")
+    with trio.fail_after(WAIT_TIMEOUT):
+        member = await clients.native(server, "alice")
+        refused = await clients.connect(server.port)
+    for stream in (member.stream, refused):
+        assert isinstance(stream, trio.SocketStream)
+        client_port = stream.socket.getsockname()[1]
+        assert keepalive_timer(server.port, client_port) == "keepalive"
