@@ -43,6 +43,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,17 +83,43 @@ ACCEPT_BATCH = 64  # connections accepted per wake-up before the other sources g
 WEBSOCKET_OPTIONS = ("allowed_origins",)
 # Options of TLS and of the plaintext port that exists because of it: fork mode has neither.
 TLS_OPTIONS = ("tls_cert", "tls_key", "papaya_port")
+# trio mode's admission control and per-member limits: fork mode's parent has its own, simpler
+# rules (docs/security.md), so these would be ignored there.
+TRIO_LIMIT_OPTIONS = (
+    "max_handshakes",
+    "max_connections_per_ip",
+    "max_handshakes_per_ip",
+    "pressure_auth_timeout",
+    "wrong_key_rate",
+    "wrong_key_burst",
+    "auth_log_interval",
+    "idle_timeout",
+    "rate_messages",
+    "rate_burst",
+    "rate_bytes",
+    "rate_burst_bytes",
+)
+
+
+def _given(config: ServerConfig, names: Collection[str]) -> list[str]:
+    """The flags among `names` whose values differ from their defaults."""
+    return [
+        "--" + option.name.replace("_", "-")
+        for option in OPTIONS
+        if option.name in names and getattr(config, option.name) != option.default
+    ]
 
 
 def check_fork_config(config: ServerConfig) -> None:
-    """Refuse WebSocket and TLS options: fork mode serves the TCP dialects only, in clear."""
-    tls = [
-        "--" + option.name.replace("_", "-")
-        for option in OPTIONS
-        if option.name in TLS_OPTIONS and getattr(config, option.name) != option.default
-    ]
-    if tls:
+    """Refuse WebSocket, TLS and trio mode's limit options: fork mode serves the TCP dialects
+    only, in clear, with its own limits."""
+    if tls := _given(config, TLS_OPTIONS):
         raise ConfigError(f"fork mode does not serve TLS: drop {', '.join(tls)} or use --mode trio")
+    if limits := _given(config, TRIO_LIMIT_OPTIONS):
+        raise ConfigError(
+            f"fork mode has none of trio mode's admission and rate limits: drop "
+            f"{', '.join(limits)} or use --mode trio"
+        )
     given = [
         "--" + option.name.replace("_", "-")
         for option in OPTIONS

@@ -13,6 +13,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -255,3 +256,25 @@ async def test_accepted_sockets_get_keepalive_in_fork_mode(
         assert isinstance(stream, trio.SocketStream)
         client_port = stream.socket.getsockname()[1]
         assert keepalive_timer(server.port, client_port) == "keepalive"
+
+
+SERVE_FORK = (sys.executable, "-m", "papaya_trio", "serve", "--mode", "fork")
+
+
+@pytest.mark.parametrize(
+    "flag", [["--max-handshakes", "10"], ["--rate-messages", "5"], ["--idle-timeout", "30"]]
+)
+def test_fork_mode_refuses_trio_modes_limits_instead_of_ignoring_them(
+    flag: list[str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [*SERVE_FORK, "--data-dir", str(tmp_path / "data"), *flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert "fork mode has none of trio mode's admission and rate limits" in result.stderr
+    assert flag[0] in result.stderr
+    assert not (tmp_path / "data").exists(), "refused before touching the data folder"
