@@ -1,4 +1,5 @@
-"""The `papaya-trio` command: serve, keygen, cert, default-config, log export/import, bench."""
+"""The `papaya-trio` command: serve, keygen, cert, default-config, log (export, import, check,
+repair, backup), bench."""
 
 from __future__ import annotations
 
@@ -24,13 +25,21 @@ from papaya_trio.config import (
 )
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
+from papaya_trio.logmaint import (
+    BackupFailed,
+    MaintenanceError,
+    backup_log,
+    check_log,
+    repair_log,
+)
 from papaya_trio.logtransfer import TransferError, export_records, import_lines
 from papaya_trio.records import record_json
 from papaya_trio.selfsigned import DEFAULT_DAYS, CertificateError, write_certificate
-from papaya_trio.service import ServiceError, open_log_store, run_service
+from papaya_trio.service import LOG_FILE, ServiceError, open_log_store, run_service
 from papaya_trio.tls import TlsError
 from papaya_trio.workers import run_workers
 
+MAINTENANCE = ("check", "repair", "backup")  # the file store's `log` commands
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -73,13 +82,33 @@ def build_parser() -> argparse.ArgumentParser:
     remove = actions.add_parser("remove", help="unregister NAME (its token stops working)")
     remove.add_argument("name", metavar="NAME")
     commands.add_parser("default-config", help="print the default configuration as TOML")
-    log = commands.add_parser("log", help="move a room's messages between stores (JSON lines)")
+    log = commands.add_parser(
+        "log",
+        help="move a room's messages between stores; check, repair or back up the log file",
+        description="check, repair and backup work on the file store (docs/log-format.md)."
+        " Exit status: 0 done (check: the log is intact), 1 the log is damaged or could not be"
+        " read or written, 2 usage or configuration (no log file, a server holds the log, the"
+        " destination exists, store = redis).",
+    )
     log_commands = log.add_subparsers(dest="log_command", required=True)
     export = log_commands.add_parser("export", help="write every message to stdout")
     add_flags(export)
     restore = log_commands.add_parser("import", help="append messages, numbers and times kept")
     restore.add_argument("file", type=Path, help="JSON lines from `log export` ('-': stdin)")
     add_flags(restore)
+    check = log_commands.add_parser(
+        "check", help="verify every record and the numbering (safe while serving)"
+    )
+    add_flags(check)
+    repair = log_commands.add_parser(
+        "repair", help="keep every intact record, move damaged bytes to a quarantine file"
+    )
+    add_flags(repair)
+    backup = log_commands.add_parser(
+        "backup", help="copy the log to DEST up to a record boundary, verified (while serving)"
+    )
+    backup.add_argument("destination", type=Path, metavar="DEST", help="a new file")
+    add_flags(backup)
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
     )
@@ -121,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _user_command(args)
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "log" and args.log_command in MAINTENANCE:
+            return _maintain(args)
         elif args.command == "log":
             trio.run(_transfer, args)
         elif args.command == "bench":
@@ -134,10 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         CertificateError,
         AccountError,
         TransferError,
+        MaintenanceError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return 2
-    except (StorageFailed, OSError) as exc:
+    except (StorageFailed, BackupFailed, OSError) as exc:
         # The data folder or the log cannot be used (permissions, a full or failing disk).
         logging.getLogger(__name__).debug("stopped by an I/O error", exc_info=True)
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
@@ -185,3 +217,22 @@ def _read_lines(path: Path) -> list[str]:
         return path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise TransferError(f"cannot read {path}: {exc}") from None
+
+
+def _maintain(args: argparse.Namespace) -> int:
+    """`log check`, `log repair` or `log backup` on the configured data folder's log file."""
+    config = load_config(args)
+    if config.store != "file":
+        raise MaintenanceError(
+            f"log {args.log_command} works on the file store, not {config.store}"
+        )
+    path = Path(config.data_dir) / LOG_FILE
+    if args.log_command == "check":
+        survey = check_log(path)
+        print("\n".join(survey.lines(str(path))))
+        return 0 if survey.intact else 1
+    if args.log_command == "repair":
+        print("\n".join(repair_log(path).lines(str(path))))
+    else:
+        print("\n".join(backup_log(path, args.destination).lines()))
+    return 0

@@ -77,7 +77,12 @@ OPTIONS: tuple[Option, ...] = (
         "listen on addresses other than loopback although the room key, names and messages"
         " travel in clear on some port (no TLS, or a papaya_port)",
     ),
-    Option("data_dir", str, "./papaya-data", "folder for the log, the key and the lock file"),
+    Option(
+        "data_dir",
+        str,
+        "./papaya-data",
+        "folder for the log (with any quarantine files) and the key",
+    ),
     Option("key_file", str, "", "file holding the 128-character key (default: DATA_DIR/key)"),
     Option(
         "auth",
@@ -255,6 +260,28 @@ OPTIONS: tuple[Option, ...] = (
         "fsync_interval", float, 1.0, "seconds between syncs with fsync = interval", minimum=0.001
     ),
     Option(
+        "retention_days",
+        float,
+        0.0,
+        "drop log segments whose newest message is older than this many days (0: keep all;"
+        " trio mode, file store)",
+        minimum=0,
+    ),
+    Option(
+        "retention_bytes",
+        int,
+        0,
+        "drop the oldest log segments while the log is bigger than this (0: no bound)",
+        minimum=0,
+    ),
+    Option(
+        "segment_bytes",
+        int,
+        16 * 1024 * 1024,
+        "with retention: start a new log segment once the current one is this big",
+        minimum=4096,
+    ),
+    Option(
         "store",
         str,
         "file",
@@ -353,6 +380,9 @@ class ServerConfig:
     metrics: str
     fsync: str
     fsync_interval: float
+    retention_days: float
+    retention_bytes: int
+    segment_bytes: int
     store: str
     redis_url: str
     redis_key: str
@@ -460,6 +490,12 @@ def check(config: ServerConfig) -> None:
     for name in ("tcp_port", "http_port", "papaya_port"):
         if getattr(config, name) > 65535:
             raise ConfigError(f"{name} must be at most 65535, not {getattr(config, name)}")
+    retention = config.retention_days > 0 or config.retention_bytes > 0
+    if retention and (config.mode == "fork" or config.store != "file"):
+        raise ConfigError(
+            "retention_days and retention_bytes work in trio mode with the file store only"
+            f" (this is mode {config.mode}, store {config.store})"
+        )
     if config.store == "redis":
         if config.mode == "fork":
             raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')

@@ -72,13 +72,14 @@ class LogStore(Protocol):
         ...
 
     @property
-    def broken(self) -> str | None:
-        """Why the store refuses appends for good, or None while it accepts them."""
+    def first(self) -> int:
+        """Sequence number of the oldest record kept: 0 for an empty log, 1 unless retention
+        dropped older ones."""
         ...
 
     @property
-    def first(self) -> int:
-        """Sequence number of the oldest stored record (0 for an empty log)."""
+    def broken(self) -> str | None:
+        """Why the store refuses appends for good, or None while it accepts them."""
         ...
 
     async def append(

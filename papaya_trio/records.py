@@ -110,10 +110,9 @@ def decode_record(line: bytes) -> Record:
     if len(line) < CRC_HEX + 2 or line[CRC_HEX : CRC_HEX + 1] != b" ":
         raise CorruptRecord("record has no checksum prefix")
     body = line[CRC_HEX + 1 :]
-    try:
-        expected = int(line[:CRC_HEX], 16)
-    except ValueError:
-        raise CorruptRecord("record checksum is not hexadecimal") from None
+    if line[:CRC_HEX].strip(b"0123456789abcdef"):  # int() would take "A", " " or "_" too
+        raise CorruptRecord("record checksum is not lower-case hexadecimal")
+    expected = int(line[:CRC_HEX], 16)
     if zlib.crc32(body) != expected:
         raise CorruptRecord("record checksum does not match")
     return parse_record_json(body)

@@ -7,29 +7,31 @@ without this module.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import resource
 import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
 
 from papaya_trio.accounts import AccountError, Accounts, users_path
 from papaya_trio.admission import AdmissionSettings
-from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.chatlog import ChatLog, FsyncPolicy, Retention
 from papaya_trio.config import ServerConfig, public_addresses
 from papaya_trio.keepalive import TcpKeepalive
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
+from papaya_trio.loglock import LogInUse, held_log
+from papaya_trio.logmaint import write_quarantine
 from papaya_trio.logstore import LogStore
 from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
+from papaya_trio.segments import SegmentedFileStorage, sealed_segments
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
 from papaya_trio.tls import TlsError, reload_context, server_context
@@ -40,7 +42,6 @@ from papaya_trio.transports.websocket import WebSocketSettings
 logger = logging.getLogger(__name__)
 
 LOG_FILE = "chat.log"
-LOCK_FILE = "server.lock"
 SPARE_FILES = 64  # descriptors beyond the connections: log, lock, listeners, libraries
 
 
@@ -60,22 +61,19 @@ def make_data_dir(data_dir: Path) -> None:
 
 @contextmanager
 def locked_data_dir(data_dir: Path) -> Iterator[int]:
-    """Create the data folder and hold its lock file: one server per folder at a time.
+    """Create the data folder and hold the exclusive lock on its log: one server per log.
 
-    Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
-    a forked child shares: fork mode closes this descriptor in every child, so only the server
-    itself holds the folder.
+    Yields the lock's descriptor (see `loglock`: the lock is on ``chat.log`` itself, so no file
+    can be deleted to get around it). It belongs to the open file description, which a forked
+    child shares: fork mode closes this descriptor in every child, so only the server itself
+    holds the log.
     """
     make_data_dir(data_dir)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ServiceError(f"another server is using {data_dir}") from None
-        yield fd
-    finally:
-        os.close(fd)
+        with held_log(data_dir / LOG_FILE) as fd:
+            yield fd
+    except LogInUse as exc:
+        raise ServiceError(str(exc)) from None
 
 
 def raise_open_file_limit(needed: int) -> None:
@@ -278,12 +276,28 @@ async def open_log_store(
             raise ServiceError(str(exc)) from None
         return
     with locked_data_dir(data_dir):
-        storage = FileStorage(data_dir / LOG_FILE)
+        retention = None
+        storage: FileStorage | SegmentedFileStorage
+        segments: SegmentedFileStorage | None = None
+        if config.retention_days > 0 or config.retention_bytes > 0:  # see `segments`
+            days, size = config.retention_days, config.retention_bytes
+            retention = Retention(days, size, config.segment_bytes)
+            storage = segments = SegmentedFileStorage(data_dir)
+        elif sealed_segments(data_dir):  # retention was on: read the segments, trim nothing
+            storage = segments = SegmentedFileStorage(data_dir)
+        else:
+            storage = FileStorage(data_dir / LOG_FILE)
         stored = storage if metrics is None else metrics.storage(storage)
-        log, recovery = await ChatLog.open(
-            stored, clock_ms=wall_clock_ms, fsync=fsync, sync_interval=config.fsync_interval
+        log, _ = await ChatLog.open(
+            stored,
+            clock_ms=wall_clock_ms,
+            fsync=fsync,
+            sync_interval=config.fsync_interval,
+            quarantine=partial(write_quarantine, storage.path),
+            retention=retention,
+            segments=segments,
         )
-        logger.info("log %s: %d messages", storage.path, recovery.records)
+        logger.info("log %s: messages %d..%d", storage.path, log.first, log.head)
         try:
             yield log
         finally:

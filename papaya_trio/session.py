@@ -4,9 +4,11 @@ Theory of operation
 -------------------
 The recv task reads client events, stores messages in the log and queues replies (acks,
 errors, pongs) in the session's outbox, a bounded memory channel. The send task is the only
-writer to the client: it writes the welcome, then loops "write every visible log record after
-my cursor, then take one item from the outbox". The broadcaster puts WAKE tokens in the same
-outbox, so new messages, history and replies all leave through one task, in log order.
+writer to the client: it writes the welcome (followed by a non-fatal `history_trimmed` error
+when the client's `since` is older than the log's oldest kept record), then loops "write every
+visible log record after my cursor, then take one item from the outbox". The broadcaster puts
+WAKE tokens in the same outbox, so new messages, history and replies all leave through one
+task, in log order.
 
 When either task ends the nursery is cancelled, so the other ends too, and the peer is closed
 by the caller. A client that half-closes gets its pending replies first: the recv task queues
@@ -271,7 +273,13 @@ class Session:
 
     async def _send_loop(self, sub: Subscription, welcome: Welcome) -> None:
         welcome_head = welcome.head
-        await self._write([welcome])
+        greeting: list[ServerEvent] = [welcome]
+        first = self.room.log.first
+        if isinstance(self.identity.history, Since) and self.identity.history.seq < first - 1:
+            # Retention dropped messages the client has not seen: say so before the replay.
+            notice = f"messages before {first} are no longer kept; history starts at {first}"
+            greeting.append(Error("history_trimmed", notice))
+        await self._write(greeting)
         while True:
             while self._closing is None:
                 try:

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, LogCorrupted, StorageFailed
 from papaya_trio.records import Record, encode_record
@@ -147,27 +149,52 @@ async def test_torn_tail_is_truncated_and_reported(caplog: pytest.LogCaptureFixt
     log, recovery = await ChatLog.open(storage, clock_ms=trio_clock_ms)
     assert (recovery.records, recovery.truncated_bytes) == (2, len(torn))
     assert bytes(storage.data) == good
-    assert "cut" in caplog.text and "torn" in caplog.text
+    assert "cut" in caplog.text and "torn" in caplog.text and "ERROR" not in caplog.text
+    assert recovery.lost == 0  # a torn record was never acknowledged: no marker
     assert (await log.append("alice", "next")).seq == 3
 
 
-async def test_corrupt_last_record_is_truncated() -> None:
+async def test_corrupt_last_record_is_quarantined_and_its_number_never_reused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     good = encode_record(Record(1, 0, "alice", "kept"))
     bad = bytearray(encode_record(Record(2, 0, "alice", "flipped")))
     bad[-4] ^= 0x20
     storage = MemoryStorage(good + bytes(bad))
-    _, recovery = await ChatLog.open(storage, clock_ms=trio_clock_ms)
+    kept: list[bytes] = []
+
+    def quarantine(data: bytes) -> str:
+        kept.append(data)
+        return "/data/chat.log.quarantine-x"
+
+    log, recovery = await ChatLog.open(storage, clock_ms=trio_clock_ms, quarantine=quarantine)
     assert recovery.records == 1 and recovery.problem == "record checksum does not match"
-    assert bytes(storage.data) == good
+    assert (recovery.lost, kept) == (1, [bytes(bad)])
+    # Number 2 may have been acknowledged: a marker takes it, the next message gets 3.
+    marker = (await log.read_after(1, 1))[0]
+    assert marker.seq == 2 and "lost" in marker.text and "quarantine-x" in marker.text
+    assert (await log.append("bob", "next")).seq == 3
+    assert "ERROR" in caplog.text and "/data/chat.log.quarantine-x" in caplog.text
+    reopened, again = await ChatLog.open(storage, clock_ms=trio_clock_ms)
+    assert (again.records, again.truncated_bytes, reopened.head) == (3, 0, 3)
 
 
 async def test_damage_before_good_records_refuses_to_start() -> None:
     records = [encode_record(Record(i, 0, "u", f"m{i}")) for i in (1, 2, 3)]
     damaged = records[0] + b"garbage\n" + records[1] + records[2]
     storage = MemoryStorage(damaged)
-    with pytest.raises(LogCorrupted, match="refusing to truncate"):
+    with pytest.raises(LogCorrupted, match="papaya-trio log repair"):
         await ChatLog.open(storage, clock_ms=trio_clock_ms)
     assert bytes(storage.data) == damaged
+
+
+async def test_a_record_glued_to_damage_still_counts_as_intact_and_refuses_the_cut() -> None:
+    one, two, three = (encode_record(Record(i, 0, "u", f"m{i}")) for i in (1, 2, 3))
+    glued = one + two[:-1] + b"\x0b" + three  # a flipped newline makes one line of two
+    storage = MemoryStorage(glued)
+    with pytest.raises(LogCorrupted):
+        await ChatLog.open(storage, clock_ms=trio_clock_ms)
+    assert bytes(storage.data) == glued
 
 
 async def test_disk_full_stores_nothing_and_the_log_goes_on(
@@ -220,3 +247,35 @@ async def test_a_failing_repair_at_start_is_reported_not_crashed() -> None:
     storage.fail_sync = True
     with pytest.raises(StorageFailed, match="damaged tail"):
         await ChatLog.open(storage, clock_ms=trio_clock_ms)
+
+
+@given(
+    count=st.integers(1, 12),
+    flips=st.lists(st.tuples(st.floats(0, 0.9999), st.integers(0, 7)), max_size=3),
+    cut=st.floats(0, 1),
+)
+def test_start_up_keeps_every_cut_byte_and_never_reuses_a_complete_records_number(
+    count: int, flips: list[tuple[float, int]], cut: float
+) -> None:
+    """Damage confined to the last record (flips, a torn end): bytes in = kept + quarantined."""
+    lines = [encode_record(Record(seq, 0, "u", f"message {seq}")) for seq in range(1, count + 1)]
+    last = bytearray(lines[-1])
+    for where, bit in flips:
+        last[int(where * len(last))] ^= 1 << bit
+    last = last[: max(1, int(cut * len(last)))] if cut < 1 else last
+    data = b"".join(lines[:-1]) + bytes(last)
+    kept: list[bytes] = []
+
+    def quarantine(cut_bytes: bytes) -> str:
+        kept.append(cut_bytes)
+        return "q"
+
+    async def scenario() -> None:
+        storage = MemoryStorage(data)
+        log, recovery = await ChatLog.open(storage, clock_ms=lambda: 0, quarantine=quarantine)
+        assert data[: len(data) - recovery.truncated_bytes] + b"".join(kept) == data
+        assert recovery.records >= count - 1  # no intact record before the damage is lost
+        complete_lines = data.count(b"\n")
+        assert (await log.append("u", "next")).seq == complete_lines + 1
+
+    trio.run(scenario)

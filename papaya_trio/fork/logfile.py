@@ -62,6 +62,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -76,8 +77,11 @@ from papaya_trio.chatlog import (
     Recovery,
     StorageFailed,
 )
+from papaya_trio.logmaint import write_quarantine
 from papaya_trio.protocol.native import history_span
 from papaya_trio.records import Record, RecordScanner, ScannedRecord, encode_record
+from papaya_trio.segments import sealed_segments
+from papaya_trio.service import ServiceError, wall_clock_ms
 from papaya_trio.storage import FileStorage
 
 logger = logging.getLogger(__name__)
@@ -341,11 +345,14 @@ class LogWriter:
         # Under LOCK_EX nobody is writing: bytes after the last record are a dead writer's.
         size = self._log.size()
         if size > self._index.end:
+            torn = os.pread(self._log.fd, size - self._index.end, self._index.end)
+            where = write_quarantine(self._log.path, torn)
             os.ftruncate(self._log.fd, self._index.end)
             logger.warning(
-                "log: cut %d bytes of a torn record after record %d",
+                "log: cut %d bytes of a torn record after record %d; the bytes are in %s",
                 size - self._index.end,
                 self._index.head,
+                where,
             )
 
     def _write(self, data: bytes) -> None:
@@ -379,14 +386,29 @@ class _InlineSyncStorage(FileStorage):
 
 
 def recover_log(path: Path, fsync: FsyncPolicy) -> Recovery:
-    """Trio mode's recovery, run once before anything is forked: cut a torn tail, refuse a
-    damaged middle (raises LogCorrupted), log what was done."""
+    """Trio mode's recovery, run once before anything is forked: quarantine and cut a damaged
+    tail (with lost-message markers for damaged complete records), refuse a damaged middle
+    (raises LogCorrupted), log what was done."""
+
+    if sealed_segments(path.parent):
+        raise ServiceError(
+            f"{path.parent} holds a segmented log (retention, trio mode): fork mode reads a"
+            " single-file log only; serve it in trio mode, or `log backup` it into one file"
+        )
 
     async def scan() -> Recovery:
         log, recovery = await ChatLog.open(
-            _InlineSyncStorage(path), clock_ms=lambda: 0, fsync=fsync
+            _InlineSyncStorage(path),
+            clock_ms=wall_clock_ms,
+            fsync=fsync,
+            quarantine=partial(write_quarantine, path),
         )
         await log.aclose()
+        if log.first != 1:
+            raise ServiceError(
+                f"{path} starts at message {log.first} (retention dropped older ones): fork"
+                " mode reads a log that starts at 1 only; serve it in trio mode"
+            )
         return recovery
 
     return trio.run(scan)

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-Start-up is trio mode's: hold the data folder's lock, load or create the key, recover the log
-(trio mode's `ChatLog` recovery, run before anything is forked), then listen and log
+Start-up is trio mode's: hold the lock on the log (`loglock`), load or create the key, recover
+the log (trio mode's `ChatLog` recovery, run before anything is forked), then listen and log
 ``listening tcp HOST:PORT`` for every listener.
 
 The parent then waits in ``poll()`` on its listeners, the notify pipe, its signal pipe and the
@@ -16,8 +16,8 @@ sockets it is refusing, and never blocks anywhere else:
   descriptors, memory or processes, the parent closes that connection, logs once and stops
   accepting for a moment (`overload.Exhaustion`); it never crashes for it.
 - in the child, first: ask to die with the parent (`signals.die_with_parent`), then close
-  every descriptor of the parent's, the data folder's lock among them, so that only the parent
-  holds the folder and a restart after the parent died is never refused by an orphan. The
+  every descriptor of the parent's, the log's lock among them, so that only the parent
+  holds the log and a restart after the parent died is never refused by an orphan. The
   child puts itself in a process group of its own, which its SEND inherits: the parent can
   then signal a client's pair as one, and a Ctrl-C in a terminal reaches the parent only.
 - the notify pipe: poke every client's wake pipe (see `wakeup`); with ``fsync = "interval"``
@@ -245,7 +245,7 @@ class ClientProcess:
 class SupervisorFds:
     """The parent's own descriptors that the supervisor needs (no child keeps them)."""
 
-    lock: int  # the data folder's lock (`service.locked_data_dir`)
+    lock: int  # the lock on the log (`service.locked_data_dir`, `loglock`)
     notify: int  # the notify pipe's read end (`wakeup`)
 
 
