@@ -404,7 +404,7 @@ def recover_log(path: Path, fsync: FsyncPolicy) -> Recovery:
             quarantine=partial(write_quarantine, path),
         )
         await log.aclose()
-        if log.first != 1:
+        if log.first > 1:
             raise ServiceError(
                 f"{path} starts at message {log.first} (retention dropped older ones): fork"
                 " mode reads a log that starts at 1 only; serve it in trio mode"
