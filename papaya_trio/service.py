@@ -7,10 +7,12 @@ without this module.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -51,10 +53,22 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
 
     Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
     a forked child shares: fork mode closes this descriptor in every child, so only the server
-    itself holds the folder.
+    itself holds the folder. A folder that cannot be used is a ServiceError naming it.
     """
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except (FileExistsError, NotADirectoryError):
+        raise ServiceError(
+            f"data folder {data_dir} cannot be used: it or a folder above it is a file"
+        ) from None
+    except PermissionError:
+        raise ServiceError(
+            f"data folder {data_dir} is not writable by this user (uid {os.getuid()}):"
+            " give it to this user or choose another data_dir"
+        ) from None
+    except OSError as exc:
+        raise ServiceError(f"data folder {data_dir} cannot be used: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,14 +79,21 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def load_or_create_key(path: Path) -> str:
-    """The room's key; on first start a fresh one is written and its path logged."""
-    if not path.exists():
+def load_or_create_key(config: ServerConfig) -> str:
+    """The room's key, and a log line saying where it is (never the key itself).
+
+    Only the default key file (DATA_DIR/key) is created when missing: a `key_file` that does
+    not exist is an error, because quietly generating one would lock everybody out over a typo.
+    """
+    path = config.key_path
+    if not config.key_file and not path.exists():
         write_key(path, generate_key())
         logger.warning("generated a new key in %s (give it to your users)", path)
-    elif not key_is_private(path):
+    key = read_key(path)
+    if not key_is_private(path):
         logger.warning("key file %s is readable by other users: chmod 600 it", path)
-    return read_key(path)
+    logger.info("room key: %s", path)
+    return key
 
 
 def room_settings(config: ServerConfig) -> RoomSettings:
@@ -113,12 +134,45 @@ async def open_tcp_listeners(
     listeners: list[trio.SocketListener] = []
     try:
         for host in config.listen:
-            listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
-    except OSError as exc:
+            try:
+                listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+            except OSError as exc:
+                raise ServiceError(listen_failure(host, port, exc)) from None
+    except BaseException:
         for listener in listeners:
             await listener.aclose()
-        raise ServiceError(f"cannot listen on port {port}: {exc.strerror}") from None
+        raise
     return listeners
+
+
+def listen_failure(host: str, port: int, exc: OSError) -> str:
+    """The one-line reason a listener could not be opened, naming the address and the port."""
+    where = f"cannot listen on {'every interface' if host == '*' else host} port {port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: {host!r} does not resolve to an address of this machine ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use (another server?)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no interface of this machine has that address"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges)"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def browser_url(scheme: str, address: object) -> str:
+    """The URL to open for a listener, with a note when it listens on every interface.
+
+    A wildcard address (0.0.0.0, ::) is not one a browser can open: the URL names loopback
+    instead, and the note says that other machines use this host's name.
+    """
+    if isinstance(address, tuple) and address[0] in ("0.0.0.0", "::"):
+        local = "127.0.0.1" if address[0] == "0.0.0.0" else "[::1]"
+        port = address[1]
+        return (
+            f"{scheme}://{local}:{port}/ (every interface: from another machine,"
+            f" {scheme}://{socket.gethostname()}:{port}/ or this host's address)"
+        )
+    return f"{scheme}://{format_address(address)}/"
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
@@ -131,26 +185,53 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
 
-    SIGHUP re-reads the TLS certificate and key (see `tls`).
+    Every listener is bound before anything is written: a port in use stops the start before a
+    data folder, a key or a log is created. SIGHUP re-reads the TLS certificate and key (see
+    `tls`).
     """
     context = tls_context(config)
-    data_dir = Path(config.data_dir)
-    with locked_data_dir(data_dir):
-        key = load_or_create_key(config.key_path)
-        storage = FileStorage(data_dir / LOG_FILE)
-        log, recovery = await ChatLog.open(
-            storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
-        )
-        logger.info("log %s: %d messages", storage.path, recovery.records)
-        try:
-            await _serve(config, log, key, context)
-        finally:
-            await log.aclose()
-        logger.info("stopped; log flushed")
+    listeners = await open_all_listeners(config)
+    try:
+        data_dir = Path(config.data_dir)
+        with locked_data_dir(data_dir):
+            key = load_or_create_key(config)
+            storage = FileStorage(data_dir / LOG_FILE)
+            log, recovery = await ChatLog.open(
+                storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
+            )
+            logger.info("log %s: %d messages", storage.path, recovery.records)
+            try:
+                await _serve(config, log, key, context, listeners)
+            finally:
+                await log.aclose()
+            logger.info("stopped; log flushed")
+    finally:
+        for listener in (listener for group in listeners for listener in group):
+            await listener.aclose()
+
+
+async def open_all_listeners(config: ServerConfig) -> list[list[trio.SocketListener]]:
+    """The TCP, HTTP and (if any) papayaChat listeners, in that order; all or none."""
+    ports = [config.tcp_port, config.http_port]
+    if config.papaya_port >= 0:
+        ports.append(config.papaya_port)
+    opened: list[list[trio.SocketListener]] = []
+    try:
+        for port in ports:
+            opened.append(await open_tcp_listeners(config, port))
+    except BaseException:
+        for listener in (listener for group in opened for listener in group):
+            await listener.aclose()
+        raise
+    return opened
 
 
 async def _serve(
-    config: ServerConfig, log: ChatLog, key: str, context: ssl.SSLContext | None
+    config: ServerConfig,
+    log: ChatLog,
+    key: str,
+    context: ssl.SSLContext | None,
+    opened: list[list[trio.SocketListener]],
 ) -> None:
     room = Room(log, key, room_settings(config))
     server = ChatServer(
@@ -159,22 +240,11 @@ async def _serve(
         shutdown_deadline=config.shutdown_deadline,
         web=web_settings(config),
     )
-    ports = [config.tcp_port, config.http_port]
-    if config.papaya_port >= 0:
-        ports.append(config.papaya_port)
-    opened: list[list[trio.SocketListener]] = []
-    try:
-        for port in ports:
-            opened.append(await open_tcp_listeners(config, port))
-    except ServiceError:
-        for listener in (listener for group in opened for listener in group):
-            await listener.aclose()
-        raise
     tcp, http, papaya = opened[0], opened[1], opened[2] if len(opened) > 2 else []
     # The tcp lines come last: whoever waits for "listening tcp" then has them all.
     scheme, secure = ("https", " (TLS)") if context else ("http", "")
     for listener in http:
-        url = f"{scheme}://{format_address(listener.socket.getsockname())}/"
+        url = browser_url(scheme, listener.socket.getsockname())
         logger.info("listening http %s (open it in a browser to chat)", url)
     for listener in papaya:
         address = format_address(listener.socket.getsockname())

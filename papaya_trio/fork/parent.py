@@ -42,6 +42,7 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ from papaya_trio.server import format_address
 from papaya_trio.service import (
     LOG_FILE,
     ServiceError,
+    listen_failure,
     load_or_create_key,
     locked_data_dir,
     room_settings,
@@ -71,45 +73,57 @@ from papaya_trio.service import (
 logger = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up before the other sources get a turn
-# Options that only mean something to the WebSocket transport. http_port is not among them: it
-# has a default in every configuration (and the test harness sets it for both modes); fork mode
-# just opens no HTTP listener and says so when it starts.
+# Options that only mean something to the WebSocket transport (with http_port and ws_*).
 WEBSOCKET_OPTIONS = ("allowed_origins",)
 # Options of TLS and of the plaintext port that exists because of it: fork mode has neither.
 TLS_OPTIONS = ("tls_cert", "tls_key", "papaya_port")
 
 
 def check_fork_config(config: ServerConfig) -> None:
-    """Refuse WebSocket and TLS options: fork mode serves the TCP dialects only, in clear."""
-    tls = [
-        "--" + option.name.replace("_", "-")
-        for option in OPTIONS
-        if option.name in TLS_OPTIONS and getattr(config, option.name) != option.default
-    ]
+    """Refuse HTTP, WebSocket and TLS options: fork mode serves the TCP dialects only, in
+    clear."""
+    tls = _given(config, lambda name: name in TLS_OPTIONS)
     if tls:
         raise ConfigError(f"fork mode does not serve TLS: drop {', '.join(tls)} or use --mode trio")
-    given = [
-        "--" + option.name.replace("_", "-")
-        for option in OPTIONS
-        if (option.name in WEBSOCKET_OPTIONS or option.name.startswith("ws_"))
-        and getattr(config, option.name) != option.default
-    ]
+    given = _given(
+        config,
+        lambda name: name == "http_port" or name in WEBSOCKET_OPTIONS or name.startswith("ws_"),
+    )
     if given:
         raise ConfigError(
-            "fork mode serves the TCP dialects only, not WebSocket: "
+            "fork mode serves the TCP dialects only, not HTTP or WebSocket: "
             f"drop {', '.join(given)} or use --mode trio"
         )
+
+
+def _given(config: ServerConfig, wanted: Callable[[str], bool]) -> list[str]:
+    """The flags of the `wanted` options that differ from their defaults."""
+    return [
+        "--" + option.name.replace("_", "-")
+        for option in OPTIONS
+        if wanted(option.name) and getattr(config, option.name) != option.default
+    ]
 
 
 def run_fork_service(config: ServerConfig) -> None:
     """Run the fork-mode server until SIGTERM or SIGINT, then stop every client's pair.
 
-    Raises ConfigError, ServiceError, KeyFileError or LogCorrupted if it cannot start.
+    Every listener is bound before anything is written (data folder, key, log). Raises
+    ConfigError, ServiceError, KeyFileError or LogCorrupted if it cannot start.
     """
     check_fork_config(config)
+    listeners = open_listeners(config)
+    try:
+        _run_with(config, listeners)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def _run_with(config: ServerConfig, listeners: list[socket.socket]) -> None:
     data_dir = Path(config.data_dir)
     with locked_data_dir(data_dir) as lock_fd:
-        key = load_or_create_key(config.key_path)
+        key = load_or_create_key(config)
         path = data_dir / LOG_FILE
         fsync = FsyncPolicy(config.fsync)
         recover_log(path, fsync)
@@ -120,17 +134,15 @@ def run_fork_service(config: ServerConfig) -> None:
             os.fsync(log.fd)  # what an earlier run wrote may not have reached the disk yet
             durable = DurableEnd(fsync, index.end)
             signals = SignalWatch(WATCHED)  # before "listening": a SIGTERM from then on is ours
-            listeners = open_listeners(config)
-            try:
-                notify_read, notify_write = wakeup.open_wake_pipe()
-                context = ForkContext(
-                    room_settings(config), key.encode(), path, fsync, durable, index, notify_write
-                )
-                fds = SupervisorFds(lock_fd, notify_read)
-                Supervisor(config, context, log, listeners, signals, fds).serve()
-            finally:
-                for listener in listeners:
-                    listener.close()
+            for listener in listeners:
+                logger.info("listening tcp %s", format_address(listener.getsockname()))
+            logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
+            notify_read, notify_write = wakeup.open_wake_pipe()
+            context = ForkContext(
+                room_settings(config), key.encode(), path, fsync, durable, index, notify_write
+            )
+            fds = SupervisorFds(lock_fd, notify_read)
+            Supervisor(config, context, log, listeners, signals, fds).serve()
             os.fsync(log.fd)
         finally:
             log.close()
@@ -140,6 +152,7 @@ def run_fork_service(config: ServerConfig) -> None:
 def open_listeners(config: ServerConfig) -> list[socket.socket]:
     """Listen on every configured address ('*': all interfaces, IPv4 and IPv6), non-blocking."""
     listeners: list[socket.socket] = []
+    host = ""
     try:
         for host in config.listen:
             for family, kind, proto, _, address in socket.getaddrinfo(
@@ -156,13 +169,10 @@ def open_listeners(config: ServerConfig) -> list[socket.socket]:
                 listener.bind(address)
                 listener.listen(socket.SOMAXCONN)
                 listener.setblocking(False)
-                logger.info("listening tcp %s", format_address(listener.getsockname()))
     except OSError as exc:
         for listener in listeners:
             listener.close()
-        why = exc.strerror or str(exc)
-        raise ServiceError(f"cannot listen on port {config.tcp_port}: {why}") from None
-    logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
+        raise ServiceError(listen_failure(host, config.tcp_port, exc)) from None
     return listeners
 
 

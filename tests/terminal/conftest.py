@@ -14,7 +14,7 @@ import pytest
 
 from tests.real_server import RunningServer, ServerFactory
 
-CLIENT = [sys.executable, "-m", "clients.terminal"]
+CLIENT = [sys.executable, "-m", "papaya_clients.terminal"]
 
 
 def key_file(server: RunningServer) -> Path:

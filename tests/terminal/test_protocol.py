@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clients.terminal import protocol
-from clients.terminal.protocol import (
+from papaya_clients.terminal import protocol
+from papaya_clients.terminal.protocol import (
     Ack,
     ChatMessage,
     LineBuffer,

@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio_websocket
 
-from clients.terminal.protocol import ChatMessage
-from clients.terminal.session import (
+from papaya_clients.terminal.protocol import ChatMessage
+from papaya_clients.terminal.session import (
     Backoff,
     ChatSession,
     Confirmed,
@@ -26,7 +26,11 @@ from clients.terminal.session import (
     SessionEvent,
     SessionRefused,
 )
-from clients.terminal.transport import Connector, open_tcp_connection, open_websocket_connection
+from papaya_clients.terminal.transport import (
+    Connector,
+    open_tcp_connection,
+    open_websocket_connection,
+)
 from tests.terminal.loopback import FaultProxy, LoopbackServer, open_loopback_server, pump_lines
 
 E = TypeVar("E")

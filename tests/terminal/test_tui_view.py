@@ -9,10 +9,10 @@ import pytest
 import trio
 import urwid
 
-from clients.terminal.protocol import ChatMessage
-from clients.terminal.session import ChatSession, Connected, Disconnected, SessionEvent
-from clients.terminal.transport import open_tcp_connection
-from clients.terminal.tui import MAX_SCROLLBACK, ChatView
+from papaya_clients.terminal.protocol import ChatMessage
+from papaya_clients.terminal.session import ChatSession, Connected, Disconnected, SessionEvent
+from papaya_clients.terminal.transport import open_tcp_connection
+from papaya_clients.terminal.tui import MAX_SCROLLBACK, ChatView
 
 SIZE = (60, 10)
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from clients.terminal.config import ConfigError
-from clients.terminal.protocol import (
+from papaya_clients.terminal.config import ConfigError
+from papaya_clients.terminal.protocol import (
     MAX_RECEIVE_LINE_BYTES,
     LineBuffer,
     encode,

@@ -15,10 +15,10 @@ from datetime import date
 import trio
 import urwid
 
-from clients.terminal.commands import HELP_LINES, Mistake, Quit, Say, ShowHelp, parse_input
-from clients.terminal.config import ClientConfig
-from clients.terminal.exit_status import ExitStatus, failure_exit
-from clients.terminal.formatting import (
+from papaya_clients.terminal.commands import HELP_LINES, Mistake, Quit, Say, ShowHelp, parse_input
+from papaya_clients.terminal.config import ClientConfig
+from papaya_clients.terminal.exit_status import ExitStatus, failure_exit
+from papaya_clients.terminal.formatting import (
     Markup,
     day_divider,
     event_line,
@@ -26,8 +26,8 @@ from clients.terminal.formatting import (
     message_markup,
     printable,
 )
-from clients.terminal.protocol import ChatMessage, LocalProtocolError, message_lines
-from clients.terminal.session import (
+from papaya_clients.terminal.protocol import ChatMessage, LocalProtocolError, message_lines
+from papaya_clients.terminal.session import (
     ChatSession,
     Connected,
     Disconnected,
@@ -35,7 +35,7 @@ from clients.terminal.session import (
     SessionEvent,
     SessionFailed,
 )
-from clients.terminal.transport import Connector
+from papaya_clients.terminal.transport import Connector
 
 #: Lines kept in the message area; older ones are dropped.
 MAX_SCROLLBACK = 5000

@@ -34,8 +34,8 @@ from typing import NoReturn
 
 import trio
 
-from clients.terminal import protocol
-from clients.terminal.protocol import (
+from papaya_clients.terminal import protocol
+from papaya_clients.terminal.protocol import (
     Ack,
     ChatMessage,
     Pong,
@@ -43,7 +43,7 @@ from clients.terminal.protocol import (
     ServerError,
     Welcome,
 )
-from clients.terminal.transport import Connector, MessageConnection, TransportError
+from papaya_clients.terminal.transport import Connector, MessageConnection, TransportError
 
 #: Error codes after which retrying with the same settings cannot succeed.
 REFUSAL_CODES = frozenset({"bad_key", "bad_user"})

@@ -10,8 +10,8 @@ from __future__ import annotations
 import unicodedata
 from datetime import date, datetime
 
-from clients.terminal.protocol import ChatMessage
-from clients.terminal.session import Connected, Disconnected, Notice, Rejected, SessionEvent
+from papaya_clients.terminal.protocol import ChatMessage
+from papaya_clients.terminal.session import Connected, Disconnected, Notice, Rejected, SessionEvent
 
 #: urwid text markup: a string, or a list of (attribute, string) pairs and strings.
 Markup = list[tuple[str, str] | str]
