@@ -242,7 +242,7 @@ def load_config(args: argparse.Namespace) -> ServerConfig:
         if flag_value is not None:
             values[option.name] = flag_value
             given.add(option.name)
-    for name in DERIVED_LIMITS:
+    for name in derived_limits(values["mode"]):
         if name not in given:
             values[name] = max(values[name], room_for_a_message(values["max_message_bytes"]))
     config = ServerConfig(**values)
@@ -250,8 +250,10 @@ def load_config(args: argparse.Namespace) -> ServerConfig:
     return config
 
 
-#: Limits that must hold a whole message of max_message_bytes, JSON-escaped, with its envelope.
-DERIVED_LIMITS = ("max_line_bytes", "ws_max_message_bytes")
+def derived_limits(mode: str) -> tuple[str, ...]:
+    """The limits that must hold a whole message of max_message_bytes, JSON-escaped, with its
+    envelope: a line, and a WebSocket frame (fork mode has no WebSocket)."""
+    return ("max_line_bytes",) if mode == "fork" else ("max_line_bytes", "ws_max_message_bytes")
 
 
 def room_for_a_message(max_message_bytes: int) -> int:
@@ -320,9 +322,7 @@ def check(config: ServerConfig) -> None:
         if problem := listen_address_problem(host):
             raise ConfigError(problem)
     least = room_for_a_message(config.max_message_bytes)
-    for name in DERIVED_LIMITS:
-        if name == "ws_max_message_bytes" and config.mode == "fork":
-            continue  # a text must fit in one WebSocket frame, and fork mode has none
+    for name in derived_limits(config.mode):
         if getattr(config, name) < least:
             raise ConfigError(
                 f"{name} = {getattr(config, name)} is too small for max_message_bytes ="

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,3 +32,12 @@ def trio_servers(tmp_path: Path) -> Iterator[ServerFactory]:
     factory = ServerFactory(tmp_path, "trio")
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder another user can enter (pytest's tmp_path is owner-only)."""
+    folder = Path(tempfile.mkdtemp(prefix="papaya-shared-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,15 +65,6 @@ def test_data_folder_below_a_file(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     line = config_error(serve(blocker / "data"))
     assert f"data folder {blocker / 'data'} cannot be used" in line
-
-
-@pytest.fixture
-def shared_tmp() -> Iterator[Path]:
-    """A folder another user can enter (pytest's tmp_path is owner-only)."""
-    folder = Path(tempfile.mkdtemp(prefix="papaya-shared-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder)
 
 
 def test_data_folder_not_writable(shared_tmp: Path) -> None:
