@@ -100,3 +100,27 @@ def test_the_wheel_installs_only_the_projects_names(tmp_path: Path) -> None:
         "papaya-trio": "papaya_trio.cli:main",
         "papaya-chat": "papaya_clients.terminal.app:main",
     }
+
+
+def unit_settings() -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (ROOT / "contrib" / "papaya-trio.service").read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def test_the_unit_leaves_every_setting_to_the_config_file() -> None:
+    (exec_start,) = unit_settings()["ExecStart"]
+    argv = exec_start.split()
+    assert argv[1:] == ["serve", "--config", "/etc/papaya-trio/config.toml"]
+    (state,) = unit_settings()["StateDirectory"]
+    assert unit_settings()["WorkingDirectory"] == [f"/var/lib/{state}"]
+
+
+def test_the_units_documentation_is_installed_by_its_own_steps() -> None:
+    (url,) = unit_settings()["Documentation"]
+    path = url.removeprefix("file://")
+    text = (ROOT / "contrib" / "papaya-trio.service").read_text()
+    assert f"install -D -m 0644 /path/to/papaya-trio/README.md {path}" in text
