@@ -1,4 +1,4 @@
-"""The append-only chat log: the one source of truth every session reads from.
+"""The file store: the room's log in one append-only file (see `logstore` for its promises).
 
 Theory of operation
 -------------------
@@ -22,15 +22,17 @@ refuses further appends (reads keep working) until the server is restarted.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Required, TypedDict, Unpack
 
 import trio
 
+from papaya_trio.logstore import AppendResult as AppendResult
+from papaya_trio.logstore import FsyncPolicy as FsyncPolicy
+from papaya_trio.logstore import StorageFailed as StorageFailed
 from papaya_trio.records import CorruptRecord, Record, RecordScanner, decode_record, encode_record
 from papaya_trio.storage import Storage
 
@@ -39,18 +41,6 @@ logger = logging.getLogger(__name__)
 INDEX_STRIDE = 128
 READ_CHUNK = 64 * 1024
 DEDUPE_ENTRIES = 65536  # client ids remembered for resend detection (fork mode uses it too)
-
-
-class FsyncPolicy(enum.StrEnum):
-    """When appended records are forced to disk."""
-
-    ALWAYS = "always"
-    INTERVAL = "interval"
-    NEVER = "never"
-
-
-class StorageFailed(Exception):
-    """The message could not be stored; it was not stored."""
 
 
 class LogCorrupted(Exception):
@@ -62,16 +52,9 @@ class LogOptions(TypedDict, total=False):
 
     clock_ms: Required[Callable[[], int]]
     fsync: FsyncPolicy
+    sync_interval: float
     cache_records: int
     dedupe_entries: int
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    """Outcome of an append: the record's sequence number, and whether it was a resend."""
-
-    seq: int
-    duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +75,14 @@ class ChatLog:
         *,
         clock_ms: Callable[[], int],
         fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
+        sync_interval: float = 1.0,
         cache_records: int = 4096,
         dedupe_entries: int = DEDUPE_ENTRIES,
     ) -> None:
         self._storage = storage
         self._clock_ms = clock_ms
         self.fsync = fsync
+        self.sync_interval = sync_interval
         self._cache_records = cache_records
         self._dedupe_entries = dedupe_entries
         self._lock = trio.Lock()
@@ -163,6 +148,19 @@ class ChatLog:
             await self._wait_durable(result.seq)
         return result
 
+    async def restore(self, records: Sequence[Record]) -> None:
+        """Append `records` as they are (log import); each must follow the head by one."""
+        async with self._lock:
+            self._check_usable()
+            for record in records:
+                if record.seq != self._written + 1:
+                    raise StorageFailed(
+                        f"record {record.seq} does not follow the log's last, {self._written}"
+                    )
+                await self._write(encode_record(record))
+                self._remember(record, self._size)
+        await self.sync()
+
     async def _write(self, data: bytes) -> None:
         try:
             await self._storage.append(data)
@@ -198,6 +196,14 @@ class ChatLog:
                 done.set()
             self._synced = max(self._synced, target)
             self._make_visible(target)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background work: the interval sync with `fsync = "interval"`, else none."""
+        if self.fsync is FsyncPolicy.INTERVAL:
+            await self.run_interval_sync(self.sync_interval, task_status=task_status)
+        else:
+            task_status.started()
+            await trio.sleep_forever()
 
     async def run_interval_sync(
         self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -271,6 +277,10 @@ class ChatLog:
             if scanner.problem is not None:
                 raise StorageFailed(f"log changed under the server: {scanner.problem}")
         return found
+
+    async def catch_up(self, seq: int) -> None:
+        """Nothing to do: no other server writes this file, so the head is already the newest."""
+        await trio.lowlevel.checkpoint()
 
     def recent(self, count: int) -> list[Record]:
         """The newest `count` visible records (at most the cache size), oldest first."""

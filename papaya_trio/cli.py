@@ -1,4 +1,4 @@
-"""The `papaya-trio` command: serve, keygen, cert, default-config, bench."""
+"""The `papaya-trio` command: serve, keygen, cert, default-config, log export/import, bench."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ from papaya_trio.config import (
 )
 from papaya_trio.fork.parent import run_fork_service
 from papaya_trio.keys import KeyFileError, generate_key, write_key
+from papaya_trio.logtransfer import TransferError, export_records, import_lines
+from papaya_trio.records import record_json
 from papaya_trio.selfsigned import DEFAULT_DAYS, CertificateError, write_certificate
-from papaya_trio.service import ServiceError, run_service
+from papaya_trio.service import ServiceError, open_log_store, run_service
 from papaya_trio.tls import TlsError
+from papaya_trio.workers import run_workers
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 #: Under systemd the journal stamps every line itself: no second time stamp.
@@ -102,14 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print every server option with its default and its meaning, as a TOML"
         " file for serve --config.",
     )
+    log = commands.add_parser("log", help="move a room's messages between stores (JSON lines)")
+    log_commands = log.add_subparsers(dest="log_command", required=True)
+    export = log_commands.add_parser("export", help="write every message to stdout")
+    add_flags(export)
+    restore = log_commands.add_parser("import", help="append messages, numbers and times kept")
+    restore.add_argument("file", type=Path, help="JSON lines from `log export` ('-': stdin)")
+    add_flags(restore)
     bench = commands.add_parser(
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
     )
     bench_command.add_arguments(bench)
-    for name, subparser in commands.choices.items():
-        subparser.set_defaults(command_parser=subparser)
-        subparser.prog = f"papaya-trio {name}"
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's parser itself as its `command_parser` default; the innermost
+    one chosen wins."""
+    parser.set_defaults(command_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _remember_parsers(subparser)
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -122,6 +140,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_arguments(argv)
     try:
         if args.command == "serve":
@@ -131,8 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if warning := cleartext_warning(config):
                 logging.getLogger(__name__).warning("%s", warning)
+            if config.log_level != "debug":
+                # The Redis client narrates reconnects and script loads at info; the Redis
+                # store logs each outage and recovery itself, once.
+                logging.getLogger("coredis").setLevel(logging.WARNING)
             if config.mode == "fork":
                 run_fork_service(config)
+            elif config.workers > 1:
+                return trio.run(run_workers, config, argv)
             else:
                 trio.run(run_service, config)
         elif args.command == "keygen":
@@ -145,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote a self-signed certificate to {args.cert} and its key to {args.key}")
         elif args.command == "default-config":
             print(default_toml())
+        elif args.command == "log":
+            trio.run(_transfer, args)
         elif args.command == "bench":
             return bench_command.run(args)
     except (
@@ -154,6 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         LogCorrupted,
         TlsError,
         CertificateError,
+        TransferError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -163,3 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
         return EXIT_IO
     return EXIT_OK
+
+
+async def _transfer(args: argparse.Namespace) -> None:
+    """`log export` or `log import` on the store the configuration names."""
+    config = load_config(args)
+    async with open_log_store(config) as store:
+        if args.log_command == "export":
+            async for record in export_records(store):
+                sys.stdout.write(record_json(record) + "\n")
+            sys.stdout.flush()
+        else:
+            lines = sys.stdin if args.file == Path("-") else _read_lines(args.file)
+            count = await import_lines(store, lines)
+            print(f"imported {count} messages; the log ends at {store.head}", file=sys.stderr)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TransferError(f"cannot read {path}: {exc}") from None

@@ -148,6 +148,47 @@ OPTIONS: tuple[Option, ...] = (
         "fsync_interval", float, 1.0, "seconds between syncs with fsync = interval", minimum=0.001
     ),
     Option(
+        "store",
+        str,
+        "file",
+        "where the log lives: file (DATA_DIR/chat.log) or redis (a stream several servers share)",
+        choices=("file", "redis"),
+    ),
+    Option(
+        "redis_url",
+        str,
+        "redis://127.0.0.1:6379/0",
+        "the Redis for store = redis: redis://, rediss:// (TLS) or unix:///path/to/socket",
+    ),
+    Option("redis_key", str, "papaya", "prefix of the room's Redis keys (KEY:log, KEY:ids)"),
+    Option(
+        "workers",
+        int,
+        1,
+        "with store = redis: run this many servers of the room, sharing the ports (reuse_port)",
+        minimum=1,
+    ),
+    Option(
+        "reuse_port",
+        bool,
+        False,
+        "with store = redis: listen with SO_REUSEPORT, so several servers share the ports",
+    ),
+    Option(
+        "redis_replicas",
+        int,
+        0,
+        "with fsync = always, replicas that must have a message before it is acknowledged",
+        minimum=0,
+    ),
+    Option(
+        "redis_timeout",
+        float,
+        5.0,
+        "seconds a Redis command may take before it counts as failed",
+        minimum=0.01,
+    ),
+    Option(
         "shutdown_deadline", float, 5.0, "seconds clients get to leave on shutdown", minimum=0.0
     ),
     Option(
@@ -188,6 +229,13 @@ class ServerConfig:
     allowed_origins: list[str]
     fsync: str
     fsync_interval: float
+    store: str
+    redis_url: str
+    redis_key: str
+    workers: int
+    reuse_port: bool
+    redis_replicas: int
+    redis_timeout: float
     shutdown_deadline: float
     log_level: str
 
@@ -329,6 +377,15 @@ def check(config: ServerConfig) -> None:
                 f" {config.max_message_bytes}: it must be at least 3 x max_message_bytes + 1024"
                 f" = {least} (raise {name}, or lower max_message_bytes)"
             )
+    if config.store == "redis":
+        if config.mode == "fork":
+            raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')
+        if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("redis_url must start with redis://, rediss:// or unix://")
+        if config.workers > 1 and 0 in (config.tcp_port, config.http_port):
+            raise ConfigError("workers share their ports: tcp_port and http_port cannot be 0")
+    elif config.reuse_port or config.workers > 1:
+        raise ConfigError('workers and reuse_port share one room: they need store = "redis"')
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     exposed = public_addresses(config)

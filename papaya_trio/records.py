@@ -46,8 +46,8 @@ class CorruptRecord(ValueError):
     """A complete line that is not a valid record."""
 
 
-def encode_record(record: Record) -> bytes:
-    """Return the record as one log line, newline included."""
+def record_json(record: Record) -> str:
+    """The record's JSON body: compact, non-ASCII kept as it is, `id` only when there is one."""
     fields: dict[str, object] = {
         "seq": record.seq,
         "t": record.time_ms,
@@ -56,7 +56,12 @@ def encode_record(record: Record) -> bytes:
     }
     if record.client_id is not None:
         fields["id"] = record.client_id
-    body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_record(record: Record) -> bytes:
+    """Return the record as one log line, newline included."""
+    body = record_json(record).encode()
     return b"%08x " % zlib.crc32(body) + body + b"\n"
 
 
@@ -72,6 +77,11 @@ def decode_record(line: bytes) -> Record:
         raise CorruptRecord("record checksum is not hexadecimal") from None
     if zlib.crc32(body) != expected:
         raise CorruptRecord("record checksum does not match")
+    return parse_record_json(body)
+
+
+def parse_record_json(body: bytes | str) -> Record:
+    """The record in a JSON body; raise CorruptRecord if it is not one."""
     try:
         fields = json.loads(body)
         record = Record(

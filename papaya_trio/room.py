@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import trio
 
 from papaya_trio.broadcaster import Broadcaster
-from papaya_trio.chatlog import ChatLog
 from papaya_trio.keys import key_matches
+from papaya_trio.logstore import LogStore
 from papaya_trio.session import Session
 
 
@@ -34,7 +34,7 @@ class Room:
 
     def __init__(
         self,
-        log: ChatLog,
+        log: LogStore,
         key: str,
         settings: RoomSettings,
         *,

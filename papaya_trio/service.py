@@ -1,4 +1,4 @@
-"""The server as a real program: data folder, key, log file, TCP listeners, signals.
+"""The server as a real program: data folder, key, log store, TCP listeners, signals.
 
 Everything here touches the real world (files, sockets, wall clock, signals); the server
 underneath (`ChatServer`, `Room`, `ChatLog`) does not, so tests and the simulation run it
@@ -16,7 +16,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import trio
@@ -24,6 +24,8 @@ import trio
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
 from papaya_trio.config import ServerConfig
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
+from papaya_trio.logstore import LogStore
+from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
 from papaya_trio.storage import FileStorage
@@ -47,17 +49,18 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@contextmanager
-def locked_data_dir(data_dir: Path) -> Iterator[int]:
-    """Create the data folder and hold its lock file: one server per folder at a time.
-
-    Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
-    a forked child shares: fork mode closes this descriptor in every child, so only the server
-    itself holds the folder. A folder that cannot be used is a ServiceError naming it.
-    """
-    try:
+def make_data_dir(data_dir: Path) -> None:
+    """Create the data folder (owner-only) if it does not exist; ServiceError naming it if it
+    cannot be used."""
+    with data_dir_errors(data_dir):
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+@contextmanager
+def data_dir_errors(data_dir: Path) -> Iterator[None]:
+    """Turn an OSError on the data folder into a one-line ServiceError naming the folder."""
+    try:
+        yield
     except (FileExistsError, NotADirectoryError):
         raise ServiceError(
             f"data folder {data_dir} cannot be used: it or a folder above it is a file"
@@ -69,6 +72,19 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
         ) from None
     except OSError as exc:
         raise ServiceError(f"data folder {data_dir} cannot be used: {exc.strerror}") from None
+
+
+@contextmanager
+def locked_data_dir(data_dir: Path) -> Iterator[int]:
+    """Create the data folder and hold its lock file: one server per folder at a time.
+
+    Yields the lock's descriptor. The lock (`flock`) belongs to the open file description, which
+    a forked child shares: fork mode closes this descriptor in every child, so only the server
+    itself holds the folder. A folder that cannot be used is a ServiceError naming it.
+    """
+    make_data_dir(data_dir)
+    with data_dir_errors(data_dir):
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -129,13 +145,17 @@ async def open_tcp_listeners(
     config: ServerConfig, port: int | None = None
 ) -> list[trio.SocketListener]:
     """Listen on `port` (default: tcp_port) at every configured address ('*': all interfaces,
-    IPv4 and IPv6)."""
+    IPv4 and IPv6), with SO_REUSEPORT if `reuse_port` is set."""
     port = config.tcp_port if port is None else port
     listeners: list[trio.SocketListener] = []
     try:
         for host in config.listen:
+            address = None if host == "*" else host
             try:
-                listeners += await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+                if config.reuse_port:
+                    listeners += await _open_shared_listeners(port, address)
+                else:
+                    listeners += await trio.open_tcp_listeners(port, host=address)
             except OSError as exc:
                 raise ServiceError(listen_failure(host, port, exc)) from None
     except BaseException:
@@ -182,6 +202,71 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     return server_context(Path(config.tls_cert), Path(config.tls_key))
 
 
+async def _open_shared_listeners(port: int, host: str | None) -> list[trio.SocketListener]:
+    """Like trio.open_tcp_listeners, plus SO_REUSEPORT: every server of the room binds the
+    same port and the kernel spreads new connections over them."""
+    listeners: list[trio.SocketListener] = []
+    addresses = await trio.socket.getaddrinfo(
+        host, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen()
+            except OSError:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except OSError:
+        for listener in listeners:
+            await listener.aclose()
+        raise
+    return listeners
+
+
+@asynccontextmanager
+async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
+    """The configured log store, open; flushed and released on exit.
+
+    The file store holds the data folder's lock throughout; the Redis store shares its stream
+    with any number of servers, so it takes no lock (the data folder only holds the key).
+    """
+    data_dir = Path(config.data_dir)
+    fsync = FsyncPolicy(config.fsync)
+    if config.store == "redis":
+        make_data_dir(data_dir)
+        try:
+            async with open_redis_log(
+                config.redis_url,
+                key=config.redis_key,
+                clock_ms=wall_clock_ms,
+                fsync=fsync,
+                replicas=config.redis_replicas,
+                command_timeout=config.redis_timeout,
+            ) as redis_log:
+                logger.info("log in redis stream %s: %d messages", redis_log.stream, redis_log.head)
+                yield redis_log
+        except RedisStoreError as exc:
+            raise ServiceError(str(exc)) from None
+        return
+    with locked_data_dir(data_dir):
+        storage = FileStorage(data_dir / LOG_FILE)
+        log, recovery = await ChatLog.open(
+            storage, clock_ms=wall_clock_ms, fsync=fsync, sync_interval=config.fsync_interval
+        )
+        logger.info("log %s: %d messages", storage.path, recovery.records)
+        try:
+            yield log
+        finally:
+            await log.aclose()
+
+
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
 
@@ -192,19 +277,10 @@ async def run_service(config: ServerConfig) -> None:
     context = tls_context(config)
     listeners = await open_all_listeners(config)
     try:
-        data_dir = Path(config.data_dir)
-        with locked_data_dir(data_dir):
+        async with open_log_store(config) as log:
             key = load_or_create_key(config)
-            storage = FileStorage(data_dir / LOG_FILE)
-            log, recovery = await ChatLog.open(
-                storage, clock_ms=wall_clock_ms, fsync=FsyncPolicy(config.fsync)
-            )
-            logger.info("log %s: %d messages", storage.path, recovery.records)
-            try:
-                await _serve(config, log, key, context, listeners)
-            finally:
-                await log.aclose()
-            logger.info("stopped; log flushed")
+            await _serve(config, log, key, context, listeners)
+        logger.info("stopped; log flushed")
     finally:
         for listener in (listener for group in listeners for listener in group):
             await listener.aclose()
@@ -228,7 +304,7 @@ async def open_all_listeners(config: ServerConfig) -> list[list[trio.SocketListe
 
 async def _serve(
     config: ServerConfig,
-    log: ChatLog,
+    log: LogStore,
     key: str,
     context: ssl.SSLContext | None,
     opened: list[list[trio.SocketListener]],
@@ -253,8 +329,7 @@ async def _serve(
         logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            if log.fsync is FsyncPolicy.INTERVAL:
-                nursery.start_soon(log.run_interval_sync, config.fsync_interval)
+            await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
             await server.serve(
                 _secured(tcp, context),

@@ -131,6 +131,11 @@ class Session:
     async def run(self) -> str:
         """Run until the client leaves or is closed; return why it ended."""
         log = self.room.log
+        if isinstance(self.identity.history, Since) and self.identity.history.seq > log.head:
+            try:  # the client may have seen `since` on another server sharing the log
+                await log.catch_up(self.identity.history.seq)
+            except StorageFailed as exc:
+                self.close("storage_failed", f"cannot read the log now: {exc}")
         head = log.head
         with (
             self.room.joined(self),
@@ -180,7 +185,11 @@ class Session:
         await self._write([Welcome(SERVER_NAME, user, welcome_head)])
         while True:
             while self._closing is None:
-                batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
+                try:
+                    batch = await self.room.log.read_after(sub.cursor, SEND_BATCH)
+                except StorageFailed as exc:  # the client resumes later with `since`
+                    self.close("storage_failed", f"cannot read the log now: {exc}")
+                    break
                 if not batch:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])

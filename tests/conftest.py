@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from hypothesis import settings
 
-from tests.real_server import ServerFactory
+from tests.real_server import Dialer, ServerFactory
+from tests.redis_server import RedisServer
 
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci")
@@ -32,6 +34,24 @@ def trio_servers(tmp_path: Path) -> Iterator[ServerFactory]:
     factory = ServerFactory(tmp_path, "trio")
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real redis-server with `appendonly yes` and `appendfsync always`."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def dial() -> AsyncIterator[Dialer]:
+    """Client connections to real servers, all closed when the test ends."""
+    dialer = Dialer()
+    yield dialer
+    for stream in dialer.streams:
+        await trio.aclose_forcefully(stream)
 
 
 @pytest.fixture

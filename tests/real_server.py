@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import trio
+
+from tests.memory_world import LineClient
+
 LISTENING = re.compile(r"listening tcp (\S+):(\d+)")
 HTTP_LISTENING = re.compile(r"listening http (https?://(\S+):(\d+)/)")
 START_TIMEOUT = 20.0
@@ -99,3 +103,25 @@ class ServerFactory:
     def cleanup(self) -> None:
         for server in self.started:
             server.kill()
+
+
+class Dialer:
+    """Opens client connections and closes them all when the test ends."""
+
+    def __init__(self) -> None:
+        self.streams: list[trio.SocketStream] = []
+
+    async def connect(self, port: int, host: str = "127.0.0.1") -> trio.SocketStream:
+        stream = await trio.open_tcp_stream(host, port)
+        self.streams.append(stream)
+        return stream
+
+    async def native(self, server: RunningServer, user: str, **hello: object) -> LineClient:
+        client = LineClient(await self.connect(server.port))
+        await client.hello(user, key=server.key, **hello)
+        return client
+
+    async def papaya(self, server: RunningServer) -> trio.SocketStream:
+        stream = await self.connect(server.port)
+        await stream.send_all(server.key.encode())
+        return stream

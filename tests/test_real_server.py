@@ -4,46 +4,15 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
 from papaya_trio.records import Record, encode_record
 from tests.memory_world import LineClient
-from tests.real_server import RunningServer, ServerFactory
+from tests.real_server import Dialer, ServerFactory
 
 RECEIVE_TIMEOUT = 15.0
-
-
-class Dialer:
-    """Opens client connections and closes them all when the test ends."""
-
-    def __init__(self) -> None:
-        self.streams: list[trio.SocketStream] = []
-
-    async def connect(self, port: int, host: str = "127.0.0.1") -> trio.SocketStream:
-        stream = await trio.open_tcp_stream(host, port)
-        self.streams.append(stream)
-        return stream
-
-    async def native(self, server: RunningServer, user: str, **hello: object) -> LineClient:
-        client = LineClient(await self.connect(server.port))
-        await client.hello(user, key=server.key, **hello)
-        return client
-
-    async def papaya(self, server: RunningServer) -> trio.SocketStream:
-        stream = await self.connect(server.port)
-        await stream.send_all(server.key.encode())
-        return stream
-
-
-@pytest.fixture
-async def dial() -> AsyncIterator[Dialer]:
-    dialer = Dialer()
-    yield dialer
-    for stream in dialer.streams:
-        await trio.aclose_forcefully(stream)
 
 
 async def receive_until(stream: trio.abc.Stream, marker: bytes, count: int = 1) -> bytes:
