@@ -23,8 +23,11 @@ $(STAMP): $(SERVE_STAMP)
 	$(PIP) install -e '.[dev]'
 	touch $(STAMP)
 
+# Options for the server: make serve ARGS="--tcp-port 7800 --http-port 8081"
+ARGS ?=
+
 serve: $(SERVE_STAMP)
-	$(BIN)/papaya-trio serve
+	$(BIN)/papaya-trio serve $(ARGS)
 
 system-packages:
 	.ci/system-packages
