@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         " file for serve --config.",
     )
     log = commands.add_parser("log", help="move a room's messages between stores (JSON lines)")
-    log_commands = log.add_subparsers(dest="log_command", required=True)
+    log_commands = log.add_subparsers(
+        dest="log_command", required=True, metavar="ACTION", help="export or import"
+    )
     export = log_commands.add_parser("export", help="write every message to stdout")
     add_flags(export)
     restore = log_commands.add_parser("import", help="append messages, numbers and times kept")

@@ -54,6 +54,8 @@ def make_data_dir(data_dir: Path) -> None:
     cannot be used."""
     with data_dir_errors(data_dir):
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(data_dir))
 
 
 @contextmanager
@@ -277,8 +279,9 @@ async def run_service(config: ServerConfig) -> None:
     context = tls_context(config)
     listeners = await open_all_listeners(config)
     try:
+        make_data_dir(Path(config.data_dir))
+        key = load_or_create_key(config)  # before the log: a bad key file creates nothing
         async with open_log_store(config) as log:
-            key = load_or_create_key(config)
             await _serve(config, log, key, context, listeners)
         logger.info("stopped; log flushed")
     finally:
@@ -317,17 +320,10 @@ async def _serve(
         web=web_settings(config),
     )
     tcp, http, papaya = opened[0], opened[1], opened[2] if len(opened) > 2 else []
-    # The tcp lines come last: whoever waits for "listening tcp" then has them all.
-    scheme, secure = ("https", " (TLS)") if context else ("http", "")
-    for listener in http:
-        url = browser_url(scheme, listener.socket.getsockname())
-        logger.info("listening http %s (open it in a browser to chat)", url)
-    for listener in papaya:
-        address = format_address(listener.socket.getsockname())
-        logger.info("listening papaya %s (the papayaChat dialect only, in clear)", address)
-    for listener in tcp:
-        logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
+    # Signals are ours before the first "listening" line: whoever waits for it and then sends
+    # SIGTERM gets a graceful shutdown, never the default handler's death.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        _log_listening(tcp, http, papaya, context)
         async with trio.open_nursery() as nursery:
             await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
@@ -337,6 +333,25 @@ async def _serve(
                 papaya,
             )
             nursery.cancel_scope.cancel()
+
+
+def _log_listening(
+    tcp: Sequence[trio.SocketListener],
+    http: Sequence[trio.SocketListener],
+    papaya: Sequence[trio.SocketListener],
+    context: ssl.SSLContext | None,
+) -> None:
+    """One line per listener; the tcp lines come last, so whoever waits for "listening tcp"
+    then has them all."""
+    scheme, secure = ("https", " (TLS)") if context else ("http", "")
+    for listener in http:
+        url = browser_url(scheme, listener.socket.getsockname())
+        logger.info("listening http %s (open it in a browser to chat)", url)
+    for listener in papaya:
+        address = format_address(listener.socket.getsockname())
+        logger.info("listening papaya %s (the papayaChat dialect only, in clear)", address)
+    for listener in tcp:
+        logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
 
 
 def _secured(

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 from papaya_trio.cli import EXIT_CONFIG, build_parser
 from papaya_trio.config import load_config
 from papaya_trio.service import browser_url
-from tests.real_server import ServerFactory
+from tests.real_server import RunningServer, ServerFactory
 
 TIMEOUT = 60
 
@@ -205,6 +206,20 @@ def test_under_journald_the_log_has_no_time_stamps(
         assert server.stop(signal.SIGTERM) == 0
     finally:
         factory.cleanup()
+
+
+def test_the_url_printed_for_every_interface_opens_in_a_browser(tmp_path: Path) -> None:
+    argv = ["--listen", "0.0.0.0", "--tcp-port", "0", "--http-port", "0", "--allow-plaintext"]
+    server = RunningServer(tmp_path / "data", argv)
+    try:
+        assert server.url == f"http://127.0.0.1:{server.http_port}/"
+        assert "listening http http://0.0.0.0" not in server.log
+        assert "(every interface: from another machine, http://" in server.log
+        with urllib.request.urlopen(server.url, timeout=TIMEOUT) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+        assert server.stop() == 0
+    finally:
+        server.kill()
 
 
 def test_wildcard_listeners_print_a_url_a_browser_can_open() -> None:
