@@ -12,7 +12,7 @@ SERVE_STAMP := $(VENV)/.serve-installed
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve test lint typecheck unit bench clean system-packages
+.PHONY: serve test lint typecheck unit bench sim clean system-packages
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ test: system-packages lint typecheck unit
 bench: $(SERVE_STAMP)
 	$(PIP) install -e '.[bench]'
 	$(BIN)/python -m papaya_trio.bench
+
+# The simulation's long run: every profile for each of SIM_SEEDS (12,000 runs by default,
+# about 5 core-hours; sim/README.md has the speeds), one worker per core, at low priority.
+SIM_SEEDS ?= 0..1999
+sim: $(STAMP)
+	nice -n 10 $(BIN)/python -m sim --seeds $(SIM_SEEDS) --profile all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

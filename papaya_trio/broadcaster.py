@@ -80,6 +80,10 @@ class Broadcaster:
         finally:
             self._subscribers.discard(subscription)
 
+    def largest_lag(self, head: int) -> int:
+        """The lag of the subscriber furthest behind (0 without subscribers)."""
+        return max((subscription.lag(head) for subscription in self._subscribers), default=0)
+
     def publish(self, head: int) -> None:
         """The log's visible head is now `head`: wake everybody, drop whoever lags too far."""
         for subscription in list(self._subscribers):

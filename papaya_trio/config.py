@@ -90,7 +90,101 @@ OPTIONS: tuple[Option, ...] = (
         " with max_message_bytes)",
         minimum=1,
     ),
-    Option("max_connections", int, 1024, "connections served at once", minimum=1),
+    Option(
+        "max_connections", int, 1024, "members (authenticated clients) served at once", minimum=1
+    ),
+    Option(
+        "max_handshakes",
+        int,
+        1024,
+        "connections still authenticating at once, apart from members; when all are in use, "
+        "a newcomer from an address with none evicts the oldest of the busiest address",
+        minimum=1,
+    ),
+    Option(
+        "max_connections_per_ip",
+        int,
+        64,
+        "connections from one IPv4 address or IPv6 /64 at once (0: no cap; behind a reverse "
+        "proxy every client has the proxy's address)",
+        minimum=0,
+    ),
+    Option(
+        "max_handshakes_per_ip",
+        int,
+        8,
+        "connections still authenticating from one IPv4 address or IPv6 /64 (0: no cap)",
+        minimum=0,
+    ),
+    Option(
+        "pressure_auth_timeout",
+        float,
+        2.0,
+        "seconds a connection has to authenticate while half of max_handshakes are in use",
+        minimum=0.001,
+    ),
+    Option(
+        "wrong_key_rate",
+        float,
+        1.0,
+        "wrong keys per second one address may present on average; past the burst its "
+        "connections are closed at once",
+        minimum=0.001,
+    ),
+    Option("wrong_key_burst", int, 10, "wrong keys one address may present at once", minimum=1),
+    Option(
+        "auth_log_interval",
+        float,
+        10.0,
+        "seconds summed up in one log line about failed or refused connections",
+        minimum=0.001,
+    ),
+    Option(
+        "tcp_keepalive_idle",
+        int,
+        60,
+        "seconds a TCP connection may be quiet before the kernel probes it",
+        minimum=1,
+    ),
+    Option("tcp_keepalive_interval", int, 10, "seconds between keepalive probes", minimum=1),
+    Option(
+        "tcp_keepalive_count",
+        int,
+        5,
+        "unanswered keepalive probes after which the connection is dropped",
+        minimum=1,
+    ),
+    Option(
+        "idle_timeout",
+        float,
+        300.0,
+        "seconds a native client (TCP or WebSocket) may send nothing, not even a ping, before "
+        "it is dropped (0: no limit)",
+        minimum=0.0,
+    ),
+    Option(
+        "rate_messages",
+        float,
+        10.0,
+        "messages per second a member may send on average; past the burst its input is read "
+        "more slowly (0: no limit)",
+        minimum=0.0,
+    ),
+    Option("rate_burst", int, 50, "messages a member may send at once", minimum=1),
+    Option(
+        "rate_bytes",
+        float,
+        16384.0,
+        "bytes of message text per second a member may send on average (0: no limit)",
+        minimum=0.0,
+    ),
+    Option(
+        "rate_burst_bytes",
+        int,
+        262144,
+        "bytes of message text a member may send at once (at least max_message_bytes)",
+        minimum=1,
+    ),
     Option(
         "max_lag",
         int,
@@ -136,6 +230,13 @@ OPTIONS: tuple[Option, ...] = (
         "origins allowed to open a WebSocket, e.g. https://chat.example.org; '*' allows any"
         " (empty: the page's own origin only)",
         metavar="ORIGIN",
+    ),
+    Option(
+        "metrics",
+        str,
+        "off",
+        "Prometheus metrics at /metrics: off; http (on the HTTP port, to anyone who can reach"
+        " it); or HOST:PORT, a plain-HTTP listener of its own, e.g. 127.0.0.1:9772",
     ),
     Option(
         "fsync",
@@ -219,6 +320,21 @@ class ServerConfig:
     max_message_bytes: int
     max_line_bytes: int
     max_connections: int
+    max_handshakes: int
+    max_connections_per_ip: int
+    max_handshakes_per_ip: int
+    pressure_auth_timeout: float
+    wrong_key_rate: float
+    wrong_key_burst: int
+    auth_log_interval: float
+    tcp_keepalive_idle: int
+    tcp_keepalive_interval: int
+    tcp_keepalive_count: int
+    idle_timeout: float
+    rate_messages: float
+    rate_burst: int
+    rate_bytes: float
+    rate_burst_bytes: int
     max_lag: int
     auth_timeout: float
     papaya_auth_timeout: float
@@ -227,6 +343,7 @@ class ServerConfig:
     ws_ping_interval: float
     ws_ping_timeout: float
     allowed_origins: list[str]
+    metrics: str
     fsync: str
     fsync_interval: float
     store: str
@@ -243,6 +360,11 @@ class ServerConfig:
     def key_path(self) -> Path:
         """Where the key lives."""
         return Path(self.key_file) if self.key_file else Path(self.data_dir) / "key"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of the metrics listener, or None (metrics off or on the HTTP port)."""
+        return None if self.metrics in METRICS_MODES else parse_host_port(self.metrics)
 
     @property
     def tls(self) -> bool:
@@ -386,6 +508,17 @@ def check(config: ServerConfig) -> None:
             raise ConfigError("workers share their ports: tcp_port and http_port cannot be 0")
     elif config.reuse_port or config.workers > 1:
         raise ConfigError('workers and reuse_port share one room: they need store = "redis"')
+    if config.rate_burst_bytes < config.max_message_bytes:
+        raise ConfigError("rate_burst_bytes must be at least max_message_bytes")
+    if config.metrics not in METRICS_MODES:
+        parse_host_port(config.metrics)
+    if config.mode == "fork" and config.metrics == "http":
+        raise ConfigError('fork mode has no HTTP port: give metrics = "HOST:PORT" instead')
+    if config.workers > 1 and config.metrics != "off":
+        raise ConfigError(
+            "metrics count one server: with workers, run each server with --reuse-port and"
+            " a metrics HOST:PORT of its own instead"
+        )
     if bool(config.tls_cert) != bool(config.tls_key):
         raise ConfigError("tls_cert and tls_key go together: give both or neither")
     exposed = public_addresses(config)
@@ -396,6 +529,19 @@ def check(config: ServerConfig) -> None:
             f" {CLEARTEXT} would cross the network readable by anyone on the way; give"
             " tls_cert and tls_key (see `papaya-trio cert`), or set allow_plaintext = true"
         )
+
+
+METRICS_MODES = ("off", "http")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9772` for IPv6, `*:9772` for every interface) as (host, port)."""
+    host, colon, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"metrics must be off, http or HOST:PORT, not {value!r}")
+    return host, int(port)
 
 
 #: What a plaintext port gives away to anyone who can watch the network.

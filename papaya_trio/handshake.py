@@ -2,7 +2,9 @@
 
 Both run before the session's nursery exists, so they may write to the peer directly. Replies
 to a client that fails to authenticate are written under a short timeout: a client that does
-not read cannot hold the server.
+not read cannot hold the server. A failure is logged at debug level only and counted on the
+connection's admission ticket (a wrong key also spends a token of its address's wrong-key
+bucket); admission control logs a summary line per interval instead of a line per attempt.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from papaya_trio.admission import Ticket
 from papaya_trio.peer import Peer, PeerGone
 from papaya_trio.protocol.events import ClientEvent, Error, Hello, KeyPresented, Violation
 from papaya_trio.room import Room
@@ -26,6 +29,7 @@ REFUSAL_WRITE_TIMEOUT = 2.0
 
 SHUTDOWN = Error("shutdown", "the server is shutting down", fatal=True)
 AUTH_TIMEOUT = Error("auth_timeout", "no hello arrived in time", fatal=True)
+SERVER_FULL = Error("server_full", "the server is full", fatal=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,32 +63,52 @@ def judge_papaya_key(event: ClientEvent, key_matches: Callable[[bytes], bool]) -
     return None
 
 
-async def native_handshake(peer: Peer, room: Room, deadline: float) -> Identity | None:
+async def native_handshake(
+    peer: Peer, room: Room, deadline: float, ticket: Ticket
+) -> Identity | None:
     """Wait for a good hello until `deadline` (trio time). None if the client was refused."""
     with room.handshaking() as closing, trio.move_on_at(deadline):
         verdict = judge_hello(await peer.receive(), room.key_matches, room.settings.history)
         if isinstance(verdict, Identity):
             return verdict
-        logger.warning("%s: auth failed: %s", peer.label, verdict.reason)
+        logger.debug("%s: auth failed: %s", peer.label, verdict.reason)
+        room.metrics.refuse(verdict.error.code)
+        if verdict.error.code == "bad_key":
+            ticket.wrong_key()
+        else:
+            ticket.note(f"refused: {verdict.error.code}")
         await refuse(peer, verdict.error)
         return None
     if closing.cancelled_caught:
         await refuse(peer, SHUTDOWN)
         return None
-    logger.warning("%s: auth failed: timeout", peer.label)
+    logger.debug("%s: auth failed: timeout", peer.label)
+    room.metrics.refuse(AUTH_TIMEOUT.code)
+    ticket.note("auth timeout")
     await refuse(peer, AUTH_TIMEOUT)
     return None
 
 
-async def papaya_handshake(peer: Peer, room: Room, deadline: float) -> Identity | None:
+async def papaya_handshake(
+    peer: Peer, room: Room, deadline: float, ticket: Ticket
+) -> Identity | None:
     """Wait for the 128-byte key until `deadline`. None if refused (nothing is sent then)."""
     with room.handshaking() as closing, trio.move_on_at(deadline):
-        if identity := judge_papaya_key(await peer.receive(), room.key_matches):
+        event = await peer.receive()
+        if identity := judge_papaya_key(event, room.key_matches):
             return identity
-        logger.warning("%s: papayaChat auth failed: wrong key or early close", peer.label)
+        logger.debug("%s: papayaChat auth failed: wrong key or early close", peer.label)
+        if isinstance(event, KeyPresented):
+            room.metrics.refuse("bad_key")
+            ticket.wrong_key()
+        else:
+            room.metrics.refuse("no_key")
+            ticket.note("closed before the key")
         return None
     if not closing.cancelled_caught:
-        logger.warning("%s: papayaChat auth failed: timeout", peer.label)
+        logger.debug("%s: papayaChat auth failed: timeout", peer.label)
+        room.metrics.refuse(AUTH_TIMEOUT.code)
+        ticket.note("auth timeout")
     return None
 
 

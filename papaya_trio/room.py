@@ -11,6 +11,7 @@ import trio
 from papaya_trio.broadcaster import Broadcaster
 from papaya_trio.keys import key_matches
 from papaya_trio.logstore import LogStore
+from papaya_trio.metrics import Metrics
 from papaya_trio.session import Session
 
 
@@ -24,12 +25,18 @@ class RoomSettings:
     max_lag: int = 1000
     auth_timeout: float = 10.0
     papaya_auth_timeout: float = 1.0
+    idle_timeout: float = 300.0  # 0: native clients may stay silent for ever
+    rate_messages: float = 10.0  # 0: no limit on messages
+    rate_burst: int = 50
+    rate_bytes: float = 16384.0  # 0: no limit on bytes of text
+    rate_burst_bytes: int = 262144
 
 
 class Room:
     """One chat room: the log, its broadcaster, and the sessions connected to it.
 
-    Every transport builds its sessions with `session_class` (tests pass a subclass).
+    Every transport builds its sessions with `session_class` (tests pass a subclass), and
+    tells `metrics` what happens (a fresh registry unless the service passes its own).
     """
 
     def __init__(
@@ -39,10 +46,12 @@ class Room:
         settings: RoomSettings,
         *,
         session_class: type[Session] = Session,
+        metrics: Metrics | None = None,
     ) -> None:
         self.log = log
         self.session_class = session_class
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self._key = key.encode()
         self.broadcaster = Broadcaster(settings.max_lag)
         log.on_visible = self.broadcaster.publish

@@ -4,6 +4,17 @@
 runs each accepted connection in a handler task in its own nursery, apart from the accept
 loops (as hypercorn does), so that shutdown can stop accepting first, then give the sessions a
 deadline to say goodbye, then cancel whatever is left.
+
+The accept loop asks admission control (`papaya_trio.admission`) for a ticket for each
+connection, before anything is read: a refused connection is closed at once, without a task;
+an admitted one gets a handler task (which releases the ticket however it ends), TCP
+keepalive and runs its transport inside the ticket's cancel scope, through which admission
+control evicts a handshake or ends it at the pressure deadline. The transports promote the
+ticket once the key was right.
+
+Each chat connection's stream is wrapped to count its bytes (`metrics`). Connections to the
+metrics listener are not clients: they are served apart (`_scrape`), outside
+`max_connections` and the shutdown wait, at most MAX_SCRAPES at once.
 """
 
 from __future__ import annotations
@@ -15,6 +26,8 @@ from collections.abc import Sequence
 
 import trio
 
+from papaya_trio.admission import Admission, AdmissionSettings, Ticket
+from papaya_trio.keepalive import TcpKeepalive, set_tcp_keepalive
 from papaya_trio.room import Room
 from papaya_trio.transports.http import WebSettings, handle_http_stream
 from papaya_trio.transports.tcp import handle_tcp_stream
@@ -24,10 +37,15 @@ logger = logging.getLogger(__name__)
 # Accept errors that mean "out of resources for now": wait, then go on (as trio.serve_listeners).
 TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_RETRY_DELAY = 0.1
+MAX_SCRAPES = 8  # metrics requests served at once on the metrics listener
 
 
 class ChatServer:
-    """Serves one room on a set of listeners until `shutdown()` is called."""
+    """Serves one room on a set of listeners until `shutdown()` is called.
+
+    `admission` holds every connection limit; without it, the defaults with
+    `max_connections` members. `keepalive` is set on every accepted TCP socket.
+    """
 
     def __init__(
         self,
@@ -36,16 +54,23 @@ class ChatServer:
         max_connections: int = 1024,
         shutdown_deadline: float = 5.0,
         web: WebSettings | None = None,
+        admission: AdmissionSettings | None = None,
+        keepalive: TcpKeepalive | None = None,
     ) -> None:
         self.room = room
         self.web = web if web is not None else WebSettings()
-        self.max_connections = max_connections
+        if admission is None:
+            admission = AdmissionSettings(max_connections=max_connections)
+        self.admission = Admission(admission)
+        self.keepalive = keepalive if keepalive is not None else TcpKeepalive()
         self.shutdown_deadline = shutdown_deadline
         self.connections = 0
+        self._scrapes = 0
         self._stop = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
         self._numbers = itertools.count(1)
+        room.metrics.watch(room.log, room.broadcaster, lambda: self.connections)
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown; `serve` returns when it is done."""
@@ -56,18 +81,20 @@ class ChatServer:
         tcp_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
         http_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         papaya_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
+        metrics_listeners: Sequence[trio.abc.Listener[trio.abc.Stream]] = (),
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and serve until shutdown, then close everything within the deadline.
 
         `tcp_listeners` carry both TCP dialects; `http_listeners` the browser client and its
-        WebSocket; `papaya_listeners` the papayaChat dialect alone. The listeners are closed on
-        return. Returns after every connection handler
+        WebSocket; `papaya_listeners` the papayaChat dialect alone; `metrics_listeners` only
+        `/metrics`. The listeners are closed on return. Returns after every connection handler
         has ended.
         """
-        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners]
+        listeners = [*tcp_listeners, *http_listeners, *papaya_listeners, *metrics_listeners]
         async with trio.open_nursery() as handlers:
+            handlers.start_soon(self.admission.serve_reports)
             try:
                 async with trio.open_nursery() as acceptors:
                     for listener in tcp_listeners:
@@ -76,6 +103,8 @@ class ChatServer:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "http")
                     for listener in papaya_listeners:
                         acceptors.start_soon(self._accept_loop, listener, handlers, "papaya")
+                    for listener in metrics_listeners:
+                        acceptors.start_soon(self._accept_loop, listener, handlers, "metrics")
                     task_status.started()
                     await self._stop.wait()
                     acceptors.cancel_scope.cancel()
@@ -92,6 +121,7 @@ class ChatServer:
             if deadline.cancelled_caught:
                 logger.warning("shutdown deadline passed: dropping %d", self.connections)
             handlers.cancel_scope.cancel()
+        self.admission.report()
 
     async def _accept_loop(
         self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery, kind: str
@@ -105,32 +135,92 @@ class ChatServer:
                 logger.error("accept failed, retrying shortly: %s", exc)
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            handlers.start_soon(self._handle, stream, kind)
+            await self._dispatch(stream, handlers, kind)
 
-    async def _handle(self, stream: trio.abc.Stream, kind: str) -> None:
+    async def _dispatch(self, stream: trio.abc.Stream, handlers: trio.Nursery, kind: str) -> None:
+        """Start the handler of an accepted connection, or refuse it at once."""
+        if kind == "metrics":
+            handlers.start_soon(self._scrape, stream)
+            return
+        address = _peer_address(stream)
+        ticket = self.admission.admit(address)
+        if ticket is None:
+            # Refused: closed at once, nothing read, no task started (counted for the
+            # summary). Under a flood this is most connections, so it must be cheap.
+            self.room.metrics.refuse("admission")
+            await trio.aclose_forcefully(stream)
+            return
+        handlers.start_soon(self._handle, stream, kind, address, ticket)
+
+    async def _scrape(self, stream: trio.abc.Stream) -> None:
+        """A connection to the metrics listener. It is no client: it neither counts toward
+        `max_connections` nor delays shutdown, and at most MAX_SCRAPES are served at once
+        (more are closed at once), so a flood there cannot crowd out the chat."""
+        if self._scrapes >= MAX_SCRAPES:
+            await trio.aclose_forcefully(stream)
+            return
+        self._scrapes += 1
+        try:
+            label = self._describe(_peer_address(stream), "metrics")
+            stream = self.room.metrics.count_bytes(stream, "metrics")
+            web = self.web.metrics_only(self.room.metrics)
+            await handle_http_stream(stream, self.room, label, None, web)
+        finally:
+            self._scrapes -= 1
+
+    async def _handle(
+        self, stream: trio.abc.Stream, kind: str, address: object, ticket: Ticket
+    ) -> None:
         self.connections += 1
         self._idle = trio.Event() if self._idle.is_set() else self._idle
         try:
-            full = self.connections > self.max_connections
-            label = self._describe(stream, kind)
-            if kind == "http":
-                await handle_http_stream(stream, self.room, label, full, self.web)
-            else:
-                await handle_tcp_stream(stream, self.room, label, full, native=kind == "tcp")
+            with ticket:
+                if (socket_stream := _socket_stream(stream)) is not None:
+                    self._set_keepalive(socket_stream)
+                label = self._describe(address, kind)
+                stream = self.room.metrics.count_bytes(stream, kind)
+                with ticket.scope:
+                    if kind == "http":
+                        await handle_http_stream(stream, self.room, label, ticket, self.web)
+                    else:
+                        native = kind == "tcp"
+                        await handle_tcp_stream(stream, self.room, label, ticket, native=native)
+                if ticket.scope.cancelled_caught and not ticket.evicted:  # evictions: counted
+                    ticket.note("cut short under pressure")
         finally:
+            await trio.aclose_forcefully(stream)
             self.connections -= 1
             if not self.connections:
                 self._idle.set()
 
-    def _describe(self, stream: trio.abc.Stream, kind: str) -> str:
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-        if isinstance(stream, trio.SocketStream):
-            try:
-                return f"{kind} {format_address(stream.socket.getpeername())}"
-            except OSError:
-                pass
+    def _set_keepalive(self, stream: trio.SocketStream) -> None:
+        try:
+            set_tcp_keepalive(stream.socket, self.keepalive)
+        except OSError as exc:  # the peer is already gone; its first read will say so
+            logger.debug("cannot set keepalive: %s", exc)
+
+    def _describe(self, address: object, kind: str) -> str:
+        if address is not None:
+            return f"{kind} {format_address(address)}"
         return f"{kind} #{next(self._numbers)}"
+
+
+def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
+    """The TCP stream under `stream` (under TLS, too), or None (memory streams)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream if isinstance(stream, trio.SocketStream) else None
+
+
+def _peer_address(stream: trio.abc.Stream) -> object:
+    """The peer's socket address, or None when there is none (memory streams)."""
+    if (socket_stream := _socket_stream(stream)) is not None:
+        try:
+            address: object = socket_stream.socket.getpeername()
+        except OSError:
+            return None
+        return address
+    return None
 
 
 def format_address(address: object) -> str:

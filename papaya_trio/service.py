@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -21,10 +22,13 @@ from pathlib import Path
 
 import trio
 
+from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
-from papaya_trio.config import ServerConfig
+from papaya_trio.config import ServerConfig, public_addresses
+from papaya_trio.keepalive import TcpKeepalive
 from papaya_trio.keys import generate_key, key_is_private, read_key, write_key
 from papaya_trio.logstore import LogStore
+from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.redislog import RedisStoreError, open_redis_log
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer, format_address
@@ -38,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 LOG_FILE = "chat.log"
 LOCK_FILE = "server.lock"
+SPARE_FILES = 64  # descriptors beyond the connections: log, lock, listeners, libraries
 
 
 class ServiceError(Exception):
@@ -97,6 +102,24 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
         os.close(fd)
 
 
+def raise_open_file_limit(needed: int) -> None:
+    """Raise the soft limit on open files to `needed` (at most the hard limit), so that the
+    configured connections fit; warn when they do not. A server at the limit can accept
+    nobody, legitimate clients included, which is what a flood wants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        logger.warning(
+            "open file limit %d is below the %d that max_connections + max_handshakes need",
+            target,
+            needed,
+        )
+
+
 def load_or_create_key(config: ServerConfig) -> str:
     """The room's key, and a log line saying where it is (never the key itself).
 
@@ -123,11 +146,38 @@ def room_settings(config: ServerConfig) -> RoomSettings:
         max_lag=config.max_lag,
         auth_timeout=config.auth_timeout,
         papaya_auth_timeout=config.papaya_auth_timeout,
+        idle_timeout=config.idle_timeout,
+        rate_messages=config.rate_messages,
+        rate_burst=config.rate_burst,
+        rate_bytes=config.rate_bytes,
+        rate_burst_bytes=config.rate_burst_bytes,
     )
 
 
-def web_settings(config: ServerConfig) -> WebSettings:
-    """The HTTP port's part of the configuration, with the browser client's files read in."""
+def admission_settings(config: ServerConfig) -> AdmissionSettings:
+    """The connection limits of the configuration."""
+    return AdmissionSettings(
+        max_connections=config.max_connections,
+        max_handshakes=config.max_handshakes,
+        max_connections_per_ip=config.max_connections_per_ip,
+        max_handshakes_per_ip=config.max_handshakes_per_ip,
+        pressure_auth_timeout=config.pressure_auth_timeout,
+        wrong_key_rate=config.wrong_key_rate,
+        wrong_key_burst=config.wrong_key_burst,
+        log_interval=config.auth_log_interval,
+    )
+
+
+def tcp_keepalive(config: ServerConfig) -> TcpKeepalive:
+    """The keepalive timings of the configuration."""
+    return TcpKeepalive(
+        config.tcp_keepalive_idle, config.tcp_keepalive_interval, config.tcp_keepalive_count
+    )
+
+
+def web_settings(config: ServerConfig, metrics: Metrics | None = None) -> WebSettings:
+    """The HTTP port's part of the configuration, with the browser client's files read in
+    (and `metrics` served at /metrics if given)."""
     try:
         site = StaticSite.browser_client(config.max_message_bytes)
     except StaticSiteError as exc:
@@ -140,7 +190,7 @@ def web_settings(config: ServerConfig) -> WebSettings:
         allowed_origins=frozenset(config.allowed_origins),
         scheme="https" if config.tls else "http",
     )
-    return WebSettings(site, websocket)
+    return WebSettings(site, websocket, metrics)
 
 
 async def open_tcp_listeners(
@@ -197,6 +247,17 @@ def browser_url(scheme: str, address: object) -> str:
     return f"{scheme}://{format_address(address)}/"
 
 
+async def open_metrics_listeners(config: ServerConfig) -> list[trio.SocketListener]:
+    """The metrics listener's sockets when `metrics` is HOST:PORT, else none."""
+    if (address := config.metrics_address) is None:
+        return []
+    host, port = address
+    try:
+        return await trio.open_tcp_listeners(port, host=None if host == "*" else host)
+    except OSError as exc:
+        raise ServiceError(f"cannot listen for metrics on {config.metrics}: {exc}") from None
+
+
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
     """The TLS context of both ports, or None without TLS; raises TlsError for bad files."""
     if not config.tls:
@@ -233,8 +294,12 @@ async def _open_shared_listeners(port: int, host: str | None) -> list[trio.Socke
 
 
 @asynccontextmanager
-async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
+async def open_log_store(
+    config: ServerConfig, metrics: Metrics | None = None
+) -> AsyncIterator[LogStore]:
     """The configured log store, open; flushed and released on exit.
+
+    With `metrics`, the file store's fsyncs are timed and its size exported.
 
     The file store holds the data folder's lock throughout; the Redis store shares its stream
     with any number of servers, so it takes no lock (the data folder only holds the key).
@@ -259,8 +324,9 @@ async def open_log_store(config: ServerConfig) -> AsyncIterator[LogStore]:
         return
     with locked_data_dir(data_dir):
         storage = FileStorage(data_dir / LOG_FILE)
+        stored = storage if metrics is None else metrics.storage(storage)
         log, recovery = await ChatLog.open(
-            storage, clock_ms=wall_clock_ms, fsync=fsync, sync_interval=config.fsync_interval
+            stored, clock_ms=wall_clock_ms, fsync=fsync, sync_interval=config.fsync_interval
         )
         logger.info("log %s: %d messages", storage.path, recovery.records)
         try:
@@ -277,12 +343,14 @@ async def run_service(config: ServerConfig) -> None:
     `tls`).
     """
     context = tls_context(config)
+    metrics = Metrics()
+    raise_open_file_limit(config.max_connections + config.max_handshakes + SPARE_FILES)
     listeners = await open_all_listeners(config)
     try:
         make_data_dir(Path(config.data_dir))
         key = load_or_create_key(config)  # before the log: a bad key file creates nothing
-        async with open_log_store(config) as log:
-            await _serve(config, log, key, context, listeners)
+        async with open_log_store(config, metrics) as log:
+            await _serve(config, log, key, context, metrics, listeners)
         logger.info("stopped; log flushed")
     finally:
         for listener in (listener for group in listeners for listener in group):
@@ -290,14 +358,16 @@ async def run_service(config: ServerConfig) -> None:
 
 
 async def open_all_listeners(config: ServerConfig) -> list[list[trio.SocketListener]]:
-    """The TCP, HTTP and (if any) papayaChat listeners, in that order; all or none."""
+    """The TCP, HTTP, papayaChat (maybe none) and metrics (maybe none) listeners, in that
+    order; all or none."""
     ports = [config.tcp_port, config.http_port]
-    if config.papaya_port >= 0:
-        ports.append(config.papaya_port)
     opened: list[list[trio.SocketListener]] = []
     try:
         for port in ports:
             opened.append(await open_tcp_listeners(config, port))
+        papaya_port = config.papaya_port
+        opened.append(await open_tcp_listeners(config, papaya_port) if papaya_port >= 0 else [])
+        opened.append(await open_metrics_listeners(config))
     except BaseException:
         for listener in (listener for group in opened for listener in group):
             await listener.aclose()
@@ -310,16 +380,29 @@ async def _serve(
     log: LogStore,
     key: str,
     context: ssl.SSLContext | None,
+    metrics: Metrics,
     opened: list[list[trio.SocketListener]],
 ) -> None:
-    room = Room(log, key, room_settings(config))
+    room = Room(log, key, room_settings(config), metrics=metrics)
     server = ChatServer(
         room,
-        max_connections=config.max_connections,
         shutdown_deadline=config.shutdown_deadline,
-        web=web_settings(config),
+        web=web_settings(config, metrics if config.metrics == "http" else None),
+        admission=admission_settings(config),
+        keepalive=tcp_keepalive(config),
     )
-    tcp, http, papaya = opened[0], opened[1], opened[2] if len(opened) > 2 else []
+    tcp, http, papaya, metrics_listeners = opened
+    for listener in metrics_listeners:
+        address = format_address(listener.socket.getsockname())
+        logger.info("listening metrics http://%s%s", address, METRICS_PATH)
+    if config.metrics == "http":
+        logger.info("metrics at %s on the HTTP port", METRICS_PATH)
+        if public_addresses(config):
+            logger.warning(
+                "metrics = http: anyone who can reach the HTTP port can read %s; "
+                'prefer metrics = "127.0.0.1:PORT" (a listener of its own)',
+                METRICS_PATH,
+            )
     # Signals are ours before the first "listening" line: whoever waits for it and then sends
     # SIGTERM gets a graceful shutdown, never the default handler's death.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -328,9 +411,7 @@ async def _serve(
             await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
             await server.serve(
-                _secured(tcp, context),
-                _secured(http, context),
-                papaya,
+                _secured(tcp, context), _secured(http, context), papaya, metrics_listeners
             )
             nursery.cancel_scope.cancel()
 

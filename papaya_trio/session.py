@@ -15,6 +15,20 @@ FINISH and the send task ends after writing everything before it.
 A session can be closed from outside (`close`): the send task writes a fatal error with the
 reason and ends. If the client has stopped reading and the send task is stuck in a write when
 its lag passes the bound, the write itself is cancelled and the connection dropped.
+
+Two limits act in the recv task, and only there, so they never delay what others receive:
+
+- **Idle timeout.** A native client (TCP or WebSocket) that sends nothing for `idle_timeout`
+  seconds is told `idle_timeout` (fatal) and dropped: a silent client cannot hold its slot for
+  ever. Clients keep a quiet connection with `ping`. papayaChat clients have no way to ping,
+  so they are exempt; TCP keepalive reaps them when their host is gone.
+- **Rate limits ("fakelag", as Ergo does).** Each event from the client takes a token of the
+  session's message bucket (`rate_messages` per second, `rate_burst` at once) and a `send`
+  takes its text's UTF-8 bytes from the byte bucket (`rate_bytes`, `rate_burst_bytes`). The
+  event is handled first; then, when a bucket is short, the recv task waits for the tokens
+  before it reads the next event. A client past its rate is thus slowed down by TCP
+  backpressure (its writes block), loses nothing and needs no new reply: this works the same
+  for both TCP dialects and WebSocket. The wait is on trio's clock (`papaya_trio.bucket`).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ import trio
 
 from papaya_trio import SERVER_NAME
 from papaya_trio.broadcaster import Subscription
+from papaya_trio.bucket import TokenBucket
 from papaya_trio.chatlog import StorageFailed
 from papaya_trio.peer import Peer, PeerGone
 from papaya_trio.protocol.events import (
@@ -109,6 +124,18 @@ class Session:
         self._send_scope = trio.CancelScope()
         self._writing = False
         self._subscription: Subscription | None = None
+        settings = room.settings
+        self._messages = (
+            TokenBucket(settings.rate_messages, settings.rate_burst)
+            if settings.rate_messages
+            else None
+        )
+        self._bytes = (
+            TokenBucket(settings.rate_bytes, settings.rate_burst_bytes)
+            if settings.rate_bytes
+            else None
+        )
+        self._slowed = False
 
     def __repr__(self) -> str:
         lag = self._subscription.lag(self.room.log.head) if self._subscription else 0
@@ -123,6 +150,7 @@ class Session:
                 self._subscription.wake()  # the send task checks _closing after each item
 
     def _on_lagging(self) -> None:
+        self.room.metrics.evicted_for_lag()
         self._end("lagging")
         self.close("lagging", f"you fell more than {self.room.settings.max_lag} messages behind")
         if self._writing:
@@ -194,6 +222,7 @@ class Session:
                     break
                 await self._write([Message(r, replay=r.seq <= welcome_head) for r in batch])
                 sub.cursor = batch[-1].seq
+                self.room.metrics.delivered(batch, welcome_head)
             if self._closing is not None:
                 self._end(self._closing.code)
                 await self._write([self._closing])
@@ -217,10 +246,34 @@ class Session:
 
     # --- the recv task ------------------------------------------------------------------
     async def _recv_task(self) -> None:
-        while await self._handle(await self.peer.receive()):
-            pass
+        while True:
+            event = await self._receive()
+            if not await self._handle(event):
+                break
+            await self._pace(event)
         # Nothing more to read: the send task flushes what was queued, ends, and cancels us.
         await trio.sleep_forever()
+
+    async def _receive(self) -> ClientEvent:
+        """The next event; for a native client silent for `idle_timeout`, a fatal violation."""
+        timeout = self.room.settings.idle_timeout
+        if not timeout or self.identity.user is None:
+            return await self.peer.receive()
+        with trio.move_on_after(timeout):
+            return await self.peer.receive()
+        return Violation("idle_timeout", f"nothing received for {timeout:g} s", fatal=True)
+
+    async def _pace(self, event: ClientEvent) -> None:
+        """Wait until the client's buckets allow its next event (see the module docstring)."""
+        waited = 0.0
+        if self._messages is not None:
+            waited += await self._messages.take()
+        if self._bytes is not None and isinstance(event, SendText):
+            waited += await self._bytes.take(len(event.text.encode()))
+        if waited and not self._slowed:
+            self._slowed = True  # once per session: a flood must not write a line per message
+            who = self.identity.user or "papayaChat client"
+            logger.info("%s: %s is over the rate limit: reading slowed down", self.peer.label, who)
 
     async def _handle(self, event: ClientEvent) -> bool:
         """Act on one client event; False once the client has said its last word."""
@@ -247,7 +300,9 @@ class Session:
         user = self.identity.user or event.user
         assert user is not None, "the papayaChat decoder always names the user"
         try:
-            result = await self.room.log.append(user, event.text, event.client_id)
+            result = await self.room.metrics.append(
+                self.room.log, user, event.text, event.client_id
+            )
         except StorageFailed as exc:
             await self._send_side.send(Error("storage_failed", str(exc), False, event.client_id))
             return

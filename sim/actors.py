@@ -19,7 +19,7 @@ import trio
 
 from papaya_trio.protocol.rules import KEY_CHARS
 from papaya_trio.session import SEND_BATCH
-from sim.invariants import REPLIES, SLOW_BOUND, NativeView, PapayaView
+from sim.invariants import ANNOUNCED, REPLIES, SLOW_BOUND, NativeView, PapayaView, papaya_line
 from sim.network import Link
 from sim.wire import FrameReader, FrameTooLong, line, record_from
 from sim.world import EPOCH_MS, KEY, World
@@ -46,6 +46,8 @@ class Connection:
     welcomed_at: float = 0.0
     unanswered: set[str] = field(default_factory=set)  # ids sent here without a reply yet
     errors: int = 0
+    leaving: bool = False  # the client began to leave (or sent what ends the connection)
+    notice_owed: bool = False  # see `NativeClient.expect_notice`
 
 
 class NativeClient:
@@ -162,7 +164,7 @@ class NativeClient:
         except FrameTooLong as exc:
             self.world.fail(REPLIES, f"{self.user}: {exc}")
         finally:
-            conn.ended.set()
+            self.connection_ended(conn)
 
     def _dispatch(self, conn: Connection, obj: dict[str, object]) -> None:
         world = self.world
@@ -248,9 +250,38 @@ class NativeClient:
             return None
         return (conn.view.last or 0) < head
 
+    def expect_notice(self, head: int) -> None:
+        """See `sim.world.Client.expect_notice`."""
+        conn = self.conn
+        if conn is None:
+            return
+        conn.notice_owed = (
+            not self.slow
+            and conn.welcomed.is_set()
+            and not conn.ended.is_set()
+            and not conn.leaving
+            and conn.link.healthy
+            and (conn.view.last or 0) >= head
+        )
+
+    def connection_ended(self, conn: Connection) -> None:
+        """The connection has ended (`conn.end` says how): trace it and check the notice (if
+        it was owed the shutdown notice and neither the client nor a fault ended it, it must
+        have got the notice)."""
+        self.world.trace.record("closed", who=self.user, link=conn.link.number, end=conn.end)
+        conn.ended.set()
+        # Still "open": the client stopped reading (it hung up), the server did not end it.
+        if not conn.notice_owed or conn.end in ("shutdown", "open") or conn.leaving:
+            return
+        if conn.link.healthy and not conn.link.up.broken:
+            self.world.fail(
+                ANNOUNCED, f"{self.user}: connection ended ({conn.end}) without the shutdown notice"
+            )
+
     async def leave(self, conn: Connection, style: str) -> None:
         """End the connection in one of LEAVE_STYLES."""
         world, stream = self.world, conn.link.client
+        conn.leaving = True
         world.trace.record("leave", who=self.user, style=style, link=conn.link.number)
         if style == "reset":
             conn.link.reset()
@@ -332,6 +363,7 @@ class GarbageClient(NativeClient):
     async def send_oversize(self, conn: Connection, sent: int) -> None:
         """A line past max_line_bytes (after `sent` bad lines): the server must say so, then
         close."""
+        conn.leaving = True  # the connection ends for this line, shutdown or not
         await self.write(b"z" * (self.world.settings.max_line_bytes + 1))
 
 
@@ -402,20 +434,27 @@ class PapayaClient:
         except GONE:
             pass
         finally:
+            self.world.trace.record("closed", who=self.user, link=self.link.number)
             self.ended.set()
 
     def behind(self, head: int, noted_at: float) -> bool | None:
         """papayaChat lines carry no sequence numbers: only the settling phase checks them."""
         return None
 
+    def expect_notice(self, head: int) -> None:
+        """The papayaChat dialect has no way to say why a connection ends."""
+
     def settled(self) -> bool:
         """Connected, and the newest line seen is the log's newest message."""
-        room = self.world.host.room
-        if self.link is None or self.view is None or self.ended.is_set() or room is None:
+        world = self.world
+        if self.link is None or self.view is None or self.ended.is_set() or not world.host.up:
             return False
-        newest = room.log.recent(1)
+        head = world.host.head
+        logged = world.logged()
+        if not head or head > len(logged):
+            return not head
         seen = self.view.history + self.view.live
-        return not newest or (bool(seen) and seen[-1] == newest[0].raw_line)
+        return bool(seen) and seen[-1] == papaya_line(logged[head - 1])
 
 
 # --- actors -----------------------------------------------------------------------------------
@@ -477,7 +516,7 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
                 resent = True
                 await client.resend()
             await client.retry_failed()
-            idle = world.settling.is_set() or world.quiet
+            idle = world.settling.is_set() or world.quiet > 0
             if talks and not idle and len(client.pending) < WINDOW:
                 await client.send_new()
         pause = profile.send_every if talks else 0.5

@@ -4,19 +4,34 @@ The oracle knows what every actor sent (each text is unique to one send attempt,
 identifies a message) and learns the log from three sides that must agree: what clients are
 delivered, what they are acknowledged, and what the disk holds when each server life ("epoch")
 ends. A run is cut into epochs by crashes and graceful restarts; within an epoch a sequence
-number names one record, and across a crash under `fsync = always` every record a client was
-shown or confirmed must survive with the same number.
+number names one record. Every record a client was shown or confirmed must survive with the
+same number a graceful restart (under every policy) and a power cut under `fsync = always`;
+under "interval", a power cut may lose only what was first shown or confirmed less than one
+interval and two fsyncs before it (docs/log-format.md: synced every `fsync_interval`), unless
+an fsync had failed; under "never" a power cut may lose anything not synced.
+
+The oracle never calls the code it checks. What the server promises is stated here from the
+protocol documents: the log is read with this module's own reader of docs/log-format.md
+(`read_log`, not the server's `RecordScanner`), the papayaChat history tail and line form come
+from docs/protocol.md (`papaya_tail`, `papaya_line`, not the server's `history_tail` and
+`Record.raw_line`). `Record` is used only as a value (a frozen dataclass of the four fields).
+The director also reads the server's visible head (`ServerHost.head`) as the target clients
+must reach; once they have, the settling phase checks that head against the last record this
+reader finds on the disk, so a server that misreports its head is caught too.
 
 The first broken invariant ends the run: `fail` records it and cancels the whole simulation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from papaya_trio.protocol.papaya import history_tail
-from papaya_trio.records import Record, RecordScanner
+import trio
+
+from papaya_trio.records import Record
 from sim.trace import Trace
 
 # Invariant names, as they appear in failure reports.
@@ -32,6 +47,13 @@ SHUTDOWN_DEADLINE = "shutdown-within-deadline"
 REPLIES = "replies-are-right"
 NO_CRASH = "no-unhandled-exception"
 RUN_ENDS = "run-ends"
+LIVELOCK = "time-advances"
+ANNOUNCED = "shutdown-announced"
+
+# docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
+# lines, no more of them than fit in the last 1050 bytes".
+PAPAYA_TAIL_LINES = 7
+PAPAYA_TAIL_BYTES = 1050
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,22 +84,72 @@ class PapayaView:
     live: list[str] = field(default_factory=list)
 
 
-def scan_log(data: bytes) -> list[Record]:
-    """Every intact record at the start of `data` (a torn or bad tail is ignored), without
-    client ids, as clients see them."""
-    return [replace(s.record, client_id=None) for s in RecordScanner().feed(data)]
+def read_log(data: bytes) -> list[Record]:
+    """Every intact record at the start of `data`, without client ids (as clients see them),
+    read as docs/log-format.md defines a record: `<crc32> <json>\n`, eight lower-case hex
+    digits of zlib's CRC-32 of the JSON bytes, an object with integer `seq` and `t` and string
+    `user` and `text`, `seq` one more than the record before. Reading stops at the first line
+    that is torn or corrupt (what follows it is not the log the server may serve)."""
+    records: list[Record] = []
+    start = 0
+    while (end := data.find(b"\n", start)) != -1:
+        crc, space, body = data[start:end].partition(b" ")
+        start = end + 1
+        if not space or crc != b"%08x" % zlib.crc32(body):
+            break
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            break
+        if not isinstance(obj, dict):
+            break
+        seq, t, user, text = (obj.get(name) for name in ("seq", "t", "user", "text"))
+        if not (type(seq) is int and type(t) is int and isinstance(user, str)):
+            break
+        if not isinstance(text, str) or seq != len(records) + 1:
+            break
+        records.append(Record(seq, t, user, text))
+    return records
+
+
+def papaya_line(record: Record) -> str:
+    """A message as the papayaChat dialect shows it (`user: text`, without the newline)."""
+    return f"{record.user}: {record.text}"
+
+
+def papaya_tail(lines: Sequence[str]) -> list[str]:
+    """The papayaChat history a client must get when the log ends with `lines`: the newest
+    ones, at most PAPAYA_TAIL_LINES, as many as fit (newline included) in PAPAYA_TAIL_BYTES."""
+    tail: list[str] = []
+    size = 0
+    for text in reversed(lines[-PAPAYA_TAIL_LINES:]):
+        size += len(text.encode()) + 1
+        if size > PAPAYA_TAIL_BYTES:
+            break
+        tail.append(text)
+    return tail[::-1]
 
 
 class Oracle:
     """Checks every observation against everything observed before."""
 
     def __init__(
-        self, trace: Trace, fail: Callable[[str, str], None], history: int, durable: bool
+        self,
+        trace: Trace,
+        fail: Callable[[str, str], None],
+        history: int,
+        durable_after: float | None,
     ) -> None:
         self._trace = trace
         self.fail = fail
         self._history = history
-        self._durable = durable  # fsync = always: what was shown or confirmed survives
+        # How long after it is first shown or confirmed a record must survive a power cut:
+        # 0 under `fsync = always`, the interval and its fsyncs under "interval", never (None)
+        # under "never". A graceful stop loses nothing under any policy.
+        self._durable_after = durable_after
+        self._seen_at: dict[int, float] = {}  # this epoch's seqs: first shown or confirmed
+        self._cut: tuple[float, bool] | None = None  # this epoch's power cut, and whether an
+        # fsync had failed before it (after which the log promises nothing more)
         self._sent: dict[str, Sent] = {}
         self._by_seq: dict[int, Record] = {}  # this epoch's records as clients saw them
         self._by_text: dict[str, int] = {}
@@ -101,6 +173,8 @@ class Oracle:
     def record_seen(self, record: Record, who: str) -> None:
         """A native client was delivered `record`."""
         self.delivered += 1
+        self._trace.record("deliver", who=who, seq=record.seq)
+        self._seen_at.setdefault(record.seq, trio.current_time())
         self._check_sent(record.user, record.text, who)
         known = self._by_seq.setdefault(record.seq, record)
         if known != record:
@@ -110,6 +184,8 @@ class Oracle:
 
     def ack_seen(self, user: str, client_id: str, seq: int, text: str, who: str) -> None:
         """A native client was told its message `client_id` is stored as `seq`."""
+        self._trace.record("ack", who=who, id=client_id, seq=seq)
+        self._seen_at.setdefault(seq, trio.current_time())
         earlier = self._acked.setdefault((user, client_id), seq)
         if earlier != seq:
             self.fail(
@@ -131,7 +207,7 @@ class Oracle:
     # --- epochs ---------------------------------------------------------------------------
     def end_epoch(self, written: bytes) -> None:
         """The server stops; `written` is every byte it wrote (synced or not)."""
-        log = scan_log(written)
+        log = read_log(written)
         for record in log:
             self._check_sent(record.user, record.text, "the log")
         texts: dict[str, int] = {}
@@ -151,7 +227,7 @@ class Oracle:
         self._papaya.clear()
 
     def _check_papaya(self, view: PapayaView, log: list[Record]) -> None:
-        lines = [r.raw_line for r in log]
+        lines = [papaya_line(r) for r in log]
         position = {line: index for index, line in enumerate(lines)}
         received = view.history + view.live
         if not received:
@@ -165,22 +241,38 @@ class Oracle:
             self.fail(GAP_FREE, f"{view.who} got a stream that is not a run of the log")
             return
         if view.history:
-            expected = [r.raw_line for r in history_tail(log[: start + len(view.history)])]
+            expected = papaya_tail(lines[: start + len(view.history)])
             if expected != view.history:
                 self.fail(HISTORY, f"{view.who} got history {view.history}, not {expected}")
 
+    def power_cut(self, fsync_failed: bool) -> None:
+        """The power is cut now (the epoch ends as `end_epoch` says); `fsync_failed`: an fsync
+        failed during the epoch."""
+        self._cut = (trio.current_time(), fsync_failed)
+
+    def _must_survive(self, seq: int) -> bool:
+        if self._cut is None:
+            return True  # a graceful stop: everything written is still there
+        cut_at, fsync_failed = self._cut
+        after = self._durable_after
+        if after is None or (fsync_failed and after > 0):
+            return False
+        return self._seen_at.get(seq, cut_at) <= cut_at - after
+
     def begin_epoch(self, recovered: list[Record]) -> None:
         """The server (re)started on a log holding `recovered`."""
-        if self._durable:
-            for seq, seen in self._by_seq.items():
-                if seq > len(recovered) or recovered[seq - 1] != seen:
-                    self.fail(DURABLE, f"seq {seq} ({seen.text!r}) was shown, then lost")
-                    return
-            for (user, client_id), seq in self._acked.items():
-                if seq > len(recovered):
-                    self.fail(DURABLE, f"{user}'s {client_id} was confirmed as {seq}, then lost")
-                    return
+        for seq, seen in self._by_seq.items():
+            lost = seq > len(recovered) or recovered[seq - 1] != seen
+            if lost and self._must_survive(seq):
+                self.fail(DURABLE, f"seq {seq} ({seen.text!r}) was shown, then lost")
+                return
+        for (user, client_id), seq in self._acked.items():
+            if seq > len(recovered) and self._must_survive(seq):
+                self.fail(DURABLE, f"{user}'s {client_id} was confirmed as {seq}, then lost")
+                return
         self.epoch += 1
+        self._cut = None
+        self._seen_at = {}
         self._by_seq = {r.seq: r for r in recovered}
         self._by_text = {r.text: r.seq for r in recovered}
         self._acked = {key: seq for key, seq in self._acked.items() if seq <= len(recovered)}

@@ -8,8 +8,10 @@ bounded `capacity`; a writer waits while the pipe is full, which is how a client
 reading pushes back on the server. A reader gets whatever has arrived, cut into a random
 chunk size (down to one byte), and nothing while the pipe is stalled. Closing an end sends
 end-of-file after the data in flight (like FIN); `Link.reset` breaks both directions at once
-and throws away what is in flight (like RST). Nothing here runs a task of its own: the clock
-only moves because readers sleep until data arrives, so the mock clock's autojump drives it.
+and throws away what is in flight (like RST). While the server is out of file descriptors its
+listeners fail `accept` with EMFILE and keep the waiting connection. No link runs a task of its
+own: the clock only moves because readers sleep until data arrives, so the mock clock's
+autojump drives it (the fault injectors are tasks the director starts).
 
 Every random choice comes from a `random.Random` seeded from the run's seed, and links are
 kept in creation order, so the network is as reproducible as the scheduler.
@@ -46,6 +48,8 @@ class NetworkFaults:
     stall_for: tuple[float, float] = (0.1, 3.0)
     reset_every: float = 0.0  # mean simulated seconds between resets of a random link
     backlog: int = 16
+    fd_exhaustion_every: float = 0.0  # mean simulated seconds between runs out of descriptors
+    fd_exhaustion_for: tuple[float, float] = (0.1, 2.0)
 
 
 class Pipe:
@@ -60,6 +64,7 @@ class Pipe:
         self.capacity = capacity
         self._max_chunk = max_chunk
         self._segments: deque[tuple[float, bytes]] = deque()
+        self._head_taken = 0  # bytes of the first segment already read
         self._buffered = 0
         self._last_arrival = 0.0
         self._changed = trio.lowlevel.ParkingLot()
@@ -114,16 +119,25 @@ class Pipe:
     def _take(self, max_bytes: int) -> bytes:
         want = min(self._rng.randint(1, self._max_chunk), max_bytes)
         now = trio.current_time()
-        taken = bytearray()
-        while self._segments and self._segments[0][0] <= now and len(taken) < want:
-            arrival, data = self._segments.popleft()
-            cut = want - len(taken)
-            taken += data[:cut]
-            if len(data) > cut:
-                self._segments.appendleft((arrival, data[cut:]))
-        self._buffered -= len(taken)
+        segments = self._segments
+        pieces: list[bytes] = []
+        size = 0
+        # The first segment is consumed in place (`_head_taken`), never copied for the rest:
+        # a link of tiny chunks would otherwise copy a segment once per read.
+        while segments and size < want and segments[0][0] <= now:
+            data = segments[0][1]
+            start = self._head_taken
+            end = min(len(data), start + want - size)
+            pieces.append(data if start == 0 and end == len(data) else data[start:end])
+            size += end - start
+            if end == len(data):
+                segments.popleft()
+                self._head_taken = 0
+            else:
+                self._head_taken = end
+        self._buffered -= size
         self.wake()
-        return bytes(taken)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def close_writer(self) -> None:
         """End of file after the bytes in flight."""
@@ -134,14 +148,14 @@ class Pipe:
         """The reading end is gone: drop what is in flight, the writer gets an error."""
         self.reader_closed = True
         self._segments.clear()
-        self._buffered = 0
+        self._head_taken = self._buffered = 0
         self.wake()
 
     def reset(self) -> None:
         """Break this direction at once."""
         self.broken = True
         self._segments.clear()
-        self._buffered = 0
+        self._head_taken = self._buffered = 0
         self.wake()
 
 
@@ -272,12 +286,27 @@ class ChannelListener(trio.abc.Listener[trio.abc.Stream], Generic[S]):
 
 
 class SimListener(ChannelListener[SimStream]):
-    """One of the server's listening sockets on the simulated network."""
+    """One of the server's listening sockets on the simulated network. While the server is
+    out of file descriptors (`SimNetwork.fd_exhausted_until`), accepting a waiting connection
+    fails with EMFILE and the connection stays first in line, as the kernel keeps it."""
 
     def __init__(self, network: SimNetwork, port: str, backlog: int) -> None:
         super().__init__(backlog)
         self._network = network
         self.port = port
+        self._held: SimStream | None = None
+
+    async def accept(self) -> trio.abc.Stream:
+        if self._held is None:
+            stream = await super().accept()
+            assert isinstance(stream, SimStream)
+            self._held = stream
+        else:
+            await trio.lowlevel.checkpoint()
+        if trio.current_time() < self._network.fd_exhausted_until:
+            raise OSError(errno.EMFILE, "too many open files")
+        stream, self._held = self._held, None
+        return stream
 
     def offer(self, stream: SimStream) -> bool:
         """Queue an incoming connection; False if the backlog is full."""
@@ -290,7 +319,9 @@ class SimListener(ChannelListener[SimStream]):
     async def aclose(self) -> None:
         self._network.stop_listening(self)
         # Connections nobody accepted are refused, as the kernel does when the socket closes.
-        for stream in self.refuse_waiting():
+        held = [self._held] if self._held is not None else []
+        self._held = None
+        for stream in held + self.refuse_waiting():
             stream.link.reset()
         await trio.lowlevel.checkpoint()
 
@@ -305,6 +336,7 @@ class SimNetwork:
         self._listeners: dict[str, SimListener] = {}
         self._links: dict[int, Link] = {}
         self._numbers = itertools.count(1)
+        self.fd_exhausted_until = 0.0
 
     def listen(self, port: str) -> SimListener:
         """Open the server's listener on `port` (TCP_PORT or HTTP_PORT)."""
@@ -341,9 +373,22 @@ class SimNetwork:
             link.reset()
 
     def heal(self) -> None:
-        """End every stall now (the fault-free phase begins)."""
+        """End every stall and descriptor shortage now (the fault-free phase begins)."""
+        self.fd_exhausted_until = 0.0
         for link in self.live_links():
             link.stall(0.0)
+
+    async def run_fd_exhaustion(self, rng: random.Random) -> None:
+        """Now and then the server runs out of file descriptors for a while, until cancelled."""
+        faults = self.faults
+        if not faults.fd_exhaustion_every:
+            return
+        while True:
+            await trio.sleep(rng.expovariate(1.0 / faults.fd_exhaustion_every))
+            length = rng.uniform(*faults.fd_exhaustion_for)
+            self.fd_exhausted_until = trio.current_time() + length
+            self._trace.record("fd_exhausted", seconds=round(length, 6))
+            await trio.sleep(length)
 
     async def run_faults(self) -> None:
         """Stall and reset random links at the configured rates, until cancelled."""

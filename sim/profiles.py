@@ -1,5 +1,7 @@
 """Named profiles: how many actors of each kind, which faults, and how often.
 
+`shutdown` takes its fsync policy from the seed (always, interval, never in turn).
+
 `swarm` is not one profile but a family: it draws from the seed which fault families are on
 and at what rates, so a long run of seeds covers combinations nobody thought to write down.
 """
@@ -7,7 +9,7 @@ and at what rates, so a long run of seeds covers combinations nobody thought to 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from papaya_trio.chatlog import FsyncPolicy
 from sim.disk import DiskFaults
@@ -31,6 +33,10 @@ class Profile:
     reconnect_every: float = 0.0  # mean seconds a client stays connected (0: for good)
     crash_every: float = 0.0  # mean seconds between server crashes (0: never)
     shutdown_every: float = 0.0  # mean seconds between graceful restarts (0: never)
+    commit_kills: float = 0.0  # share of crashes that wait for a group commit's worst moment
+    # Mean seconds between jumps of the wall clock that stamps records (0: none); not with a
+    # latency bound, which reads those stamps.
+    clock_jump_every: float = 0.0
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS
     fsync_interval: float = 0.5
     network: NetworkFaults = field(default_factory=NetworkFaults)
@@ -57,7 +63,10 @@ PROFILES: dict[str, Profile] = {
         ws_garbage_senders=1,
         send_every=0.5,
         reconnect_every=4.0,
-        network=NetworkFaults(tiny_chunks=0.3, stall_every=5.0, reset_every=6.0),
+        clock_jump_every=8.0,
+        network=NetworkFaults(
+            tiny_chunks=0.3, stall_every=5.0, reset_every=6.0, fd_exhaustion_every=8.0
+        ),
     ),
     "slow-consumer": Profile(
         "slow-consumer",
@@ -68,7 +77,12 @@ PROFILES: dict[str, Profile] = {
         ws_clients=1,
         send_every=0.1,
         max_lag=300,
-        network=NetworkFaults(capacity=(1024, 8192), tiny_chunks=0.0),
+        # Every link carries several times the offered load (about 7 KB/s): a lurker on a
+        # slower link is a slow consumer by its link, and no server could meet the
+        # latency bound for it (seeds 15 and 33 drew 5 KB/s links before this floor).
+        network=NetworkFaults(
+            bandwidth=(50_000.0, 5_000_000.0), capacity=(1024, 8192), tiny_chunks=0.0
+        ),
         latency_bound=3.0,
     ),
     "crash": Profile(
@@ -80,6 +94,7 @@ PROFILES: dict[str, Profile] = {
         send_every=0.3,
         reconnect_every=8.0,
         crash_every=6.0,
+        commit_kills=0.5,
         disk=DiskFaults(write_failure=0.01, sync_failure=0.005),
     ),
     "shutdown": Profile(
@@ -93,6 +108,19 @@ PROFILES: dict[str, Profile] = {
         send_every=0.3,
         shutdown_every=7.0,
         network=NetworkFaults(stall_every=8.0, stall_for=(1.0, 5.0)),
+    ),
+    # Members sending twice the server's default rate_messages (10/s after a burst of 50):
+    # after a few seconds the server slows their reads ("fakelag"). Nothing may be lost or
+    # reordered, and everyone must still get live messages within the bound.
+    "rate-limit": Profile(
+        "rate-limit",
+        duration=20.0,
+        chatters=2,
+        lurkers=1,
+        papaya_clients=1,
+        ws_clients=1,
+        send_every=0.05,
+        latency_bound=3.0,
     ),
     "script": Profile(
         "script",
@@ -131,6 +159,7 @@ def swarm(seed: int) -> Profile:
         reconnect_every=maybe(0.5, 1.0, 10.0),
         crash_every=crash_every,
         shutdown_every=maybe(0.3, 3.0, 15.0),
+        clock_jump_every=maybe(0.3, 2.0, 20.0),
         fsync=rng.choice(list(FsyncPolicy)),
         network=NetworkFaults(
             latency=(0.0, rng.uniform(0.001, 0.2)),
@@ -138,6 +167,7 @@ def swarm(seed: int) -> Profile:
             tiny_chunks=rng.uniform(0.0, 0.5),
             stall_every=maybe(0.5, 1.0, 10.0),
             reset_every=maybe(0.5, 1.0, 10.0),
+            fd_exhaustion_every=maybe(0.3, 2.0, 15.0),
         ),
         disk=DiskFaults(
             write_failure=maybe(0.3, 0.001, 0.05),
@@ -154,6 +184,10 @@ def profile_for(name: str, seed: int) -> Profile:
     if name == "swarm":
         return swarm(seed)
     try:
-        return PROFILES[name]
+        profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(NAMES)}") from None
+    if name == "shutdown":
+        # A graceful stop must sync what is written under every policy: seeds take turns.
+        return replace(profile, fsync=list(FsyncPolicy)[seed % len(FsyncPolicy)])
+    return profile

@@ -31,7 +31,7 @@ from sim.actors import (
 )
 from sim.entropy import seeded_websocket_entropy
 from sim.instrument import TaskCounter
-from sim.invariants import LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
+from sim.invariants import LIVELOCK, LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
 from sim.profiles import Profile, profile_for
 from sim.scheduler import seeded_scheduling
 from sim.script import Op, run_script
@@ -39,6 +39,7 @@ from sim.world import Components, World
 from sim.wsclient import WsClient, WsGarbageClient
 
 LEAVE_BOUND = 10.0  # simulated seconds for the server to notice every client has left
+LULL = 0.5  # simulated seconds nobody sends before a graceful restart in a lull
 QUIET_SETTLE = 1.0  # simulated seconds of a quiet window before the head is noted, and after
 RUN_SLACK = 120.0  # simulated seconds a run may take past its traffic and settling phases
 # Tasks of one connection (a session, a handler, trio-websocket's reader, the keepalive).
@@ -107,6 +108,8 @@ async def _director(world: World, ops: list[Op] | None) -> None:
         async with trio.open_nursery() as actors:
             async with trio.open_nursery() as chaos:
                 chaos.start_soon(world.network.run_faults)
+                chaos.start_soon(world.network.run_fd_exhaustion, world.rng("descriptors"))
+                chaos.start_soon(_clock_jumps, world)
                 chaos.start_soon(_restarts, world, nursery)
                 chaos.start_soon(_quiet_windows, world)
                 if ops is None:
@@ -155,16 +158,44 @@ async def _restarts(world: World, nursery: trio.Nursery) -> None:
     while True:
         await trio.sleep(rng.expovariate(sum(rates)))
         crash_rate = 1.0 / profile.crash_every if profile.crash_every else 0.0
+        crash = rng.random() * sum(rates) < crash_rate
+        if crash and rng.random() < profile.commit_kills:
+            # SIGKILL between the write and the fsync of late writers in a group commit; if
+            # no such fsync comes (no traffic, or a log that refuses appends after a failed
+            # fsync and waits for a restart), the crash comes anyway.
+            with trio.move_on_after(profile.crash_every):
+                await world.disk.wait_commit_window()
         # Once begun, a restart completes even if the traffic phase ends meanwhile.
         with trio.CancelScope(shield=True):
-            if rng.random() * sum(rates) < crash_rate:
+            if crash:
                 world.trace.record("crash")
                 host.crash()
                 await host.wait_stopped()
             else:
-                await host.shutdown()
+                # Half the graceful restarts come in a lull, when nothing else would wake a
+                # session: the shutdown notice must not wait for the next message.
+                lull = rng.random() < 0.5
+                world.quiet += lull
+                try:
+                    await trio.sleep(LULL if lull else 0.0)
+                    await host.shutdown()
+                finally:
+                    world.quiet -= lull
             await trio.sleep(rng.uniform(0.0, 3.0))
             await host.start(nursery)
+
+
+async def _clock_jumps(world: World) -> None:
+    """The wall clock that stamps records jumps, forward or back, by up to an hour (NTP, a
+    suspended VM): nothing about sequence numbers, order or delivery may change."""
+    rng, every = world.rng("wall clock"), world.profile.clock_jump_every
+    if not every:
+        return
+    while True:
+        await trio.sleep(rng.expovariate(1.0 / every))
+        jump = rng.choice((-1, 1)) * rng.randint(1, 3_600_000)
+        world.wall_jump_ms += jump
+        world.trace.record("clock_jump", ms=jump)
 
 
 async def _quiet_windows(world: World) -> None:
@@ -175,7 +206,7 @@ async def _quiet_windows(world: World) -> None:
         return
     while True:
         await trio.sleep(rng.expovariate(1.0 / world.profile.quiet_every))
-        world.quiet = True
+        world.quiet += 1
         try:
             await trio.sleep(QUIET_SETTLE)
             head, noted_at = world.host.head, trio.current_time()
@@ -186,7 +217,7 @@ async def _quiet_windows(world: World) -> None:
                     LIVENESS, f"quiet for {2 * QUIET_SETTLE}s, still short of {head}: {late}"
                 )
         finally:
-            world.quiet = False
+            world.quiet -= 1
 
 
 async def _settle(world: World, nursery: trio.Nursery) -> None:
@@ -203,12 +234,17 @@ async def _settle(world: World, nursery: trio.Nursery) -> None:
     clients = [c for c in world.clients if c.settles]
     deadline = trio.current_time() + world.profile.settle_bound
     while trio.current_time() < deadline:
-        if all(client.settled() for client in clients):
+        # The server's head must also be the log's end (as the oracle reads the disk).
+        if host.head == len(world.logged()) and all(c.settled() for c in clients):
             world.trace.record("settled", head=host.head)
             return
         await trio.sleep(0.1)
     behind = [c.user for c in clients if not c.settled()]
-    world.fail(LIVENESS, f"head {host.head}; not there after the bound: {', '.join(behind)}")
+    world.fail(
+        LIVENESS,
+        f"head {host.head} (the log holds {len(world.logged())}); not there after the bound: "
+        f"{', '.join(behind)}",
+    )
 
 
 async def _check_left(world: World) -> None:
@@ -236,7 +272,11 @@ def run_seed(
     """Run one seed to the end (or its first failure); with `ops`, play that script instead
     of the profile's actors (the profile still sets the faults)."""
     chosen = profile or profile_for(profile_name, seed)
-    counter = TaskCounter()
+
+    def runaway(second: int, steps: int) -> None:
+        world.fail(LIVELOCK, f"{steps} scheduler steps within simulated second {second}")
+
+    counter = TaskCounter(runaway)
     clock = trio.testing.MockClock(autojump_threshold=0)
     scope = trio.CancelScope()
     world = World(seed, chosen, components or Components(), clock, counter, scope.cancel)

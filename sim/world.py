@@ -17,7 +17,8 @@ from typing import Protocol
 import trio
 import trio.testing
 
-from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
+from papaya_trio.records import Record
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.session import Session
@@ -26,7 +27,7 @@ from papaya_trio.transports.static import StaticSite
 from papaya_trio.transports.websocket import WebSocketSettings
 from sim.disk import SimDisk
 from sim.instrument import TaskCounter
-from sim.invariants import SHUTDOWN_DEADLINE, Failure, Oracle, scan_log
+from sim.invariants import DURABLE, SHUTDOWN_DEADLINE, Failure, Oracle, read_log
 from sim.network import HTTP_PORT, TCP_PORT, SimNetwork
 from sim.profiles import Profile
 from sim.trace import Trace
@@ -35,6 +36,7 @@ KEY = "k" * 128
 EPOCH_MS = 1_764_000_000_000
 START_RETRY = 0.5  # simulated seconds before starting again after a failed start
 SHUTDOWN_SLACK = 0.001  # the deadline plus scheduling, in simulated seconds
+INTERVAL_SLACK = 0.05  # simulated seconds of scheduling around an interval fsync
 WS_PING_INTERVAL = 3.0  # simulated seconds; short, so silent WebSocket clients are dropped
 WS_PING_TIMEOUT = 4.0  # longer than most stalls, shorter than the longest
 
@@ -44,6 +46,17 @@ def sim_clock_ms() -> int:
     return EPOCH_MS + int(trio.current_time() * 1000)
 
 
+def durable_after(profile: Profile) -> float | None:
+    """How long after a record is first shown or confirmed it must survive a power cut (see
+    `sim.invariants`): an interval, and two of the slowest fsyncs with scheduling slack,
+    under "interval" (a record written as one fsync begins waits for the next)."""
+    if profile.fsync is FsyncPolicy.ALWAYS:
+        return 0.0
+    if profile.fsync is FsyncPolicy.INTERVAL:
+        return profile.fsync_interval + 2 * profile.disk.sync_latency[1] + INTERVAL_SLACK
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Components:
     """The server parts the run uses; tests swap in deliberately broken subclasses."""
@@ -51,6 +64,7 @@ class Components:
     log_class: type[ChatLog] = ChatLog
     room_class: type[Room] = Room
     session_class: type[Session] = Session
+    server_class: type[ChatServer] = ChatServer
 
 
 class Client(Protocol):
@@ -71,6 +85,11 @@ class Client(Protocol):
         """Whether a connection welcomed by `noted_at` that has seen no fault has not reached
         `head` (None: it is newer, still replaying the history it was welcomed with, has seen
         a fault or is not connected: no bound applies; the settling phase still checks it)."""
+        ...
+
+    def expect_notice(self, head: int) -> None:
+        """A graceful shutdown begins with the log at `head`: a connection that has seen
+        everything up to it on a healthy link is owed the `shutdown` error before it ends."""
         ...
 
 
@@ -111,15 +130,27 @@ class World:
                 ping_timeout=WS_PING_TIMEOUT,
             ),
         )
-        self.oracle = Oracle(
-            self.trace, self.fail, profile.history, profile.fsync is FsyncPolicy.ALWAYS
-        )
+        self.oracle = Oracle(self.trace, self.fail, profile.history, durable_after(profile))
         self.network = SimNetwork(self.rng("network"), profile.network, self.trace)
         self.disk = SimDisk(self.rng("disk"), profile.disk, self.trace)
         self.host = ServerHost(self, components)
         self.settling = trio.Event()  # faults have stopped: clients must now reach the head
         self.finishing = trio.Event()  # clients must now leave
-        self.quiet = False  # a quiet window: nobody sends anything new
+        self.quiet = 0  # while above 0 (a quiet window, a lull before a restart) nobody sends
+        self._logged: tuple[int, list[Record]] = (-1, [])
+        self.wall_jump_ms = 0  # how far the wall clock has jumped, in total
+
+    def wall_clock_ms(self) -> int:
+        """The server's wall clock for record timestamps: trio's (mock) clock plus the jumps
+        the wall clock has made (`wall_jump_ms`), so it is part of the simulation."""
+        return sim_clock_ms() + self.wall_jump_ms
+
+    def logged(self) -> list[Record]:
+        """The records on the disk (synced or not), as the oracle reads them; cached until the
+        disk changes."""
+        if self._logged[0] != self.disk.version:
+            self._logged = (self.disk.version, read_log(bytes(self.disk.data)))
+        return self._logged[1]
 
     def rng(self, name: str) -> random.Random:
         """An independent random stream for one part of the world, from the run's seed."""
@@ -146,6 +177,7 @@ class ServerHost:
         self._scope: trio.CancelScope | None = None
         self._exited = trio.Event()
         self._served = 0.0  # when the last `serve` returned
+        self._sync_failures = 0  # the disk's count of failed fsyncs when this life began
         self.lives = 0
 
     @property
@@ -165,23 +197,25 @@ class ServerHost:
             try:
                 log, recovery = await self._components.log_class.open(
                     world.disk.open(),
-                    clock_ms=sim_clock_ms,
+                    clock_ms=world.wall_clock_ms,
                     fsync=profile.fsync,
                     cache_records=profile.cache_records,
                 )
                 break
-            except OSError as exc:
-                # Recovery's own truncate or fsync failed: the server cannot start; a
-                # supervisor would start it again, so the simulation does too.
+            except (OSError, StorageFailed) as exc:
+                # Recovery's own truncate or fsync failed (`ChatLog.open` reports a failed
+                # tail repair as StorageFailed): the server cannot start; a supervisor would
+                # start it again, so the simulation does too.
                 world.trace.record("start_failed", error=str(exc))
                 await trio.sleep(START_RETRY)
-        world.oracle.begin_epoch(scan_log(bytes(world.disk.data)))
+        world.oracle.begin_epoch(read_log(bytes(world.disk.data)))
+        self._sync_failures = world.disk.sync_failures
         world.trace.record("start", records=recovery.records, cut=recovery.truncated_bytes)
         components = self._components
         self.room = components.room_class(
             log, KEY, world.settings, session_class=components.session_class
         )
-        self.server = ChatServer(
+        self.server = components.server_class(
             self.room,
             max_connections=64,
             shutdown_deadline=profile.shutdown_deadline,
@@ -220,6 +254,7 @@ class ServerHost:
         """Power cut: lose unsynced bytes, reset every connection, kill the server's tasks."""
         assert self._scope is not None, "no server to crash"
         world = self._world
+        world.oracle.power_cut(world.disk.sync_failures > self._sync_failures)
         world.oracle.end_epoch(bytes(world.disk.data))
         world.disk.power_cut()
         world.network.reset_all()
@@ -233,7 +268,10 @@ class ServerHost:
     async def shutdown(self) -> None:
         """The real graceful shutdown; fails the run if it overruns its deadline."""
         assert self.server is not None and self._scope is not None, "no server to stop"
-        world = self._world
+        assert self.room is not None
+        world, log, disk = self._world, self.room.log, self._world.disk
+        for client in world.clients:
+            client.expect_notice(self.head)
         started = trio.current_time()
         self.server.shutdown()
         await self._exited.wait()
@@ -241,5 +279,10 @@ class ServerHost:
         world.trace.record("shutdown", seconds=round(took, 6))
         if took > world.profile.shutdown_deadline + SHUTDOWN_SLACK:
             world.fail(SHUTDOWN_DEADLINE, f"graceful shutdown took {took:.3f}s")
+        # Whatever the fsync policy, a graceful stop syncs everything written
+        # (docs/log-format.md), unless an fsync failed and the log refused to go on.
+        if log.broken is None and disk.synced < len(disk.data):
+            unsynced = len(disk.data) - disk.synced
+            world.fail(DURABLE, f"graceful shutdown left {unsynced} bytes not synced")
         world.oracle.end_epoch(bytes(world.disk.data))
         self.room = None

@@ -127,7 +127,7 @@ class WsClient(NativeClient):
         except ConnectionClosed as exc:
             self._closed(conn, exc.reason.code if exc.reason is not None else ABNORMAL)
         finally:
-            conn.ended.set()
+            self.connection_ended(conn)
 
     async def _ping_into_close(self, conn: WsConnection) -> None:
         """Sometimes ping just as the server is closing (its close frame follows the error
@@ -146,6 +146,11 @@ class WsClient(NativeClient):
         if code == ABNORMAL:  # no close frame: the link broke or the server dropped it
             conn.end = "reset" if conn.end == "open" else conn.end
             return
+        if code == POLICY_VIOLATION and conn.end == "open":
+            # Dropped while a write to it was stuck (it lagged on a slow link): the write was
+            # cut off, so the close frame comes without the error object before it, and its
+            # code is all the client is told; replies queued behind are not owed.
+            conn.end = "dropped"
         expected = CLOSE_AFTER.get(conn.end)
         if expected is not None and code != expected:
             self.world.fail(REPLIES, f"{self.user}: closed with {code} after {conn.end!r}")
@@ -157,6 +162,7 @@ class WsClient(NativeClient):
         """End the connection in one of WS_LEAVE_STYLES."""
         assert isinstance(conn, WsConnection) and conn.ws is not None
         self.world.trace.record("leave", who=self.user, style=style, link=conn.link.number)
+        conn.leaving = True
         if style == "close":
             with trio.move_on_after(CLOSE_WAIT):
                 await conn.ws.aclose()
@@ -223,6 +229,7 @@ class WsGarbageClient(WsClient, GarbageClient):
         (nothing may follow a close frame), so the replies to the `sent` frames before come
         first."""
         await wait_replies(conn, sent)
+        conn.leaving = True  # the connection ends for this frame, shutdown or not
         limit = self.world.settings.max_line_bytes  # the WebSocket frame limit in the sim
         if self.rng.random() < 0.5:
             await self.send_frame("z" * (limit + 1))

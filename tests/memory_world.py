@@ -11,7 +11,9 @@ from typing import Any
 import trio
 import trio.testing
 
+from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy
+from papaya_trio.metrics import Metrics
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.storage import MemoryStorage, Storage
@@ -126,13 +128,17 @@ async def open_world(
     ] = trio.testing.memory_stream_pair,
     fsync: FsyncPolicy = FsyncPolicy.ALWAYS,
     max_connections: int = 64,
+    metrics: Metrics | None = None,
+    admission: AdmissionSettings | None = None,
     **settings: Any,
 ) -> AsyncIterator[World]:
-    """Run a server over memory streams for the `async with` block, then shut it down."""
+    """Run a server over memory streams for the `async with` block, then shut it down.
+
+    `admission` replaces the default limits (and then holds `max_connections` itself)."""
     storage = storage if storage is not None else MemoryStorage()
     log, _ = await ChatLog.open(storage, clock_ms=trio_clock_ms, fsync=fsync)
-    room = Room(log, KEY, RoomSettings(**settings))
-    server = ChatServer(room, max_connections=max_connections)
+    room = Room(log, KEY, RoomSettings(**settings), metrics=metrics)
+    server = ChatServer(room, max_connections=max_connections, admission=admission)
     listener = MemoryListener(make_pair)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.serve, [listener])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from tests.flood import connect_from
 from tests.memory_world import LineClient
 
 LISTENING = re.compile(r"listening tcp (\S+):(\d+)")
@@ -111,13 +112,21 @@ class Dialer:
     def __init__(self) -> None:
         self.streams: list[trio.SocketStream] = []
 
-    async def connect(self, port: int, host: str = "127.0.0.1") -> trio.SocketStream:
-        stream = await trio.open_tcp_stream(host, port)
+    async def connect(
+        self, port: int, host: str = "127.0.0.1", *, source: str | None = None
+    ) -> trio.SocketStream:
+        """A connection to `host`, or to 127.0.0.1 from the loopback address `source`."""
+        if source is None:
+            stream = await trio.open_tcp_stream(host, port)
+        else:
+            stream = await connect_from(source, port)
         self.streams.append(stream)
         return stream
 
-    async def native(self, server: RunningServer, user: str, **hello: object) -> LineClient:
-        client = LineClient(await self.connect(server.port))
+    async def native(
+        self, server: RunningServer, user: str, *, source: str | None = None, **hello: object
+    ) -> LineClient:
+        client = LineClient(await self.connect(server.port, source=source))
         await client.hello(user, key=server.key, **hello)
         return client
 

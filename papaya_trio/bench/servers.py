@@ -75,6 +75,13 @@ def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
     """``papaya-trio serve`` in `mode` on loopback, with a fresh room per trial."""
     if mode not in CHAT_MODES:
         raise ValueError(f"unknown server mode {mode!r}; choose from {', '.join(CHAT_MODES)}")
+    # Every generated client comes from 127.0.0.1, senders go as fast as the sweep asks and
+    # receivers stay silent: trio mode's per-address caps, rate limits and idle timeout would
+    # measure themselves, not the server (fork mode has none of them).
+    limits_off = (
+        *("--max-connections-per-ip", "0", "--max-handshakes-per-ip", "0"),
+        *("--rate-messages", "0", "--rate-bytes", "0", "--idle-timeout", "0"),
+    )
     return ServerSpec(
         name=mode,
         command=(
@@ -84,6 +91,7 @@ def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
             # fork mode opens no HTTP port and refuses --http-port
             *(("--http-port", "0") if mode != "fork" else ()),
             *("--max-connections", str(max_connections)),
+            *(limits_off if mode == "trio" else ()),
         ),
         announcement=SERVE_ANNOUNCEMENT,
     )

@@ -97,7 +97,7 @@ class Refusals:
                 waiting.sock.send(SERVER_FULL, socket.MSG_NOSIGNAL)
         elif first:
             logger.warning("%s papaya: refused: server full", waiting.label)
-        _close_gently(waiting.sock)
+        close_gently(waiting.sock)
 
     def expire(self, now: float) -> None:
         """Close the refused sockets that stayed silent too long (oldest first)."""
@@ -115,7 +115,7 @@ class Refusals:
         self._waiting.clear()
 
 
-def _close_gently(sock: socket.socket) -> None:
+def close_gently(sock: socket.socket) -> None:
     """Read away what the client sent (bounded, never blocking), then close."""
     for _ in range(DRAIN_READS):
         try:

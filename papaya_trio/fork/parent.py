@@ -24,6 +24,7 @@ sockets it is refusing, and never blocks anywhere else:
   note that there is something to sync.
 - SIGCHLD: reap every finished connection process and close its wake pipe.
 - SIGHUP (a service manager's reload): logged; fork mode has nothing to reload.
+- with ``metrics = "HOST:PORT"``: scrapes of the parent's own figures (`scrapes`).
 - SIGTERM or SIGINT: stop accepting (close the listeners), send SIGTERM to every client's
   process group (native clients are told ``shutdown``), wait up to ``shutdown_deadline`` for
   them, SIGKILL what is left, reap, fsync the log and return (the program exits 0).
@@ -42,7 +43,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Collection
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from papaya_trio.fork import wakeup
 from papaya_trio.fork.client import ForkContext, run_child, serve_connection
 from papaya_trio.fork.logfile import DurableEnd, LogFile, open_index, recover_log
 from papaya_trio.fork.overload import EXHAUSTION_ERRORS, Exhaustion, Refusals
+from papaya_trio.fork.scrapes import FORK_METRICS, Scrapes
 from papaya_trio.fork.signals import (
     WATCHED,
     SignalWatch,
@@ -60,6 +62,8 @@ from papaya_trio.fork.signals import (
     close_quietly,
     forking_safely,
 )
+from papaya_trio.keepalive import set_tcp_keepalive
+from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.server import format_address
 from papaya_trio.service import (
     LOG_FILE,
@@ -68,41 +72,61 @@ from papaya_trio.service import (
     load_or_create_key,
     locked_data_dir,
     room_settings,
+    tcp_keepalive,
 )
 
 logger = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up before the other sources get a turn
-# Options that only mean something to the WebSocket transport (with http_port and ws_*).
+# Options that only mean something to the WebSocket transport. http_port is not among them: it
+# has a default in every configuration (and the test harness sets it for both modes); fork mode
+# just opens no HTTP listener and says so when it starts.
 WEBSOCKET_OPTIONS = ("allowed_origins",)
 # Options of TLS and of the plaintext port that exists because of it: fork mode has neither.
 TLS_OPTIONS = ("tls_cert", "tls_key", "papaya_port")
+# trio mode's admission control and per-member limits: fork mode's parent has its own, simpler
+# rules (docs/security.md), so these would be ignored there.
+TRIO_LIMIT_OPTIONS = (
+    "max_handshakes",
+    "max_connections_per_ip",
+    "max_handshakes_per_ip",
+    "pressure_auth_timeout",
+    "wrong_key_rate",
+    "wrong_key_burst",
+    "auth_log_interval",
+    "idle_timeout",
+    "rate_messages",
+    "rate_burst",
+    "rate_bytes",
+    "rate_burst_bytes",
+)
+
+
+def _given(config: ServerConfig, names: Collection[str]) -> list[str]:
+    """The flags among `names` whose values differ from their defaults."""
+    return [
+        "--" + option.name.replace("_", "-")
+        for option in OPTIONS
+        if option.name in names and getattr(config, option.name) != option.default
+    ]
 
 
 def check_fork_config(config: ServerConfig) -> None:
-    """Refuse HTTP, WebSocket and TLS options: fork mode serves the TCP dialects only, in
-    clear."""
-    tls = _given(config, lambda name: name in TLS_OPTIONS)
-    if tls:
+    """Refuse HTTP, WebSocket, TLS and trio mode's limit options: fork mode serves the TCP dialects
+    only, in clear, with its own limits."""
+    if tls := _given(config, TLS_OPTIONS):
         raise ConfigError(f"fork mode does not serve TLS: drop {', '.join(tls)} or use --mode trio")
-    given = _given(
-        config,
-        lambda name: name == "http_port" or name in WEBSOCKET_OPTIONS or name.startswith("ws_"),
-    )
-    if given:
+    if limits := _given(config, TRIO_LIMIT_OPTIONS):
+        raise ConfigError(
+            f"fork mode has none of trio mode's admission and rate limits: drop "
+            f"{', '.join(limits)} or use --mode trio"
+        )
+    web = ["http_port", *WEBSOCKET_OPTIONS, *(o.name for o in OPTIONS if o.name.startswith("ws_"))]
+    if given := _given(config, web):
         raise ConfigError(
             "fork mode serves the TCP dialects only, not HTTP or WebSocket: "
             f"drop {', '.join(given)} or use --mode trio"
         )
-
-
-def _given(config: ServerConfig, wanted: Callable[[str], bool]) -> list[str]:
-    """The flags of the `wanted` options that differ from their defaults."""
-    return [
-        "--" + option.name.replace("_", "-")
-        for option in OPTIONS
-        if wanted(option.name) and getattr(config, option.name) != option.default
-    ]
 
 
 def run_fork_service(config: ServerConfig) -> None:
@@ -112,15 +136,22 @@ def run_fork_service(config: ServerConfig) -> None:
     ConfigError, ServiceError, KeyFileError or LogCorrupted if it cannot start.
     """
     check_fork_config(config)
-    listeners = open_listeners(config)
+    listeners = bind_listeners(config.listen, config.tcp_port)
     try:
-        _run_with(config, listeners)
+        scrapes = Scrapes(open_metrics_listeners(config), Metrics(only=FORK_METRICS))
+    except ServiceError:
+        for listener in listeners:
+            listener.close()
+        raise
+    try:
+        _run_with(config, listeners, scrapes)
     finally:
         for listener in listeners:
             listener.close()
+        scrapes.close_all()
 
 
-def _run_with(config: ServerConfig, listeners: list[socket.socket]) -> None:
+def _run_with(config: ServerConfig, listeners: list[socket.socket], scrapes: Scrapes) -> None:
     data_dir = Path(config.data_dir)
     with locked_data_dir(data_dir) as lock_fd:
         key = load_or_create_key(config)
@@ -134,6 +165,12 @@ def _run_with(config: ServerConfig, listeners: list[socket.socket]) -> None:
             os.fsync(log.fd)  # what an earlier run wrote may not have reached the disk yet
             durable = DurableEnd(fsync, index.end)
             signals = SignalWatch(WATCHED)  # before "listening": a SIGTERM from then on is ours
+            for listener in scrapes.listeners:
+                logger.info(
+                    "listening metrics http://%s%s (the parent's own figures)",
+                    format_address(listener.getsockname()),
+                    METRICS_PATH,
+                )
             for listener in listeners:
                 logger.info("listening tcp %s", format_address(listener.getsockname()))
             logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
@@ -142,22 +179,30 @@ def _run_with(config: ServerConfig, listeners: list[socket.socket]) -> None:
                 room_settings(config), key.encode(), path, fsync, durable, index, notify_write
             )
             fds = SupervisorFds(lock_fd, notify_read)
-            Supervisor(config, context, log, listeners, signals, fds).serve()
+            Supervisor(config, context, log, listeners, signals, fds, scrapes).serve()
             os.fsync(log.fd)
         finally:
             log.close()
         logger.info("stopped; log flushed")
 
 
-def open_listeners(config: ServerConfig) -> list[socket.socket]:
-    """Listen on every configured address ('*': all interfaces, IPv4 and IPv6), non-blocking."""
+def open_metrics_listeners(config: ServerConfig) -> list[socket.socket]:
+    """The metrics listener's sockets when `metrics` is HOST:PORT, else none."""
+    if (address := config.metrics_address) is None:
+        return []
+    host, port = address
+    return bind_listeners([host], port)
+
+
+def bind_listeners(hosts: list[str], port: int) -> list[socket.socket]:
+    """Non-blocking listening sockets on `port` at each host ('*': every interface)."""
     listeners: list[socket.socket] = []
     host = ""
     try:
-        for host in config.listen:
+        for host in hosts:
             for family, kind, proto, _, address in socket.getaddrinfo(
                 None if host == "*" else host,
-                config.tcp_port,
+                port,
                 type=socket.SOCK_STREAM,
                 flags=socket.AI_PASSIVE,
             ):
@@ -172,7 +217,7 @@ def open_listeners(config: ServerConfig) -> list[socket.socket]:
     except OSError as exc:
         for listener in listeners:
             listener.close()
-        raise ServiceError(listen_failure(host, config.tcp_port, exc)) from None
+        raise ServiceError(listen_failure(host, port, exc)) from None
     return listeners
 
 
@@ -203,8 +248,10 @@ class Supervisor:
         listeners: list[socket.socket],
         signals: SignalWatch,
         fds: SupervisorFds,
+        scrapes: Scrapes,
     ) -> None:
         self._config = config
+        self._keepalive = tcp_keepalive(config)
         self._context = context
         self._log = log
         self._listeners = listeners
@@ -217,6 +264,11 @@ class Supervisor:
         self._pid = os.getpid()
         self._unsynced = False
         self._last_sync = time.monotonic()
+        self._scrapes = scrapes
+        metrics = scrapes.metrics
+        metrics.open_connections.set_function(lambda: len(self._clients))
+        metrics.log_messages.set_function(self._catch_up)
+        metrics.watch_log_file(lambda: os.fstat(self._log.fd).st_size)
 
     def __repr__(self) -> str:
         return (
@@ -231,17 +283,20 @@ class Supervisor:
             pause = self._exhaustion.pause(now)
             poller = select.poll()
             watched = [self._signals.fileno(), self._notify_fd, *self._refusals.fds()]
+            watched += self._scrapes.fds()
             if pause is None:
                 watched += self._listening_fds()
             for fd in watched:
                 poller.register(fd, select.POLLIN)
             timeouts = [pause, self._refusals.timeout(now), self._sync_timeout()]
+            timeouts.append(self._scrapes.timeout(now))
             timeout = min((t for t in timeouts if t is not None), default=None)
             ready = {fd for fd, _ in poller.poll(None if timeout is None else timeout * 1000)}
             self._handle(ready)
             for fd in ready.intersection(self._refusals.fds()):
                 self._refusals.answer(fd)
             self._refusals.expire(time.monotonic())
+            self._scrapes.handle(ready, time.monotonic())
             for listener in self._listeners:
                 if listener.fileno() in ready:
                     self._accept(listener)
@@ -277,7 +332,13 @@ class Supervisor:
                 self._exhaustion.failed("accept", exc, time.monotonic())
                 return
             label = "tcp " + format_address(address)
+            try:
+                set_tcp_keepalive(sock, self._keepalive)  # inherited by the child's copy
+            except OSError:
+                sock.close()  # the client is already gone
+                continue
             if len(self._clients) >= self._config.max_connections:
+                self._scrapes.metrics.refuse("server_full")
                 self._refusals.add(sock, label, time.monotonic())
                 continue
             try:
@@ -288,8 +349,7 @@ class Supervisor:
 
     def _spawn(self, sock: socket.socket, label: str) -> bool:
         """Fork the connection's process; False if resources ran out (the pause has begun)."""
-        with self._log.locked(fcntl.LOCK_SH):
-            self._context.index.catch_up(self._log, self._context.durable.limit())
+        self._catch_up()
         try:
             wake_read, wake_write = wakeup.open_wake_pipe()
         except OSError as exc:
@@ -317,13 +377,19 @@ class Supervisor:
         self._exhaustion.spawned()
         return True
 
+    def _catch_up(self) -> int:
+        """Bring the parent's log index up to date (children inherit it); return its head."""
+        with self._log.locked(fcntl.LOCK_SH):
+            self._context.index.catch_up(self._log, self._context.durable.limit())
+        return self._context.index.head
+
     def _start_child(
         self, sock: socket.socket, label: str, wake: tuple[int, int], connected_at: float
     ) -> None:
         """The connection process: let go of the parent's descriptors, then serve."""
         wake_fd, wake_write = wake
         inherited = [self._lock_fd, self._notify_fd, self._log.fd, wake_write]
-        inherited += self._listening_fds()
+        inherited += self._listening_fds() + self._scrapes.fds()
         inherited += self._refusals.fds() + [client.wake_fd for client in self._clients.values()]
         signals = become_child(self._signals, self._pid, inherited)
         os.setpgid(0, 0)

@@ -6,6 +6,10 @@ or, for a WebSocket upgrade, replays the bytes it read to trio-websocket through
 `PrefixedStream`. (trio-websocket cannot do the dispatch itself: wsproto refuses a request
 without upgrade headers with a bare 400 before the server sees it.) Stream exceptions become
 `PeerGone` in `_stream_errors` and nowhere else in this module.
+
+With `metrics = "http"` the port also answers `GET /metrics` (`metrics_response`); a metrics
+listener of its own runs the same handler with `WebSettings.metrics_only`: `/metrics` and 404,
+no page and no WebSocket.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from papaya_trio.admission import Ticket
+from papaya_trio.metrics import METRICS_PATH, Metrics
 from papaya_trio.peer import PeerGone
 from papaya_trio.room import Room
-from papaya_trio.transports.static import Response, StaticSite, render
+from papaya_trio.transports.static import Response, StaticSite, render, request_path
 from papaya_trio.transports.websocket import WebSocketSettings, serve_websocket
 
 logger = logging.getLogger(__name__)
@@ -32,10 +38,17 @@ ANSWER_TIMEOUT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:
-    """What the HTTP port serves: the browser client's files and the WebSocket limits."""
+    """What the HTTP port serves: the browser client's files, the WebSocket limits, and
+    whether it serves the metrics."""
 
     site: StaticSite = field(default_factory=StaticSite)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    metrics: Metrics | None = None  # served at /metrics when set
+    chat: bool = True  # the WebSocket endpoint; off on the metrics listener
+
+    def metrics_only(self, metrics: Metrics) -> WebSettings:
+        """What a metrics listener serves: `/metrics`, and 404 for anything else."""
+        return WebSettings(StaticSite(), self.websocket, metrics, chat=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +144,12 @@ async def read_request_head(stream: trio.abc.Stream) -> RequestHead | None:
 
 
 async def handle_http_stream(
-    stream: trio.abc.Stream, room: Room, label: str, full: bool, web: WebSettings
+    stream: trio.abc.Stream, room: Room, label: str, ticket: Ticket | None, web: WebSettings
 ) -> None:
     """Serve one connection to the HTTP port to the end; never raises for anything the client
-    does. The request head and the WebSocket handshake share one deadline."""
+    does. The request head and the WebSocket handshake share one deadline. The connection is a
+    handshake for admission control until a WebSocket client's key was right; `ticket` is None
+    on the metrics listener, which admission control does not govern."""
     deadline = trio.current_time() + web.websocket.handshake_timeout
     try:
         head: RequestHead | None = None
@@ -143,25 +158,47 @@ async def handle_http_stream(
         if head is None:
             reason = "timed out" if timer.cancelled_caught else "closed"
             logger.debug("%s: %s before a complete request", label, reason)
+            _note(ticket, f"http: {reason} before a request")
             return
-        if head.is_websocket:
+        if head.is_websocket and web.chat and ticket is not None:
             ws_label = label.replace("http", "ws", 1)
             stream = PrefixedStream(stream, head.raw)
-            await serve_websocket(stream, room, ws_label, full, web.websocket, deadline, head.host)
+            await serve_websocket(
+                stream, room, ws_label, ticket, web.websocket, deadline, head.host
+            )
             return
         request = head.request
-        response = web.site.respond(request.method, request.target, full=full)
+        response = metrics_response(web.metrics, request) or web.site.respond(
+            request.method, request.target, full=ticket is not None and ticket.members_full
+        )
         logger.debug("%s: %r %r %d", label, request.method, request.target, response.status)
         await _answer(stream, head.conn, response, head_only=request.method == b"HEAD")
     except BadRequest as exc:
-        logger.info("%s: bad HTTP request (%d)", label, exc.status)
+        logger.debug("%s: bad HTTP request (%d)", label, exc.status)
+        _note(ticket, "http: bad request")
         if exc.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             answer = Response(exc.status, "text/plain; charset=utf-8", b"bad request\n")
             await _answer(stream, exc.conn, answer)
     except PeerGone as exc:
-        logger.info("%s: connection lost: %s", label, exc)
+        logger.debug("%s: connection lost: %s", label, exc)
+        _note(ticket, "http: connection lost")
     finally:
         await trio.aclose_forcefully(stream)
+
+
+def _note(ticket: Ticket | None, outcome: str) -> None:
+    if ticket is not None:
+        ticket.note(outcome)
+
+
+def metrics_response(metrics: Metrics | None, request: h11.Request) -> Response | None:
+    """The scrape of `GET /metrics` when this port serves the metrics, else None."""
+    if metrics is None or request.method not in (b"GET", b"HEAD"):
+        return None
+    if request_path(request.target) != METRICS_PATH:
+        return None
+    body, content_type = metrics.exposition()
+    return Response(200, content_type, body)
 
 
 async def _answer(

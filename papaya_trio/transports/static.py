@@ -116,11 +116,15 @@ class StaticSite:
             return _plain(405, "only GET and HEAD are allowed here", ("Allow", "GET, HEAD"))
         if full:
             return _plain(503, "the server is full; try again later", ("Retry-After", "5"))
-        path = target.split(b"?", 1)[0].split(b"#", 1)[0]
-        found = self.files.get(path.decode("ascii", "replace"))
+        found = self.files.get(request_path(target))
         if found is None:
             return _plain(404, "not found")
         return Response(200, found.content_type, found.body)
+
+
+def request_path(target: bytes) -> str:
+    """The path of a request target, without its query or fragment."""
+    return target.split(b"?", 1)[0].split(b"#", 1)[0].decode("ascii", "replace")
 
 
 def _content_type(name: str) -> str:

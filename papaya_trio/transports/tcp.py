@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from papaya_trio.handshake import native_handshake, papaya_handshake, refuse
+from papaya_trio.admission import Ticket
+from papaya_trio.handshake import SERVER_FULL, native_handshake, papaya_handshake, refuse
 from papaya_trio.peer import PeerGone
 from papaya_trio.protocol import native, papaya
 from papaya_trio.protocol.decoding import NEED_DATA, NeedData
@@ -97,11 +98,13 @@ WRONG_PORT = Error(
 
 
 async def handle_tcp_stream(
-    stream: trio.abc.Stream, room: Room, label: str, full: bool, *, native: bool = True
+    stream: trio.abc.Stream, room: Room, label: str, ticket: Ticket, *, native: bool = True
 ) -> None:
     """Serve one TCP connection to the end; never raises for anything the client does.
 
     With `native` false (on `papaya_port`) a native client is refused with `wrong_port`.
+    Failed handshakes are counted on `ticket` for admission control's summary line (a flood
+    must not write a log line per attempt); joins and leaves are logged one by one.
     """
     settings = room.settings
     connected_at = trio.current_time()
@@ -112,36 +115,42 @@ async def handle_tcp_stream(
             async with _stream_errors():
                 first = await stream.receive_some(RECEIVE_BYTES)
         if not first:
-            logger.info("%s: closed before saying anything", label)
+            logger.debug("%s: closed before saying anything", label)
+            ticket.note("closed before saying anything")
             return
         sizes = (settings.max_line_bytes, settings.max_message_bytes)
         if first.startswith(b"{"):
             peer = NativePeer(stream, NativeDecoder(*sizes), f"{label} native")
             peer.feed(first)
             if not native:
-                logger.warning("%s: refused: native dialect on papaya_port", label)
+                logger.debug("%s: refused: native dialect on papaya_port", label)
+                room.metrics.refuse(WRONG_PORT.code)
+                ticket.note("refused: native dialect on papaya_port")
                 await refuse(peer, WRONG_PORT)
                 return
-            if full:
-                logger.warning("%s: refused: server full", label)
-                await refuse(peer, Error("server_full", "the server is full", fatal=True))
-                return
-            identity = await native_handshake(peer, room, connected_at + settings.auth_timeout)
+            deadline = connected_at + settings.auth_timeout
+            identity = await native_handshake(peer, room, deadline, ticket)
         else:
             peer = PapayaPeer(stream, PapayaDecoder(*sizes), f"{label} papaya")
             peer.feed(first)
-            if full:
-                logger.warning("%s: refused: server full", label)
-                return
             deadline = connected_at + settings.papaya_auth_timeout
-            identity = await papaya_handshake(peer, room, deadline)
+            identity = await papaya_handshake(peer, room, deadline, ticket)
         if identity is None:
+            return
+        if not ticket.promote():
+            logger.debug("%s: refused: server full", label)
+            room.metrics.refuse("server_full")
+            ticket.note("refused: server full")
+            if isinstance(peer, NativePeer):
+                await refuse(peer, SERVER_FULL)
             return
         session = room.session_class(room, peer, identity)
         logger.info("%s: %s joined", peer.label, identity.user or "papayaChat client")
-        reason = await session.run()
+        with room.metrics.connected("tcp", "native" if isinstance(peer, NativePeer) else "papaya"):
+            reason = await session.run()
         logger.info("%s: %s left: %s", peer.label, identity.user or "papayaChat client", reason)
     except PeerGone as exc:
-        logger.info("%s: connection lost during handshake: %s", label, exc)
+        logger.debug("%s: connection lost during handshake: %s", label, exc)
+        ticket.note("lost during handshake")
     finally:
         await trio.aclose_forcefully(stream)

@@ -43,9 +43,11 @@ from trio_websocket import (
 )
 from wsproto.utilities import LocalProtocolError
 
-from papaya_trio.handshake import native_handshake, refuse
+from papaya_trio.admission import Ticket
+from papaya_trio.handshake import SERVER_FULL, native_handshake, refuse
+from papaya_trio.metrics import Metrics
 from papaya_trio.peer import PeerGone
-from papaya_trio.protocol.events import ClientEvent, EndOfStream, Error, ServerEvent, Violation
+from papaya_trio.protocol.events import ClientEvent, EndOfStream, ServerEvent, Violation
 from papaya_trio.protocol.native import encode_json, parse_object
 from papaya_trio.room import Room
 
@@ -153,7 +155,7 @@ async def serve_websocket(
     stream: trio.abc.Stream,
     room: Room,
     label: str,
-    full: bool,
+    ticket: Ticket,
     settings: WebSocketSettings,
     deadline: float,
     host: str | None = None,
@@ -176,19 +178,20 @@ async def serve_websocket(
                         message_queue_size=MESSAGE_QUEUE_SIZE,
                         max_message_size=settings.max_message_bytes,
                     )
-                    ws = await _accept(request, settings, label, host)
+                    ws = await _accept(request, settings, label, host, ticket, room.metrics)
                 if ws is None:
                     return
                 peer = WebSocketPeer(
                     ws, label, room.settings.max_message_bytes, settings.max_message_bytes
                 )
                 nursery.start_soon(_keep_alive, ws, stream, settings, label)
-                code = await _run_session(peer, room, full)
+                code = await _run_session(peer, room, ticket)
                 oversize = peer.oversize
                 with trio.move_on_after(settings.handshake_timeout):
                     await ws.aclose(MESSAGE_TOO_BIG if oversize else code)
             except PeerGone as exc:
-                logger.info("%s: connection lost during handshake: %s", label, exc)
+                logger.debug("%s: connection lost during handshake: %s", label, exc)
+                ticket.note("lost during handshake")
             finally:
                 nursery.cancel_scope.cancel()  # the reader and keepalive tasks
     except* LocalProtocolError:
@@ -201,18 +204,28 @@ async def serve_websocket(
 
 
 async def _accept(
-    request: WebSocketRequest, settings: WebSocketSettings, label: str, host: str | None
+    request: WebSocketRequest,
+    settings: WebSocketSettings,
+    label: str,
+    host: str | None,
+    ticket: Ticket,
+    metrics: Metrics,
 ) -> WebSocketConnection | None:
-    """Check the path and the Origin; accept, or reject with an HTTP status."""
+    """Check the path and the Origin; accept, or reject with an HTTP status (counted on
+    `ticket` for the summary line, not logged one by one, and in the metrics)."""
     with _websocket_errors():
         path = request.path.split("?", 1)[0]
         if path != WEBSOCKET_PATH:
-            logger.info("%s: refused: no WebSocket at %r", label, path)
+            logger.debug("%s: refused: no WebSocket at %r", label, path)
+            metrics.refuse("websocket_path")
+            ticket.note("ws: refused: no WebSocket at that path")
             await request.reject(404, body=b"no WebSocket here; try " + WEBSOCKET_PATH.encode())
             return None
         origin = _header(request, b"origin")
         if origin is not None and not _origin_allowed(origin, host, settings):
-            logger.warning("%s: refused: origin %r is not allowed", label, origin)
+            logger.debug("%s: refused: origin %r is not allowed", label, origin)
+            metrics.refuse("origin")
+            ticket.note("ws: refused: origin not allowed")
             await request.reject(403, body=b"this Origin is not allowed\n")
             return None
         return await request.accept()
@@ -233,18 +246,23 @@ def _header(request: WebSocketRequest, name: bytes) -> str | None:
     return None
 
 
-async def _run_session(peer: WebSocketPeer, room: Room, full: bool) -> int:
+async def _run_session(peer: WebSocketPeer, room: Room, ticket: Ticket) -> int:
     """Authenticate and run the session; return the close code that says how it ended."""
-    if full:
-        logger.warning("%s: refused: server full", peer.label)
-        await refuse(peer, Error("server_full", "the server is full", fatal=True))
-        return TRY_AGAIN_LATER
-    identity = await native_handshake(peer, room, trio.current_time() + room.settings.auth_timeout)
+    identity = await native_handshake(
+        peer, room, trio.current_time() + room.settings.auth_timeout, ticket
+    )
     if identity is None:
         return GOING_AWAY if room.closed else POLICY_VIOLATION
+    if not ticket.promote():
+        logger.debug("%s: refused: server full", peer.label)
+        room.metrics.refuse("server_full")
+        ticket.note("refused: server full")
+        await refuse(peer, SERVER_FULL)
+        return TRY_AGAIN_LATER
     session = room.session_class(room, peer, identity)
     logger.info("%s: %s joined", peer.label, identity.user)
-    reason = await session.run()
+    with room.metrics.connected("websocket", "native"):
+        reason = await session.run()
     logger.info("%s: %s left: %s", peer.label, identity.user, reason)
     return CLOSE_CODES.get(reason, POLICY_VIOLATION)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import re
 import resource
 import select
+import shutil
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,11 +70,14 @@ def alive(pid: int) -> bool:
 
 async def welcome_with_retries(server: RunningServer, clients: Clients, user: str) -> LineClient:
     """Connect and say hello until welcomed: a connection that arrives while the server is
-    out of resources is closed, and a real client reconnects (bounded by the caller)."""
+    out of resources is closed (or reset), and a real client reconnects (bounded by the caller)."""
     for _ in range(200):
         client = LineClient(await clients.connect(server.port))
-        await client.send(type="hello", key=server.key, user=user)
-        reply = await client.receive()
+        try:
+            await client.send(type="hello", key=server.key, user=user)
+            reply = await client.receive()
+        except trio.BrokenResourceError:
+            continue  # reset instead of closed: the same refusal, seen by a loaded kernel
         if reply is not None:
             assert reply["type"] == "welcome", reply
             return client
@@ -219,3 +225,56 @@ async def test_restart_succeeds_at_once_after_the_parent_is_killed(
         assert len(await bob.messages(sent)) == sent
         assert await bob.chat("after the restart") == sent + 1
     assert second.stop() == 0
+
+
+def keepalive_timer(server_port: int, client_port: int) -> str:
+    """`ss`'s timer column for the server's side of one loopback connection ('' if none)."""
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{server_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout
+    for line in out.splitlines():
+        if f":{client_port} " in line + " ":
+            found = re.search(r"timer:\((\w+),", line)
+            return found.group(1) if found else ""
+    raise AssertionError(f"no connection from port {client_port} in:\n{out}")
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+async def test_accepted_sockets_get_keepalive_in_fork_mode(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    # Members and refused connections alike: the kernel's keepalive timer runs on both.
+    server = fork_servers.start("--max-connections", "1", "--tcp-keepalive-idle", "7")
+    with trio.fail_after(WAIT_TIMEOUT):
+        member = await clients.native(server, "alice")
+        refused = await clients.connect(server.port)
+    for stream in (member.stream, refused):
+        assert isinstance(stream, trio.SocketStream)
+        client_port = stream.socket.getsockname()[1]
+        assert keepalive_timer(server.port, client_port) == "keepalive"
+
+
+SERVE_FORK = (sys.executable, "-m", "papaya_trio", "serve", "--mode", "fork")
+
+
+@pytest.mark.parametrize(
+    "flag", [["--max-handshakes", "10"], ["--rate-messages", "5"], ["--idle-timeout", "30"]]
+)
+def test_fork_mode_refuses_trio_modes_limits_instead_of_ignoring_them(
+    flag: list[str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [*SERVE_FORK, "--data-dir", str(tmp_path / "data"), *flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2
+    assert "fork mode has none of trio mode's admission and rate limits" in result.stderr
+    assert flag[0] in result.stderr
+    assert not (tmp_path / "data").exists(), "refused before touching the data folder"

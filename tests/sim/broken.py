@@ -7,19 +7,21 @@ sessions through `Room(session_class=...)`, which every transport uses to build 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from papaya_trio import SERVER_NAME
 from papaya_trio.broadcaster import Broadcaster, Subscription
 from papaya_trio.chatlog import AppendResult, ChatLog, FsyncPolicy, StorageFailed
-from papaya_trio.protocol.events import Ack, Error, Message, Pong, Welcome
+from papaya_trio.protocol.events import Ack, Error, Message, Pong, ServerEvent, Welcome
+from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 from papaya_trio.records import Record, encode_record
 from papaya_trio.room import Room, RoomSettings
-from papaya_trio.session import FINISH, SEND_BATCH, Session
+from papaya_trio.server import ChatServer
+from papaya_trio.session import FINISH, SEND_BATCH, PapayaTail, Session
 
 
 class OutboxBroadcaster(Broadcaster):
@@ -166,3 +168,123 @@ class ConfirmsBeforeFsyncLog(ChatLog):
 
     async def _wait_durable(self, seq: int) -> None:
         self._make_visible(seq)
+
+
+# --- 5. a send task that polls its outbox instead of waiting (a livelock) -------------------
+class PollingSession(Session):
+    """Waits for news by checking the outbox in a loop: it checkpoints but never sleeps, so
+    the mock clock never moves again once the run gets quiet."""
+
+    async def _send_loop(self, sub: Subscription, welcome_head: int) -> None:
+        while not self._outbox.statistics().current_buffer_used:
+            await trio.lowlevel.checkpoint()
+        await super()._send_loop(sub, welcome_head)
+
+
+# --- 6. a papayaChat history tail one line short --------------------------------------------
+class ShortTailSession(Session):
+    """Gives papayaChat clients at most 6 history lines instead of 7 (an off-by-one in the
+    tail; the oracle states the tail from docs/protocol.md, not with `history_tail`)."""
+
+    def _start_cursor(self, head: int) -> int:
+        if not isinstance(self.identity.history, PapayaTail):
+            return super()._start_cursor(head)
+        tail = history_tail(self.room.log.recent(HISTORY_LINES))[-(HISTORY_LINES - 1) :]
+        return tail[0].seq - 1 if tail else head
+
+
+# --- 7. a group commit that counts records written during its fsync as durable -------------
+class LateTargetLog(ChatLog):
+    """Reads how far the fsync reached only after it returns: records written while it ran
+    are shown and confirmed as if on disk."""
+
+    async def _wait_durable(self, seq: int) -> None:
+        while self._synced < seq:
+            self._check_usable()
+            if self._syncing:
+                await self._sync_done.wait()
+                continue
+            self._syncing = True
+            try:
+                await self._storage.sync()
+            except OSError as exc:
+                self._fail(f"fsync failed: {exc}")
+                raise StorageFailed(f"could not sync the log: {exc.strerror or exc}") from exc
+            finally:
+                self._syncing = False
+                done, self._sync_done = self._sync_done, trio.Event()
+                done.set()
+            target = self._written
+            self._synced = max(self._synced, target)
+            self._make_visible(target)
+
+
+# --- 8. a log that skips its final sync at graceful shutdown --------------------------------
+class NoFinalSyncLog(ChatLog):
+    """Closes without the final fsync: under `fsync = "interval"` or `"never"` the newest
+    records are only in the page cache when the server says it has stopped."""
+
+    async def aclose(self) -> None:
+        await self._storage.aclose()
+
+
+# --- 9. closing a session from outside without waking its send task -------------------------
+class UnwokenCloseSession(Session):
+    """Sets the closing notice but does not wake the send task: the notice waits for the next
+    unrelated event (a new message, a reply), and in a lull until the shutdown deadline."""
+
+    def close(self, code: str, message: str) -> None:
+        if self._closing is None:
+            self._closing = Error(code, message, fatal=True)
+
+
+# --- 10. group commit waiters that take a running fsync for their own -----------------------
+class SharedSyncLog(ChatLog):
+    """A writer that finds an fsync running waits for it and counts itself durable, even if
+    its record was written after that fsync began."""
+
+    async def _wait_durable(self, seq: int) -> None:
+        if self._syncing:
+            await self._sync_done.wait()
+            self._check_usable()
+            self._make_visible(seq)
+            return
+        await super()._wait_durable(seq)
+
+
+# --- 11. an accept loop that retries at once when out of descriptors ------------------------
+class RetryAtOnceServer(ChatServer):
+    """Retries a failed accept without pausing: out of file descriptors it spins, and (under
+    the mock clock, as a real one burns a core) nothing else makes progress."""
+
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], handlers: trio.Nursery, kind: str
+    ) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError:
+                continue
+            await self._dispatch(stream, handlers, kind)
+
+
+# --- 12. a session that orders each batch by timestamp --------------------------------------
+class TimeOrderedSession(Session):
+    """Writes each batch of messages oldest timestamp first: after the wall clock steps back,
+    that is not sequence order."""
+
+    async def _write(self, events: Sequence[ServerEvent]) -> None:
+        if all(isinstance(event, Message) for event in events):
+            events = sorted(events, key=lambda event: cast(Message, event).record.time_ms)
+        await super()._write(events)
+
+
+# --- 13. an interval sync that falls asleep -------------------------------------------------
+class LazyIntervalLog(ChatLog):
+    """Under `fsync = "interval"`, syncs every ten intervals instead of every one: records
+    shown seconds ago are not on disk when the power goes."""
+
+    async def run_interval_sync(
+        self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        await super().run_interval_sync(10 * interval, task_status=task_status)

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from sim.invariants import DURABLE, GAP_FREE, LIVENESS, NO_DUPLICATES
+from sim.invariants import (
+    ANNOUNCED,
+    DURABLE,
+    GAP_FREE,
+    HISTORY,
+    LIVELOCK,
+    LIVENESS,
+    NO_DUPLICATES,
+)
 from sim.runner import run_seed
 from sim.world import Components
 from tests.sim import broken
@@ -47,6 +55,60 @@ CASES = {
         Components(log_class=broken.ConfirmsBeforeFsyncLog),
         frozenset({DURABLE}),
         3,
+    ),
+    "send task polls its outbox (livelock)": Case(
+        "smoke",
+        Components(session_class=broken.PollingSession),
+        frozenset({LIVELOCK}),
+        1,
+    ),
+    "papayaChat history tail one line short": Case(
+        "churn",
+        Components(session_class=broken.ShortTailSession),
+        frozenset({HISTORY}),
+        2,
+    ),
+    "group commit counts records written during its fsync": Case(
+        "crash",
+        Components(log_class=broken.LateTargetLog),
+        frozenset({DURABLE}),
+        3,
+    ),
+    "accept retried at once when out of descriptors": Case(
+        "churn",
+        Components(server_class=broken.RetryAtOnceServer),
+        frozenset({LIVELOCK}),
+        2,
+    ),
+    "batches ordered by timestamp (wall clock jumps)": Case(
+        "churn",
+        Components(session_class=broken.TimeOrderedSession),
+        frozenset({GAP_FREE}),
+        2,
+    ),
+    "group commit waiters take a running fsync for their own": Case(
+        "crash",
+        Components(log_class=broken.SharedSyncLog),
+        frozenset({DURABLE}),
+        3,
+    ),
+    "no final sync at graceful shutdown": Case(
+        "shutdown",
+        Components(log_class=broken.NoFinalSyncLog),
+        frozenset({DURABLE}),
+        5,
+    ),
+    "interval sync that falls asleep": Case(
+        "swarm",
+        Components(log_class=broken.LazyIntervalLog),
+        frozenset({DURABLE}),
+        2,
+    ),
+    "session closed from outside without waking its send task": Case(
+        "shutdown",
+        Components(session_class=broken.UnwokenCloseSession),
+        frozenset({ANNOUNCED}),
+        5,
     ),
 }
 

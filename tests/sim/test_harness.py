@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from sim import invariants
+from sim import sweep as sweep_module
 from sim.__main__ import main, seed_range
 from sim.entropy import check as check_entropy
-from sim.runner import run_seed
+from sim.invariants import LIVENESS, SLOW_BOUND, Failure
+from sim.runner import RunResult, run_seed
 from sim.scheduler import check
+from sim.sweep import Job, Sweep, jobs_for
 from sim.world import Components
 from tests.sim.broken import OneReadPerWakeSession, SignalRoom
 
@@ -64,7 +69,7 @@ def test_command_line_runs_seeds(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_failure_report_is_one_line_with_replay_and_trace(tmp_path: Path) -> None:
     components = Components(room_class=SignalRoom, session_class=OneReadPerWakeSession)
-    result, world = run_seed(1, "churn", components=components)
+    result, world = run_seed(2, "churn", components=components)
     assert result.failure is not None
     trace = tmp_path / "trace.jsonl"
     world.trace.write(trace)
@@ -72,5 +77,85 @@ def test_failure_report_is_one_line_with_replay_and_trace(tmp_path: Path) -> Non
     assert "\n" not in report
     assert "invariant=clients-reach-head" in report
     assert f"t={result.failure.time:.6f}s step={result.failure.step}" in report
-    assert "replay: python -m sim --seed 1 --profile churn" in report
+    assert "replay: python -m sim --seed 2 --profile churn" in report
     assert '"kind":"failure"' in trace.read_text()
+
+
+def _digests(out: str) -> dict[str, str]:
+    """seed -> digest, from --verbose lines (which arrive in any order with several jobs)."""
+    found = {}
+    for line in out.splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        found[f"{fields['profile']}-{fields['seed']}"] = fields["digest"]
+    return found
+
+
+def test_digests_do_not_depend_on_jobs(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--seeds", "0..3", "--profile", "smoke", "--verbose"]
+    assert main([*args, "--jobs", "1"]) == 0
+    alone = _digests(capsys.readouterr().out)
+    assert main([*args, "--jobs", "2"]) == 0
+    together = _digests(capsys.readouterr().out)
+    assert len(alone) == 4
+    assert together == alone
+
+
+def test_all_profiles_seed_by_seed() -> None:
+    assert jobs_for(("smoke", "swarm"), range(2)) == [
+        Job("smoke", 0),
+        Job("swarm", 0),
+        Job("smoke", 1),
+        Job("swarm", 1),
+    ]
+
+
+def _result(profile: str, seed: int, failure: Failure | None) -> RunResult:
+    return RunResult(seed, profile, failure, "d", 30.0, 1.0, 10, 5, 1)
+
+
+def test_summary_groups_failures_by_invariant() -> None:
+    found = Sweep(wall=3.0)
+    for result in (
+        _result("crash", 4, Failure(LIVENESS, "head 9; not there: a", 1.0, 10)),
+        _result("smoke", 1, None),
+        _result("churn", 2, Failure(SLOW_BOUND, "b is 300 behind", 2.0, 20)),
+        _result("churn", 1, Failure(LIVENESS, "head 3; not there: c", 3.0, 30)),
+    ):
+        found.results[(result.profile, result.seed)] = result
+    lines = found.summary().splitlines()
+    assert lines[:5] == [
+        "clients-reach-head: 2 failed",
+        "  python -m sim --seed 1 --profile churn    # head 3; not there: c",
+        "  python -m sim --seed 4 --profile crash    # head 9; not there: a",
+        "slow-client-isolated: 1 failed",
+        "  python -m sim --seed 2 --profile churn    # b is 300 behind",
+    ]
+    assert lines[5].startswith("4 seeds, 3 failed in 3s; 80.0 seeds/minute")
+
+
+def test_oracle_calls_no_server_code() -> None:
+    """The checker states the server's promises itself: of the server's package it uses only
+    the `Record` value type (see the docstring of sim.invariants)."""
+    from_server = {
+        name
+        for name, value in vars(invariants).items()
+        if getattr(value, "__module__", "").startswith("papaya_trio")
+    }
+    assert from_server == {"Record"}
+
+
+def test_stop_on_failure_ends_the_sweep(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ran: list[Job] = []
+
+    def fake_run(job: Job, trace_dir: Path) -> tuple[RunResult, Path | None]:
+        ran.append(job)
+        failure = Failure(LIVENESS, "behind", 1.0, 1) if job.seed == 1 else None
+        return _result(job.profile, job.seed, failure), None
+
+    monkeypatch.setattr(sweep_module, "run_job", fake_run)
+    jobs = jobs_for(("smoke",), range(5))
+    found = sweep_module.sweep(jobs, tmp_path, stop_on_failure=True, out=io.StringIO())
+    assert ran == jobs[:2]
+    assert [r.seed for r in found.failures] == [1]
+    collected = sweep_module.sweep(jobs, tmp_path, out=io.StringIO())
+    assert len(collected.results) == 5

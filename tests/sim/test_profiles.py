@@ -12,6 +12,7 @@ from sim.runner import run_seed
 # Seeds per profile, sized so the whole sim suite stays within about a minute (WebSocket
 # clients roughly halved the seeds per minute; sim/README.md has the figures).
 SEEDS = {"smoke": 5, "churn": 3, "slow-consumer": 2, "crash": 6, "shutdown": 5, "swarm": 10}
+SEEDS["rate-limit"] = 2  # members past their rate: the server slows their reads (fakelag)
 
 
 @pytest.mark.parametrize(

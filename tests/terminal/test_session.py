@@ -214,6 +214,21 @@ async def test_silent_server_is_dropped_after_an_unanswered_ping(
     assert proxy.sent("ping")  # the ping did go out
 
 
+async def test_a_client_that_only_receives_still_pings(
+    server: LoopbackServer, proxy: FaultProxy, nursery: trio.Nursery
+) -> None:
+    """The server drops a native client that sends nothing for its idle timeout, even one
+    that receives all the time: a reader in a busy room must ping too."""
+    client = Client(tcp(proxy.port), server.key, keepalive_interval=0.2, keepalive_timeout=5.0)
+    nursery.start_soon(client.session.run)
+    await client.next(Connected)
+    for n in range(8):  # a message every 0.05 s: never 0.2 s without receiving
+        await server.store("bob", f"busy {n}")
+        await client.messages(1)
+        await trio.sleep(0.05)
+    assert proxy.sent("ping")
+
+
 async def test_websocket_transport_carries_the_same_objects(
     server: LoopbackServer, nursery: trio.Nursery
 ) -> None:

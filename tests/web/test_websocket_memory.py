@@ -201,7 +201,7 @@ async def test_keepalive_keeps_live_clients_and_drops_dead_ones(
         await trio.sleep(1.0)  # ...and now it is too late
         assert {s.identity.user for s in world.room.sessions} == {"alive"}
         assert "no pong within 20s" in caplog.text
-        await trio.sleep(10 * 30.0)  # many more pings, all answered
+        await trio.sleep(5 * 30.0)  # more pings, all answered (within the 300 s idle timeout)
         assert await alive.chat("still here") == 1
 
 

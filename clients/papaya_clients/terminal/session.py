@@ -12,7 +12,8 @@ reader owns the receive half and the writer owns the send half.
   of `pending` in order with the same ids; the server stores a known id only once and confirms
   it with the original `seq`.
 - Dead connections are noticed by the writer: after `keepalive_interval` seconds without a byte
-  from the server it sends a ping, and it drops the connection when nothing arrives within
+  from the server (or without sending one: the server drops a client silent for its idle
+  timeout) it sends a ping, and it drops the connection when nothing arrives within
   `keepalive_timeout` after it. Between these the session sleeps on trio; it never polls.
 - Between connections it waits with exponential backoff and jitter (`Backoff`), reset after each
   welcome. Before the first welcome, any failure is fatal (`ServerUnreachable`) when
@@ -349,6 +350,7 @@ class ChatSession:
     async def _write_loop(self, conn: MessageConnection) -> None:
         ping_sent_at: float | None = None
         pings = 0
+        last_sent = trio.current_time()
         while True:
             # Cleared before the queue is drained, so a send queued meanwhile is not missed.
             self._wake_writer = _cleared(self._wake_writer)
@@ -357,15 +359,19 @@ class ChatSession:
                 text = self._pending.get(message_id)
                 if text is not None:  # not refused or confirmed meanwhile
                     await conn.send_object(protocol.send(text, message_id))
+                    last_sent = trio.current_time()
             now = trio.current_time()
             if ping_sent_at is not None and self._last_received >= ping_sent_at:
                 ping_sent_at = None
             if ping_sent_at is None:
-                deadline = self._last_received + self._keepalive_interval
+                # Quiet either way: the server drops a client that sends nothing for its
+                # idle timeout, even in a busy room where we receive all the time.
+                quiet_since = min(self._last_received, last_sent)
+                deadline = quiet_since + self._keepalive_interval
                 if now >= deadline:
                     pings += 1
                     await conn.send_object(protocol.ping(f"p-{pings}"))
-                    ping_sent_at = now
+                    ping_sent_at = last_sent = now
             if ping_sent_at is not None:
                 deadline = ping_sent_at + self._keepalive_timeout
                 if now >= deadline:
