@@ -1,19 +1,36 @@
 # Two commands on a fresh machine: `make serve` and `make test`.
+#
+# `make serve` installs only what serving needs (the package and its runtime dependencies);
+# `make test` adds the dev and bench extras and checks the system packages the tests use
+# (.ci/system-packages: Chromium, its driver, tmux, redis-server). Each install has its own
+# stamp, so `make serve` then `make test` (or the other way round) in one clone installs
+# each part once: the test stamp depends on the serve stamp, never the reverse.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+SERVE_STAMP := $(VENV)/.serve-installed
 STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
 
-.PHONY: serve test lint typecheck unit bench sim clean
+.PHONY: serve test lint typecheck unit bench sim clean system-packages
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(PIP) install -e .
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
+	$(PIP) install -e '.[dev]'
 	touch $(STAMP)
 
-serve: $(STAMP)
-	$(BIN)/papaya-trio serve
+# Options for the server: make serve ARGS="--tcp-port 7800 --http-port 8081"
+ARGS ?=
+
+serve: $(SERVE_STAMP)
+	$(BIN)/papaya-trio serve $(ARGS)
+
+system-packages:
+	.ci/system-packages
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -22,14 +39,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) system-packages
 	$(BIN)/python -X dev -m pytest
 
-test: lint typecheck unit
+test: system-packages lint typecheck unit
 
 # The paper's experiment, default sweep: trio, trio-batched and fork sinks, N = 1..64, 60 s
 # per trial (about 25 minutes; see docs/benchmarks.md).
-bench: $(STAMP)
+bench: $(SERVE_STAMP)
+	$(PIP) install -e '.[bench]'
 	$(BIN)/python -m papaya_trio.bench
 
 # The simulation's long run: every profile for each of SIM_SEEDS (12,000 runs by default,

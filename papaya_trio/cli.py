@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,17 +42,50 @@ from papaya_trio.workers import run_workers
 
 MAINTENANCE = ("check", "repair", "backup")  # the file store's `log` commands
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+#: Under systemd the journal stamps every line itself: no second time stamp.
+JOURNAL_LOG_FORMAT = "%(levelname)-7s %(name)s: %(message)s"
+
+#: Exit statuses of `papaya-trio` (README, "Exit status").
+EXIT_OK = 0
+EXIT_IO = 1  # the data folder or the log failed while in use (a full or failing disk)
+EXIT_CONFIG = 2  # the configuration, a file it names, a port or the data folder cannot be used
+
+
+def log_format() -> str:
+    """The server log's line format: without time stamps when stderr goes to the journal."""
+    return JOURNAL_LOG_FORMAT if os.environ.get("JOURNAL_STREAM") else LOG_FORMAT
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every subcommand."""
+    """The argument parser for every subcommand.
+
+    Each subcommand's parser is its `command_parser` default, so that an unknown argument is
+    reported with that subcommand's usage (see `parse_arguments`).
+    """
     parser = argparse.ArgumentParser(prog="papaya-trio", description="self-hosted chat on trio")
     parser.add_argument("--version", action="version", version=SERVER_NAME)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do (COMMAND -h for its options)",
+    )
     serve = commands.add_parser("serve", help="run the chat server")
     add_flags(serve)
-    keygen = commands.add_parser("keygen", help="write a fresh random key file")
-    keygen.add_argument("path", type=Path, nargs="?", default=Path("papaya-data/key"))
+    keygen = commands.add_parser(
+        "keygen",
+        help="write a fresh random key file",
+        description="Write a fresh random 128-character key, owner-only. A missing folder for"
+        " it is created (owner-only), but only the last one.",
+    )
+    keygen.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        default=Path("papaya-data/key"),
+        metavar="PATH",
+        help="where to write the key (default: papaya-data/key, where serve looks for it)",
+    )
     keygen.add_argument("--force", action="store_true", help="replace an existing key file")
     cert = commands.add_parser(
         "cert",
@@ -61,8 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
         " --tls-cert CERT --tls-key KEY; clients trust it with papaya-chat --ca-file CERT.",
     )
     cert.add_argument("names", nargs="+", metavar="NAME", help="host name or IP address")
-    cert.add_argument("--cert", type=Path, default=Path("papaya-data/tls-cert.pem"))
-    cert.add_argument("--key", type=Path, default=Path("papaya-data/tls-key.pem"))
+    cert.add_argument(
+        "--cert",
+        type=Path,
+        default=Path("papaya-data/tls-cert.pem"),
+        help="certificate file to write (default: papaya-data/tls-cert.pem)",
+    )
+    cert.add_argument(
+        "--key",
+        type=Path,
+        default=Path("papaya-data/tls-key.pem"),
+        help="private key file to write (default: papaya-data/tls-key.pem)",
+    )
     cert.add_argument(
         "--days", type=int, default=DEFAULT_DAYS, help=f"validity (default {DEFAULT_DAYS})"
     )
@@ -81,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="print the registered names")
     remove = actions.add_parser("remove", help="unregister NAME (its token stops working)")
     remove.add_argument("name", metavar="NAME")
-    commands.add_parser("default-config", help="print the default configuration as TOML")
+    commands.add_parser(
+        "default-config",
+        help="print the default configuration as TOML",
+        description="Print every server option with its default and its meaning, as a TOML"
+        " file for serve --config.",
+    )
     log = commands.add_parser(
         "log",
         help="move a room's messages between stores; check, repair or back up the log file",
@@ -90,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         " read or written, 2 usage or configuration (no log file, a server holds the log, the"
         " destination exists, store = redis).",
     )
-    log_commands = log.add_subparsers(dest="log_command", required=True)
+    log_commands = log.add_subparsers(
+        dest="log_command",
+        required=True,
+        metavar="ACTION",
+        help="export, import, check, repair or backup",
+    )
     export = log_commands.add_parser("export", help="write every message to stdout")
     add_flags(export)
     restore = log_commands.add_parser("import", help="append messages, numbers and times kept")
@@ -113,18 +167,37 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="measure trio mode against fork mode (see docs/benchmarks.md)"
     )
     bench_command.add_arguments(bench)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's parser itself as its `command_parser` default; the innermost
+    one chosen wins."""
+    parser.set_defaults(command_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                _remember_parsers(subparser)
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line; an unknown argument exits 2 with its subcommand's usage."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     try:
         if args.command == "serve":
             config = load_config(args)
             logging.basicConfig(
-                stream=sys.stderr, level=config.log_level.upper(), format=LOG_FORMAT
+                stream=sys.stderr, level=config.log_level.upper(), format=log_format()
             )
             if warning := cleartext_warning(config):
                 logging.getLogger(__name__).warning("%s", warning)
@@ -168,13 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         MaintenanceError,
     ) as exc:
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except (StorageFailed, BackupFailed, OSError) as exc:
         # The data folder or the log cannot be used (permissions, a full or failing disk).
         logging.getLogger(__name__).debug("stopped by an I/O error", exc_info=True)
         print(f"papaya-trio: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_IO
+    return EXIT_OK
 
 
 def _user_command(args: argparse.Namespace) -> None:

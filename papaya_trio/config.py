@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -99,7 +100,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_line_bytes",
         int,
         16384,
-        "longest input line, in bytes (at least 3 x max_message_bytes + 1024)",
+        "longest input line, in bytes (at least 3 x max_message_bytes + 1024; unset, it grows"
+        " with max_message_bytes)",
         minimum=1,
     ),
     Option(
@@ -216,7 +218,8 @@ OPTIONS: tuple[Option, ...] = (
         "ws_max_message_bytes",
         int,
         16384,
-        "longest WebSocket message, in bytes (at least 3 x max_message_bytes + 1024)",
+        "longest WebSocket message, in bytes (at least 3 x max_message_bytes + 1024; unset, it"
+        " grows with max_message_bytes)",
         minimum=1,
     ),
     Option(
@@ -433,17 +436,39 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace) -> ServerConfig:
-    """Merge defaults, the TOML file and the flags; raise ConfigError on any broken rule."""
+    """Merge defaults, the TOML file and the flags; raise ConfigError on any broken rule.
+
+    Limits derived from max_message_bytes (max_line_bytes, ws_max_message_bytes) that were set
+    nowhere grow with it, so that raising max_message_bytes alone just works.
+    """
     values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    given: set[str] = set()
     if args.config is not None:
-        values.update(read_toml(args.config))
+        from_file = read_toml(args.config)
+        values.update(from_file)
+        given.update(from_file)
     for option in OPTIONS:
         flag_value = getattr(args, option.name, None)
         if flag_value is not None:
             values[option.name] = flag_value
+            given.add(option.name)
+    for name in derived_limits(values["mode"]):
+        if name not in given:
+            values[name] = max(values[name], room_for_a_message(values["max_message_bytes"]))
     config = ServerConfig(**values)
     check(config)
     return config
+
+
+def derived_limits(mode: str) -> tuple[str, ...]:
+    """The limits that must hold a whole message of max_message_bytes, JSON-escaped, with its
+    envelope: a line, and a WebSocket frame (fork mode has no WebSocket)."""
+    return ("max_line_bytes",) if mode == "fork" else ("max_line_bytes", "ws_max_message_bytes")
+
+
+def room_for_a_message(max_message_bytes: int) -> int:
+    """The least line or frame that holds a message of `max_message_bytes`, JSON-escaped."""
+    return 3 * max_message_bytes + 1024
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -464,6 +489,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     return values
 
 
+#: How a configuration error names each kind of value.
+KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    str: "a string",
+    list: "a list of strings",
+}
+
+
 def _typed(path: Path, option: Option, value: Any) -> Any:
     if option.kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -472,7 +507,10 @@ def _typed(path: Path, option: Option, value: Any) -> Any:
     else:
         ok = type(value) is option.kind
     if not ok:
-        raise ConfigError(f"{path}: {option.name} must be a {option.kind.__name__}")
+        shown = _toml_value(value) if isinstance(value, str | bool | int | float) else repr(value)
+        raise ConfigError(
+            f"{path}: {option.name} must be {KIND_NAMES[option.kind]}, not {shown[:80]}"
+        )
     return value
 
 
@@ -496,6 +534,17 @@ def check(config: ServerConfig) -> None:
             "retention_days and retention_bytes work in trio mode with the file store only"
             f" (this is mode {config.mode}, store {config.store})"
         )
+    for host in config.listen:
+        if problem := listen_address_problem(host):
+            raise ConfigError(problem)
+    least = room_for_a_message(config.max_message_bytes)
+    for name in derived_limits(config.mode):
+        if getattr(config, name) < least:
+            raise ConfigError(
+                f"{name} = {getattr(config, name)} is too small for max_message_bytes ="
+                f" {config.max_message_bytes}: it must be at least 3 x max_message_bytes + 1024"
+                f" = {least} (raise {name}, or lower max_message_bytes)"
+            )
     if config.store == "redis":
         if config.mode == "fork":
             raise ConfigError('fork mode keeps its log in a file: it cannot use store = "redis"')
@@ -505,13 +554,8 @@ def check(config: ServerConfig) -> None:
             raise ConfigError("workers share their ports: tcp_port and http_port cannot be 0")
     elif config.reuse_port or config.workers > 1:
         raise ConfigError('workers and reuse_port share one room: they need store = "redis"')
-    if config.max_line_bytes < 3 * config.max_message_bytes + 1024:
-        raise ConfigError("max_line_bytes must be at least 3 x max_message_bytes + 1024")
     if config.rate_burst_bytes < config.max_message_bytes:
         raise ConfigError("rate_burst_bytes must be at least max_message_bytes")
-    if config.mode != "fork" and config.ws_max_message_bytes < 3 * config.max_message_bytes + 1024:
-        # a text of max_message_bytes, JSON-escaped, must fit in one frame (fork mode has none)
-        raise ConfigError("ws_max_message_bytes must be at least 3 x max_message_bytes + 1024")
     if config.metrics not in METRICS_MODES:
         parse_host_port(config.metrics)
     if config.mode == "fork" and config.metrics == "http":
@@ -548,6 +592,27 @@ def parse_host_port(value: str) -> tuple[str, int]:
 
 #: What a plaintext port gives away to anyone who can watch the network.
 CLEARTEXT = "the room key, user names and messages"
+
+
+def listen_address_problem(host: str) -> str | None:
+    """Why `host` cannot be a `listen` address, or None: '*', an IP address or a host name."""
+    if host == "*":
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return None
+    labels = host.rstrip(".").split(".")
+    if all(label.isdigit() for label in labels) or ":" in host:
+        return f"listen address {host!r} is not a valid IPv4 or IPv6 address"
+    if not all(HOST_LABEL.fullmatch(label) for label in labels) or len(host) > 253:
+        return f"listen address {host!r} is neither an IP address, '*' nor a host name"
+    return None
+
+
+HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def is_loopback(host: str) -> bool:

@@ -24,10 +24,29 @@ def generate_key() -> str:
 
 
 def write_key(path: Path, key: str, *, replace: bool = False) -> None:
-    """Write `key` to `path` with owner-only permissions; never clobber unless `replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `key` to `path` with owner-only permissions; never clobber unless `replace`.
+
+    A missing folder is created owner-only, but only the last one: a missing grandparent is
+    more likely a typo than a wish.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"cannot create {folder} for the key: {folder.parent} does not exist"
+        ) from None
+    except FileExistsError:
+        raise KeyFileError(
+            f"cannot write the key in {folder}: it is a file, not a folder"
+        ) from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot create {folder} for the key: {exc.strerror}") from None
     temporary = path.with_name(path.name + ".new")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write the key in {folder}: {exc.strerror}") from None
     try:
         os.write(fd, key.encode() + b"\n")
         os.fsync(fd)
@@ -47,12 +66,20 @@ def write_key(path: Path, key: str, *, replace: bool = False) -> None:
 def read_key(path: Path) -> str:
     """Read and check the key in `path`."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"cannot read key file {path}: {exc}") from None
-    key = text.removesuffix("\n").removesuffix("\r")
+    except IsADirectoryError:
+        raise KeyFileError(f"key file {path} is a folder, not a file") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from None
+    if not raw.isascii():
+        where = next(i for i, byte in enumerate(raw) if byte >= 0x80)
+        raise KeyFileError(
+            f"key file {path} holds a non-ASCII byte at offset {where}: a key is"
+            f" {KEY_CHARS} printable ASCII characters (make one with `papaya-trio keygen`)"
+        )
+    key = raw.decode("ascii").removesuffix("\n").removesuffix("\r")
     if why := key_problem(key):
         raise KeyFileError(f"{path}: {why}")
     return key

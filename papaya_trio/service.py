@@ -7,13 +7,16 @@ without this module.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import resource
 import signal
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -55,8 +58,30 @@ def wall_clock_ms() -> int:
 
 
 def make_data_dir(data_dir: Path) -> None:
-    """Create the data folder (owner-only) if it does not exist."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create the data folder (owner-only) if it does not exist; ServiceError naming it if it
+    cannot be used."""
+    with data_dir_errors(data_dir):
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable", str(data_dir))
+
+
+@contextmanager
+def data_dir_errors(data_dir: Path) -> Iterator[None]:
+    """Turn an OSError on the data folder into a one-line ServiceError naming the folder."""
+    try:
+        yield
+    except (FileExistsError, NotADirectoryError):
+        raise ServiceError(
+            f"data folder {data_dir} cannot be used: it or a folder above it is a file"
+        ) from None
+    except PermissionError:
+        raise ServiceError(
+            f"data folder {data_dir} is not writable by this user (uid {os.getuid()}):"
+            " give it to this user or choose another data_dir"
+        ) from None
+    except OSError as exc:
+        raise ServiceError(f"data folder {data_dir} cannot be used: {exc.strerror}") from None
 
 
 @contextmanager
@@ -66,14 +91,16 @@ def locked_data_dir(data_dir: Path) -> Iterator[int]:
     Yields the lock's descriptor (see `loglock`: the lock is on ``chat.log`` itself, so no file
     can be deleted to get around it). It belongs to the open file description, which a forked
     child shares: fork mode closes this descriptor in every child, so only the server itself
-    holds the log.
+    holds the log. A folder that cannot be used is a ServiceError naming it.
     """
     make_data_dir(data_dir)
-    try:
-        with held_log(data_dir / LOG_FILE) as fd:
-            yield fd
-    except LogInUse as exc:
-        raise ServiceError(str(exc)) from None
+    with ExitStack() as held:
+        with data_dir_errors(data_dir):
+            try:
+                fd = held.enter_context(held_log(data_dir / LOG_FILE))
+            except LogInUse as exc:
+                raise ServiceError(str(exc)) from None
+        yield fd
 
 
 def raise_open_file_limit(needed: int) -> None:
@@ -94,14 +121,21 @@ def raise_open_file_limit(needed: int) -> None:
         )
 
 
-def load_or_create_key(path: Path) -> str:
-    """The room's key; on first start a fresh one is written and its path logged."""
-    if not path.exists():
+def load_or_create_key(config: ServerConfig) -> str:
+    """The room's key, and a log line saying where it is (never the key itself).
+
+    Only the default key file (DATA_DIR/key) is created when missing: a `key_file` that does
+    not exist is an error, because quietly generating one would lock everybody out over a typo.
+    """
+    path = config.key_path
+    if not config.key_file and not path.exists():
         write_key(path, generate_key())
         logger.warning("generated a new key in %s (give it to your users)", path)
-    elif not key_is_private(path):
+    key = read_key(path)
+    if not key_is_private(path):
         logger.warning("key file %s is readable by other users: chmod 600 it", path)
-    return read_key(path)
+    logger.info("room key: %s", path)
+    return key
 
 
 def room_settings(config: ServerConfig) -> RoomSettings:
@@ -189,15 +223,48 @@ async def open_tcp_listeners(
     try:
         for host in config.listen:
             address = None if host == "*" else host
-            if config.reuse_port:
-                listeners += await _open_shared_listeners(port, address)
-            else:
-                listeners += await trio.open_tcp_listeners(port, host=address)
-    except OSError as exc:
+            try:
+                if config.reuse_port:
+                    listeners += await _open_shared_listeners(port, address)
+                else:
+                    listeners += await trio.open_tcp_listeners(port, host=address)
+            except OSError as exc:
+                raise ServiceError(listen_failure(host, port, exc)) from None
+    except BaseException:
         for listener in listeners:
             await listener.aclose()
-        raise ServiceError(f"cannot listen on port {port}: {exc.strerror}") from None
+        raise
     return listeners
+
+
+def listen_failure(host: str, port: int, exc: OSError) -> str:
+    """The one-line reason a listener could not be opened, naming the address and the port."""
+    where = f"cannot listen on {'every interface' if host == '*' else host} port {port}"
+    if isinstance(exc, socket.gaierror):
+        return f"{where}: {host!r} does not resolve to an address of this machine ({exc.strerror})"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where}: the port is in use (another server?)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no interface of this machine has that address"
+    if exc.errno == errno.EACCES:
+        return f"{where}: permission denied (ports below 1024 need privileges)"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def browser_url(scheme: str, address: object) -> str:
+    """The URL to open for a listener, with a note when it listens on every interface.
+
+    A wildcard address (0.0.0.0, ::) is not one a browser can open: the URL names loopback
+    instead, and the note says that other machines use this host's name.
+    """
+    if isinstance(address, tuple) and address[0] in ("0.0.0.0", "::"):
+        local = "127.0.0.1" if address[0] == "0.0.0.0" else "[::1]"
+        port = address[1]
+        return (
+            f"{scheme}://{local}:{port}/ (every interface: from another machine,"
+            f" {scheme}://{socket.gethostname()}:{port}/ or this host's address)"
+        )
+    return f"{scheme}://{format_address(address)}/"
 
 
 async def open_metrics_listeners(config: ServerConfig) -> list[trio.SocketListener]:
@@ -307,15 +374,41 @@ async def open_log_store(
 async def run_service(config: ServerConfig) -> None:
     """Run the trio-mode server until SIGTERM or SIGINT, then shut down gracefully.
 
-    SIGHUP re-reads the TLS certificate and key (see `tls`).
+    Every listener is bound before anything is written: a port in use stops the start before a
+    data folder, a key or a log is created. SIGHUP re-reads the TLS certificate and key (see
+    `tls`).
     """
     context = tls_context(config)
     metrics = Metrics()
     raise_open_file_limit(config.max_connections + config.max_handshakes + SPARE_FILES)
-    async with open_log_store(config, metrics) as log:
-        key = load_or_create_key(config.key_path)
-        await _serve(config, log, key, context, metrics)
-    logger.info("stopped; log flushed")
+    listeners = await open_all_listeners(config)
+    try:
+        make_data_dir(Path(config.data_dir))
+        key = load_or_create_key(config)  # before the log: a bad key file creates nothing
+        async with open_log_store(config, metrics) as log:
+            await _serve(config, log, key, context, metrics, listeners)
+        logger.info("stopped; log flushed")
+    finally:
+        for listener in (listener for group in listeners for listener in group):
+            await listener.aclose()
+
+
+async def open_all_listeners(config: ServerConfig) -> list[list[trio.SocketListener]]:
+    """The TCP, HTTP, papayaChat (maybe none) and metrics (maybe none) listeners, in that
+    order; all or none."""
+    ports = [config.tcp_port, config.http_port]
+    opened: list[list[trio.SocketListener]] = []
+    try:
+        for port in ports:
+            opened.append(await open_tcp_listeners(config, port))
+        papaya_port = config.papaya_port
+        opened.append(await open_tcp_listeners(config, papaya_port) if papaya_port >= 0 else [])
+        opened.append(await open_metrics_listeners(config))
+    except BaseException:
+        for listener in (listener for group in opened for listener in group):
+            await listener.aclose()
+        raise
+    return opened
 
 
 async def _serve(
@@ -324,6 +417,7 @@ async def _serve(
     key: str,
     context: ssl.SSLContext | None,
     metrics: Metrics,
+    opened: list[list[trio.SocketListener]],
 ) -> None:
     room = Room(log, key, room_settings(config), accounts=load_accounts(config), metrics=metrics)
     server = ChatServer(
@@ -333,20 +427,7 @@ async def _serve(
         admission=admission_settings(config),
         keepalive=tcp_keepalive(config),
     )
-    ports = [config.tcp_port, config.http_port]
-    if config.papaya_port >= 0:
-        ports.append(config.papaya_port)
-    opened: list[list[trio.SocketListener]] = []
-    try:
-        for port in ports:
-            opened.append(await open_tcp_listeners(config, port))
-        opened.append(await open_metrics_listeners(config))
-    except ServiceError:
-        for listener in (listener for group in opened for listener in group):
-            await listener.aclose()
-        raise
-    tcp, http, *others, metrics_listeners = opened
-    papaya = others[0] if others else []
+    tcp, http, papaya, metrics_listeners = opened
     for listener in metrics_listeners:
         address = format_address(listener.socket.getsockname())
         logger.info("listening metrics http://%s%s", address, METRICS_PATH)
@@ -358,17 +439,10 @@ async def _serve(
                 'prefer metrics = "127.0.0.1:PORT" (a listener of its own)',
                 METRICS_PATH,
             )
-    # The tcp lines come last: whoever waits for "listening tcp" then has them all.
-    scheme, secure = ("https", " (TLS)") if context else ("http", "")
-    for listener in http:
-        url = f"{scheme}://{format_address(listener.socket.getsockname())}/"
-        logger.info("listening http %s (open it in a browser to chat)", url)
-    for listener in papaya:
-        address = format_address(listener.socket.getsockname())
-        logger.info("listening papaya %s (the papayaChat dialect only, in clear)", address)
-    for listener in tcp:
-        logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
+    # Signals are ours before the first "listening" line: whoever waits for it and then sends
+    # SIGTERM gets a graceful shutdown, never the default handler's death.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        _log_listening(tcp, http, papaya, context)
         async with trio.open_nursery() as nursery:
             await nursery.start(log.run)
             nursery.start_soon(_handle_signals, signals, server, config, context)
@@ -376,6 +450,25 @@ async def _serve(
                 _secured(tcp, context), _secured(http, context), papaya, metrics_listeners
             )
             nursery.cancel_scope.cancel()
+
+
+def _log_listening(
+    tcp: Sequence[trio.SocketListener],
+    http: Sequence[trio.SocketListener],
+    papaya: Sequence[trio.SocketListener],
+    context: ssl.SSLContext | None,
+) -> None:
+    """One line per listener; the tcp lines come last, so whoever waits for "listening tcp"
+    then has them all."""
+    scheme, secure = ("https", " (TLS)") if context else ("http", "")
+    for listener in http:
+        url = browser_url(scheme, listener.socket.getsockname())
+        logger.info("listening http %s (open it in a browser to chat)", url)
+    for listener in papaya:
+        address = format_address(listener.socket.getsockname())
+        logger.info("listening papaya %s (the papayaChat dialect only, in clear)", address)
+    for listener in tcp:
+        logger.info("listening tcp %s%s", format_address(listener.socket.getsockname()), secure)
 
 
 def _secured(

@@ -43,7 +43,7 @@ async def run_workers(config: ServerConfig, serve_argv: Sequence[str]) -> int:
     """Run `config.workers` copies of `serve_argv` (a `serve` command line) until a signal or
     a child's end; return the exit status."""
     make_data_dir(Path(config.data_dir))
-    load_or_create_key(config.key_path)
+    load_or_create_key(config)
     command = [sys.executable, "-m", "papaya_trio", *serve_argv, "--workers", "1", "--reuse-port"]
     children: list[trio.Process] = []
     status = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -50,3 +52,12 @@ async def dial() -> AsyncIterator[Dialer]:
     yield dialer
     for stream in dialer.streams:
         await trio.aclose_forcefully(stream)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder another user can enter (pytest's tmp_path is owner-only)."""
+    folder = Path(tempfile.mkdtemp(prefix="papaya-shared-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder)

@@ -94,7 +94,9 @@ class ServerFactory:
         """Start a server; a port 0 picks a free one, another reuses e.g. a stopped server's."""
         data_dir = data_dir or self.tmp_path / "data"
         mode_args = ["--mode", self.mode] if self.mode != "trio" else []
-        listen = ["--listen", "127.0.0.1", "--tcp-port", str(port), "--http-port", str(http_port)]
+        listen = ["--listen", "127.0.0.1", "--tcp-port", str(port)]
+        if self.mode != "fork":  # fork mode opens no HTTP port and refuses --http-port
+            listen += ["--http-port", str(http_port)]
         server = RunningServer(data_dir, [*mode_args, *listen, *args])
         self.started.append(server)
         return server

@@ -63,7 +63,13 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the bench's options to `parser` (a sub-command parser or a fresh one)."""
-    parser.add_argument("--profile", choices=PROFILES, default="paper")
+    parser.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="paper",
+        help="paper: sink servers under a token-bucket load, as the paper measured;"
+        " chat: the real chat server in both modes (default: paper)",
+    )
     parser.add_argument(
         "--connections",
         type=_counts,
@@ -83,7 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=workloads.DEFAULT_WARMUP,
         help="seconds of load before sampling starts (default: 2)",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="trials per mode and count")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="trials per mode and connection count; the report shows their mean and range"
+        " (default: 1)",
+    )
     parser.add_argument(
         "--modes",
         type=_names,

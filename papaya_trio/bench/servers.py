@@ -87,7 +87,9 @@ def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
         command=(
             *(sys.executable, "-m", "papaya_trio", "serve", "--mode", mode),
             *("--data-dir", "{data_dir}", "--listen", "127.0.0.1"),
-            *("--tcp-port", "0", "--http-port", "0", "--fsync", fsync),
+            *("--tcp-port", "0", "--fsync", fsync),
+            # fork mode opens no HTTP port and refuses --http-port
+            *(("--http-port", "0") if mode != "fork" else ()),
             *("--max-connections", str(max_connections)),
             *(limits_off if mode == "trio" else ()),
         ),

@@ -68,7 +68,7 @@ from papaya_trio.server import format_address
 from papaya_trio.service import (
     LOG_FILE,
     ServiceError,
-    load_accounts,
+    listen_failure,
     load_or_create_key,
     locked_data_dir,
     room_settings,
@@ -112,7 +112,7 @@ def _given(config: ServerConfig, names: Collection[str]) -> list[str]:
 
 
 def check_fork_config(config: ServerConfig) -> None:
-    """Refuse WebSocket, TLS and trio mode's limit options: fork mode serves the TCP dialects
+    """Refuse HTTP, WebSocket, TLS and trio mode's limit options: fork mode serves the TCP dialects
     only, in clear, with its own limits."""
     if tls := _given(config, TLS_OPTIONS):
         raise ConfigError(f"fork mode does not serve TLS: drop {', '.join(tls)} or use --mode trio")
@@ -121,15 +121,10 @@ def check_fork_config(config: ServerConfig) -> None:
             f"fork mode has none of trio mode's admission and rate limits: drop "
             f"{', '.join(limits)} or use --mode trio"
         )
-    given = [
-        "--" + option.name.replace("_", "-")
-        for option in OPTIONS
-        if (option.name in WEBSOCKET_OPTIONS or option.name.startswith("ws_"))
-        and getattr(config, option.name) != option.default
-    ]
-    if given:
+    web = ["http_port", *WEBSOCKET_OPTIONS, *(o.name for o in OPTIONS if o.name.startswith("ws_"))]
+    if given := _given(config, web):
         raise ConfigError(
-            "fork mode serves the TCP dialects only, not WebSocket: "
+            "fork mode serves the TCP dialects only, not HTTP or WebSocket: "
             f"drop {', '.join(given)} or use --mode trio"
         )
 
@@ -137,12 +132,29 @@ def check_fork_config(config: ServerConfig) -> None:
 def run_fork_service(config: ServerConfig) -> None:
     """Run the fork-mode server until SIGTERM or SIGINT, then stop every client's pair.
 
-    Raises ConfigError, ServiceError, KeyFileError or LogCorrupted if it cannot start.
+    Every listener is bound before anything is written (data folder, key, log). Raises
+    ConfigError, ServiceError, KeyFileError or LogCorrupted if it cannot start.
     """
     check_fork_config(config)
+    listeners = bind_listeners(config.listen, config.tcp_port)
+    try:
+        scrapes = Scrapes(open_metrics_listeners(config), Metrics(only=FORK_METRICS))
+    except ServiceError:
+        for listener in listeners:
+            listener.close()
+        raise
+    try:
+        _run_with(config, listeners, scrapes)
+    finally:
+        for listener in listeners:
+            listener.close()
+        scrapes.close_all()
+
+
+def _run_with(config: ServerConfig, listeners: list[socket.socket], scrapes: Scrapes) -> None:
     data_dir = Path(config.data_dir)
     with locked_data_dir(data_dir) as lock_fd:
-        key = load_or_create_key(config.key_path)
+        key = load_or_create_key(config)
         path = data_dir / LOG_FILE
         fsync = FsyncPolicy(config.fsync)
         recover_log(path, fsync)
@@ -153,43 +165,25 @@ def run_fork_service(config: ServerConfig) -> None:
             os.fsync(log.fd)  # what an earlier run wrote may not have reached the disk yet
             durable = DurableEnd(fsync, index.end)
             signals = SignalWatch(WATCHED)  # before "listening": a SIGTERM from then on is ours
-            scrapes = Scrapes(open_metrics_listeners(config), Metrics(only=FORK_METRICS))
-            try:
-                listeners = open_listeners(config)
-            except ServiceError:
-                scrapes.close_all()
-                raise
-            try:
-                notify_read, notify_write = wakeup.open_wake_pipe()
-                context = ForkContext(
-                    room_settings(config),
-                    key.encode(),
-                    path,
-                    fsync,
-                    durable,
-                    index,
-                    notify_write,
-                    load_accounts(config, threaded=False),
+            for listener in scrapes.listeners:
+                logger.info(
+                    "listening metrics http://%s%s (the parent's own figures)",
+                    format_address(listener.getsockname()),
+                    METRICS_PATH,
                 )
-                fds = SupervisorFds(lock_fd, notify_read)
-                Supervisor(config, context, log, listeners, signals, fds, scrapes).serve()
-            finally:
-                for listener in listeners:
-                    listener.close()
-                scrapes.close_all()
+            for listener in listeners:
+                logger.info("listening tcp %s", format_address(listener.getsockname()))
+            logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
+            notify_read, notify_write = wakeup.open_wake_pipe()
+            context = ForkContext(
+                room_settings(config), key.encode(), path, fsync, durable, index, notify_write
+            )
+            fds = SupervisorFds(lock_fd, notify_read)
+            Supervisor(config, context, log, listeners, signals, fds, scrapes).serve()
             os.fsync(log.fd)
         finally:
             log.close()
         logger.info("stopped; log flushed")
-
-
-def open_listeners(config: ServerConfig) -> list[socket.socket]:
-    """Listen on every configured address ('*': all interfaces, IPv4 and IPv6), non-blocking."""
-    listeners = bind_listeners(config.listen, config.tcp_port)
-    for listener in listeners:
-        logger.info("listening tcp %s", format_address(listener.getsockname()))
-    logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
-    return listeners
 
 
 def open_metrics_listeners(config: ServerConfig) -> list[socket.socket]:
@@ -197,18 +191,13 @@ def open_metrics_listeners(config: ServerConfig) -> list[socket.socket]:
     if (address := config.metrics_address) is None:
         return []
     host, port = address
-    listeners = bind_listeners([host], port)
-    for listener in listeners:
-        address_text = format_address(listener.getsockname())
-        logger.info(
-            "listening metrics http://%s%s (the parent's own figures)", address_text, METRICS_PATH
-        )
-    return listeners
+    return bind_listeners([host], port)
 
 
 def bind_listeners(hosts: list[str], port: int) -> list[socket.socket]:
     """Non-blocking listening sockets on `port` at each host ('*': every interface)."""
     listeners: list[socket.socket] = []
+    host = ""
     try:
         for host in hosts:
             for family, kind, proto, _, address in socket.getaddrinfo(
@@ -228,8 +217,7 @@ def bind_listeners(hosts: list[str], port: int) -> list[socket.socket]:
     except OSError as exc:
         for listener in listeners:
             listener.close()
-        why = exc.strerror or str(exc)
-        raise ServiceError(f"cannot listen on port {port}: {why}") from None
+        raise ServiceError(listen_failure(host, port, exc)) from None
     return listeners
 
 

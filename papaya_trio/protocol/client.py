@@ -1,9 +1,9 @@
 """The native dialect seen from the client side, without I/O (see docs/protocol.md).
 
 One module for every client that speaks the native dialect: the terminal client
-(`clients/terminal`), the bench's chat load generator and, where it fits, the simulation. It
-imports no trio, socket or os: `ClientDecoder` turns received bytes into typed server events
-(`Welcome`, `ChatMessage`, `Ack`, `Pong`, `ServerError`, `Presence`, `Typing`, `History`), and
+(`clients/papaya_clients/terminal`), the bench's chat load generator and, where it fits, the
+simulation. It imports no trio, socket or os: `ClientDecoder` turns received bytes into
+typed server events (`Welcome`, `ChatMessage`, `Ack`, `Pong`, `ServerError`, `Presence`, `Typing`, `History`), and
 `hello`, `send`, `ping`, `typing` and `history` build the client's objects, which `encode`
 turns into a line. Its tests need no event loop.
 

@@ -3,11 +3,11 @@
 Theory of operation
 -------------------
 `StaticSite` is read once at start-up: a map from URL path to bytes and content type, built
-from a fixed list of file names in `clients/web/`. A request never becomes a file-system path,
-so there is nothing to traverse; an unknown path is a 404. Responses are built with h11 (the
-sans-I/O HTTP/1.1 library that wsproto already uses) and always end with `Connection: close`:
-a page is four small files, and a connection that serves one request and closes is a
-connection that cannot idle on the server.
+from a fixed list of file names in `clients/papaya_clients/web/`. A request never becomes a
+file-system path, so there is nothing to traverse; an unknown path is a 404. Responses are
+built with h11 (the sans-I/O HTTP/1.1 library that wsproto already uses) and always end with
+`Connection: close`: a page is four small files, and a connection that serves one request and
+closes is a connection that cannot idle on the server.
 
 This module does no I/O after `StaticSite.browser_client()` has read the files.
 """
@@ -23,7 +23,7 @@ from types import MappingProxyType
 
 import h11
 
-CLIENT_PACKAGE = "clients.web"
+CLIENT_PACKAGE = "papaya_clients.web"
 
 # path -> file name; the only files the server will ever send.
 ROUTES: Mapping[str, str] = MappingProxyType(
@@ -92,7 +92,7 @@ class StaticSite:
 
     @classmethod
     def browser_client(cls, max_message_bytes: int = 4096) -> StaticSite:
-        """Read the browser client from the installed `clients.web` package.
+        """Read the browser client from the installed `papaya_clients.web` package.
 
         `/server.json` tells the page the limits it must respect before sending (a text frame
         past the WebSocket limit would close the connection).

@@ -148,7 +148,7 @@ def test_websocket_options_are_refused_in_fork_mode(tmp_path: Path) -> None:
     options = ["--data-dir", str(tmp_path / "data"), "--ws-ping-interval", "5"]
     done = subprocess.run([*command, *options], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "fork mode serves the TCP dialects only, not WebSocket" in done.stderr
+    assert "fork mode serves the TCP dialects only, not HTTP or WebSocket" in done.stderr
     assert "--ws-ping-interval" in done.stderr
 
 

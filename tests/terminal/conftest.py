@@ -19,7 +19,7 @@ import pytest
 
 from tests.real_server import RunningServer, ServerFactory
 
-CLIENT = [sys.executable, "-m", "clients.terminal"]
+CLIENT = [sys.executable, "-m", "papaya_clients.terminal"]
 #: Seconds a terminal test waits for what the user should see.
 TIMEOUT = 15
 

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clients.terminal.commands import Mistake, Quit, Say, ShowHelp, ShowWho, parse_input
-from clients.terminal.formatting import event_line, message_markup, plain_line, printable
-from clients.terminal.session import (
+from papaya_clients.terminal.commands import Mistake, Quit, Say, ShowHelp, ShowWho, parse_input
+from papaya_clients.terminal.formatting import event_line, message_markup, plain_line, printable
+from papaya_clients.terminal.session import (
     Confirmed,
     Connected,
     Disconnected,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from clients.terminal import config
-from clients.terminal.config import ConfigError
+from papaya_clients.terminal import config
+from papaya_clients.terminal.config import ConfigError
 
 NO_FLAGS: dict[str, object] = {}
 

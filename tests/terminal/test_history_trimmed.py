@@ -6,10 +6,10 @@ import random
 from pathlib import Path
 
 import trio
-from clients.terminal.protocol import ChatMessage
+from papaya_clients.terminal.protocol import ChatMessage
 
-from clients.terminal.session import Backoff, ChatSession, Notice, SessionEvent
-from clients.terminal.transport import open_tcp_connection
+from papaya_clients.terminal.session import Backoff, ChatSession, Notice, SessionEvent
+from papaya_clients.terminal.transport import open_tcp_connection
 from papaya_trio.chatlog import ChatLog, Retention
 from papaya_trio.keys import generate_key
 from papaya_trio.room import Room, RoomSettings

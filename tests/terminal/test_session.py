@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio_websocket
 
-from clients.terminal.session import (
+from papaya_clients.terminal.session import (
     Backoff,
     ChatSession,
     Confirmed,
@@ -25,7 +25,11 @@ from clients.terminal.session import (
     SessionEvent,
     SessionRefused,
 )
-from clients.terminal.transport import Connector, open_tcp_connection, open_websocket_connection
+from papaya_clients.terminal.transport import (
+    Connector,
+    open_tcp_connection,
+    open_websocket_connection,
+)
 from papaya_trio.protocol.client import ChatMessage, History, Presence
 from tests.terminal.loopback import FaultProxy, LoopbackServer, open_loopback_server, pump_lines
 

@@ -10,9 +10,15 @@ import pytest
 import trio
 import urwid
 
-from clients.terminal.session import ChatSession, Connected, Disconnected, Rejected, SessionEvent
-from clients.terminal.transport import open_tcp_connection
-from clients.terminal.tui import MAX_SCROLLBACK, TYPING_SHOWN, ChatView
+from papaya_clients.terminal.session import (
+    ChatSession,
+    Connected,
+    Disconnected,
+    Rejected,
+    SessionEvent,
+)
+from papaya_clients.terminal.transport import open_tcp_connection
+from papaya_clients.terminal.tui import MAX_SCROLLBACK, TYPING_SHOWN, ChatView
 from papaya_trio.protocol.client import ChatMessage, History, Member, Presence, Typing
 
 SIZE = (60, 10)

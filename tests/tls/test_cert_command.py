@@ -43,7 +43,7 @@ def test_a_self_signed_pair_serves_and_is_trusted_by_papaya_chat(
 
     server = trio_servers.start("--tls-cert", str(cert), "--tls-key", str(key))
     sent = subprocess.run(
-        [sys.executable, "-m", "clients.terminal", "--once", "--tls", "--ca-file", str(cert),
+        [sys.executable, "-m", "papaya_clients.terminal", "--once", "--tls", "--ca-file", str(cert),
          "--port", str(server.port), "--user", "lan", "--key-file", str(key_file(server))],
         input="trusted as is\n",
         capture_output=True,

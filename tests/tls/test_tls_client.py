@@ -15,7 +15,7 @@ from tests.terminal.conftest import key_file
 from tests.tls.conftest import Pki, make_pki
 from tests.web.browser import TcpClient
 
-CLIENT = [sys.executable, "-m", "clients.terminal"]
+CLIENT = [sys.executable, "-m", "papaya_clients.terminal"]
 TIMEOUT = 20
 
 

@@ -126,7 +126,7 @@ async def test_shutdown_stops_a_request_in_progress(autojump_clock: trio.testing
 
 
 def test_every_whitelisted_file_ships_in_the_package() -> None:
-    folder = resources.files("clients.web")
+    folder = resources.files("papaya_clients.web")
     for name in CLIENT_FILES:
         assert folder.joinpath(name).is_file(), name
     site = StaticSite.browser_client()
@@ -134,14 +134,14 @@ def test_every_whitelisted_file_ships_in_the_package() -> None:
 
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
-    folder = resources.files("clients.web")
+    folder = resources.files("papaya_clients.web")
     page = folder.joinpath("index.html").read_text()
     assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert "<script>" not in page and "style=" not in page  # the CSP forbids inline code
 
 
 def test_the_client_never_turns_text_into_html() -> None:
-    script = resources.files("clients.web").joinpath("app.js").read_text()
+    script = resources.files("papaya_clients.web").joinpath("app.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
     assert "textContent" in script

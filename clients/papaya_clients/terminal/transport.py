@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import trio
 import trio_websocket
 
-from clients.terminal.config import ConfigError
+from papaya_clients.terminal.config import ConfigError
 from papaya_trio.protocol.client import (
     MAX_RECEIVE_LINE_BYTES,
     ClientDecoder,

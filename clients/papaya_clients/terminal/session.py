@@ -40,7 +40,7 @@ from typing import NoReturn
 
 import trio
 
-from clients.terminal.transport import Connector, MessageConnection, TransportError
+from papaya_clients.terminal.transport import Connector, MessageConnection, TransportError
 from papaya_trio.protocol import client as protocol
 from papaya_trio.protocol.client import (
     Ack,

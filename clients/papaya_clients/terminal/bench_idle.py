@@ -5,8 +5,8 @@ Starts a server (`--server-command ... serve --data-dir TMP --tcp-port 0`, waiti
 then reads the client's CPU time from /proc over `--seconds` of idling and prints the share of
 one core it used. The original papayaChat client busy-polled at about 90 %.
 
-    python -m clients.terminal.bench_idle --seconds 30
-    python -m clients.terminal.bench_idle --server-command "/opt/papaya/bin/papaya-trio"
+    python -m papaya_clients.terminal.bench_idle --seconds 30
+    python -m papaya_clients.terminal.bench_idle --server-command "/opt/papaya/bin/papaya-trio"
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def measure(server_command: list[str], seconds: float) -> float:
         master, slave = pty.openpty()
         env = {**os.environ, "TERM": "xterm-256color", "LANG": "C.UTF-8"}
         client = subprocess.Popen(
-            [sys.executable, "-m", "clients.terminal", "--port", str(port)],
+            [sys.executable, "-m", "papaya_clients.terminal", "--port", str(port)],
             stdin=slave,
             stdout=slave,
             stderr=slave,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-from clients.terminal.formatting import printable
-from clients.terminal.session import SessionFailed, SessionRefused
+from papaya_clients.terminal.formatting import printable
+from papaya_clients.terminal.session import SessionFailed, SessionRefused
 
 
 class ExitStatus(IntEnum):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import unicodedata
 from datetime import date, datetime
 
-from clients.terminal.session import Connected, Disconnected, Notice, Rejected, SessionEvent
+from papaya_clients.terminal.session import Connected, Disconnected, Notice, Rejected, SessionEvent
 from papaya_trio.protocol.client import ChatMessage
 
 #: How plain mode indents the continuation lines of a multi-line message.

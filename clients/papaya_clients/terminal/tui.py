@@ -34,7 +34,7 @@ from datetime import UTC, date, datetime
 import trio
 import urwid
 
-from clients.terminal.commands import (
+from papaya_clients.terminal.commands import (
     HELP_LINES,
     Mistake,
     Quit,
@@ -43,9 +43,9 @@ from clients.terminal.commands import (
     ShowWho,
     parse_input,
 )
-from clients.terminal.config import ClientConfig
-from clients.terminal.exit_status import ExitStatus, failure_exit
-from clients.terminal.formatting import (
+from papaya_clients.terminal.config import ClientConfig
+from papaya_clients.terminal.exit_status import ExitStatus, failure_exit
+from papaya_clients.terminal.formatting import (
     PAPAYA_MARK,
     VERIFIED_MARK,
     Markup,
@@ -55,7 +55,7 @@ from clients.terminal.formatting import (
     message_markup,
     printable,
 )
-from clients.terminal.session import (
+from papaya_clients.terminal.session import (
     ChatSession,
     Confirmed,
     Connected,
@@ -64,8 +64,8 @@ from clients.terminal.session import (
     SessionEvent,
     SessionFailed,
 )
-from clients.terminal.transport import Connector
-from clients.terminal.wrapping import HANGING
+from papaya_clients.terminal.transport import Connector
+from papaya_clients.terminal.wrapping import HANGING
 from papaya_trio.protocol.client import (
     TYPING_INTERVAL,
     ChatMessage,

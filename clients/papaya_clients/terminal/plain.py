@@ -22,11 +22,17 @@ from typing import TextIO, TypeVar
 
 import trio
 
-from clients.terminal.config import ClientConfig
-from clients.terminal.exit_status import ExitStatus, failure_exit
-from clients.terminal.formatting import event_line, plain_line, printable
-from clients.terminal.session import ChatSession, Connected, Rejected, SessionEvent, SessionFailed
-from clients.terminal.transport import Connector
+from papaya_clients.terminal.config import ClientConfig
+from papaya_clients.terminal.exit_status import ExitStatus, failure_exit
+from papaya_clients.terminal.formatting import event_line, plain_line, printable
+from papaya_clients.terminal.session import (
+    ChatSession,
+    Connected,
+    Rejected,
+    SessionEvent,
+    SessionFailed,
+)
+from papaya_clients.terminal.transport import Connector
 from papaya_trio.protocol.client import ChatMessage, LocalProtocolError, message_lines
 
 #: Bytes read from stdin at once.

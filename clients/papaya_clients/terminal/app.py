@@ -10,11 +10,11 @@ from pathlib import Path
 
 import trio
 
-from clients.terminal import config as client_config
-from clients.terminal.exit_status import ExitStatus
-from clients.terminal.plain import run_plain
-from clients.terminal.transport import client_tls_context, connector_for
-from clients.terminal.tui import run_tui
+from papaya_clients.terminal import config as client_config
+from papaya_clients.terminal.exit_status import ExitStatus
+from papaya_clients.terminal.plain import run_plain
+from papaya_clients.terminal.transport import client_tls_context, connector_for
+from papaya_clients.terminal.tui import run_tui
 from papaya_trio import __version__
 
 DESCRIPTION = """\
