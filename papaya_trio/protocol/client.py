@@ -3,9 +3,9 @@
 One module for every client that speaks the native dialect: the terminal client
 (`clients/papaya_clients/terminal`), the bench's chat load generator and, where it fits, the
 simulation. It imports no trio, socket or os: `ClientDecoder` turns received bytes into
-typed server events (`Welcome`, `ChatMessage`, `Ack`, `Pong`, `ServerError`, `Presence`, `Typing`, `History`), and
-`hello`, `send`, `ping`, `typing` and `history` build the client's objects, which `encode`
-turns into a line. Its tests need no event loop.
+typed server events (`Welcome`, `ChatMessage`, `Ack`, `Pong`, `ServerError`, `Presence`,
+`Typing`, `History`), and `hello`, `send`, `ping`, `typing` and `history` build the client's
+objects, which `encode` turns into a line. Its tests need no event loop.
 
 Every buffer is bounded; a peer that breaks a rule gets a `RemoteProtocolError` naming the
 rule. A first line that is an HTTP status line (the client was pointed at the HTTP port) is a
