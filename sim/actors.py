@@ -577,9 +577,16 @@ async def _check_admitted(client: NativeClient, conn: Connection) -> None:
 
 async def slow_actor(client: NativeClient) -> None:
     """Reads slowly; once it is too far behind the server must drop it."""
+    await _until_settling(client, _watch_lag)
+
+
+async def _until_settling(
+    client: NativeClient, body: Callable[[NativeClient, Connection], Awaitable[None]]
+) -> None:
+    """Connect (without `since`) and run `body`, again and again until faults stop."""
     world, rng = client.world, client.rng
     while not world.settling.is_set():
-        await _one_connection(client, None, lambda conn: _watch_lag(client, conn))
+        await _one_connection(client, None, lambda conn: body(client, conn))
         await backoff(rng)
 
 
@@ -665,13 +672,10 @@ async def papaya_actor(client: PapayaClient) -> None:
 
 async def silent_actor(client: SilentClient) -> None:
     """Connects, says hello and falls silent, again and again until faults stop."""
-    world, rng = client.world, client.rng
-    while not world.settling.is_set():
-        await _one_connection(client, None, lambda conn: _stay_silent(client, conn))
-        await backoff(rng)
+    await _until_settling(client, _stay_silent)
 
 
-async def _stay_silent(client: SilentClient, conn: Connection) -> None:
+async def _stay_silent(client: NativeClient, conn: Connection) -> None:
     world = client.world
     said = trio.current_time()  # the hello went out as the connection opened
     bound = world.profile.idle_timeout + IDLE_MARGIN
