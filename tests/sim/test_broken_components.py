@@ -8,10 +8,12 @@ from dataclasses import dataclass
 import pytest
 
 from sim.invariants import (
+    ADMITTED,
     ANNOUNCED,
     DURABLE,
     GAP_FREE,
     HISTORY,
+    IDLE_DROPPED,
     LIVELOCK,
     LIVENESS,
     NO_DUPLICATES,
@@ -109,6 +111,18 @@ CASES = {
         Components(session_class=broken.UnwokenCloseSession),
         frozenset({ANNOUNCED}),
         5,
+    ),
+    "admission refuses newcomers instead of evicting a flooder": Case(
+        "flood",
+        Components(server_class=broken.NoEvictionServer),
+        frozenset({ADMITTED}),
+        2,
+    ),
+    "session never applies the idle timeout": Case(
+        "flood",
+        Components(session_class=broken.NoIdleTimeoutSession),
+        frozenset({IDLE_DROPPED}),
+        1,
     ),
 }
 
