@@ -119,12 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user.add_argument("--data-dir", type=Path, help="data folder (default: ./papaya-data)")
     user.add_argument("--config", type=Path, help="take data_dir from this TOML file")
-    actions = user.add_subparsers(dest="user_command", required=True)
+    actions = user.add_subparsers(
+        dest="user_command", required=True, metavar="ACTION", help="add, list or remove"
+    )
     add = actions.add_parser("add", help="register NAME and print its new token")
-    add.add_argument("name", metavar="NAME")
+    add.add_argument("name", metavar="NAME", help="the name to register")
     actions.add_parser("list", help="print the registered names")
     remove = actions.add_parser("remove", help="unregister NAME (its token stops working)")
-    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("name", metavar="NAME", help="the name to unregister")
     commands.add_parser(
         "default-config",
         help="print the default configuration as TOML",

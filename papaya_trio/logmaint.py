@@ -289,9 +289,9 @@ def repair_log(path: Path, clock_ms: int | None = None) -> Repair:
 
 def _rewrite(path: Path, fd: int, now_ms: int) -> Repair:
     survey = check_log(path)
-    repair = Repair(survey)
     if survey.intact:
-        return repair
+        return Repair(survey, kept_bytes=survey.size)  # every byte kept, nothing rewritten
+    repair = Repair(survey)
     temp = path.with_name(path.name + ".repair-tmp")
     out = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     quarantine: Quarantine | None = None

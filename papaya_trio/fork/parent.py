@@ -69,6 +69,7 @@ from papaya_trio.service import (
     LOG_FILE,
     ServiceError,
     listen_failure,
+    load_accounts,
     load_or_create_key,
     locked_data_dir,
     room_settings,
@@ -176,7 +177,14 @@ def _run_with(config: ServerConfig, listeners: list[socket.socket], scrapes: Scr
             logger.info("fork mode: a process pair per client; no HTTP or WebSocket listener")
             notify_read, notify_write = wakeup.open_wake_pipe()
             context = ForkContext(
-                room_settings(config), key.encode(), path, fsync, durable, index, notify_write
+                room_settings(config),
+                key.encode(),
+                path,
+                fsync,
+                durable,
+                index,
+                notify_write,
+                load_accounts(config, threaded=False),
             )
             fds = SupervisorFds(lock_fd, notify_read)
             Supervisor(config, context, log, listeners, signals, fds, scrapes).serve()
