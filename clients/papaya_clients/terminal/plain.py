@@ -26,11 +26,10 @@ from papaya_clients.terminal.config import ClientConfig
 from papaya_clients.terminal.exit_status import ExitStatus, failure_exit
 from papaya_clients.terminal.formatting import event_line, plain_line, printable
 from papaya_clients.terminal.session import (
-    ChatSession,
     Connected,
     Rejected,
-    SessionEvent,
     SessionFailed,
+    open_session,
 )
 from papaya_clients.terminal.transport import Connector
 from papaya_trio.protocol.client import ChatMessage, LocalProtocolError, message_lines
@@ -41,7 +40,6 @@ STDIN_CHUNK_BYTES = 65536
 MAX_STDIN_LINE_BYTES = 64 * 1024
 #: Lines waiting to be written to stdout or stderr.
 OUTPUT_BUFFER = 256
-EVENT_BUFFER = 256
 
 _E = TypeVar("_E", bound=Exception)
 
@@ -116,15 +114,7 @@ async def run_plain(
     give_up_after: float,
 ) -> ExitStatus:
     """Run plain or once mode and return the exit status."""
-    send_events, receive_events = trio.open_memory_channel[SessionEvent](EVENT_BUFFER)
-    session = ChatSession(
-        connect=connect,
-        key=config.key,
-        user=config.user,
-        events=send_events,
-        rng=rng,
-        token=config.token,
-    )
+    session, send_events, receive_events = open_session(config, connect, rng)
     printer = Printer()
     status = ExitStatus.OK
 

@@ -40,6 +40,7 @@ from typing import NoReturn
 
 import trio
 
+from papaya_clients.terminal.config import ClientConfig
 from papaya_clients.terminal.transport import Connector, MessageConnection, TransportError
 from papaya_trio.protocol import client as protocol
 from papaya_trio.protocol.client import (
@@ -451,3 +452,26 @@ class ChatSession:
 def _cleared(event: trio.Event) -> trio.Event:
     """Return `event` if it is not set yet, or a fresh unset one (trio events cannot reset)."""
     return trio.Event() if event.is_set() else event
+
+
+#: Session events waiting for the front end (the plain printer or the full-screen view).
+EVENT_BUFFER = 256
+
+
+def open_session(
+    config: ClientConfig, connect: Connector, rng: random.Random
+) -> tuple[
+    ChatSession, trio.MemorySendChannel[SessionEvent], trio.MemoryReceiveChannel[SessionEvent]
+]:
+    """The session `config` describes, and both ends of the channel its events arrive on (the
+    caller closes the sending end once the session has ended)."""
+    send_events, receive_events = trio.open_memory_channel[SessionEvent](EVENT_BUFFER)
+    session = ChatSession(
+        connect=connect,
+        key=config.key,
+        user=config.user,
+        events=send_events,
+        rng=rng,
+        token=config.token,
+    )
+    return session, send_events, receive_events

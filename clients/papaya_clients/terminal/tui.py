@@ -63,6 +63,7 @@ from papaya_clients.terminal.session import (
     Rejected,
     SessionEvent,
     SessionFailed,
+    open_session,
 )
 from papaya_clients.terminal.transport import Connector
 from papaya_clients.terminal.wrapping import HANGING
@@ -81,8 +82,6 @@ from papaya_trio.protocol.client import (
 MAX_SCROLLBACK = 5000
 #: Sent lines that Up/Down can recall.
 MAX_INPUT_HISTORY = 200
-#: Session events waiting for the view.
-EVENT_BUFFER = 256
 
 SCROLL_KEYS = frozenset({"page up", "page down", "shift up", "shift down"})
 #: Seconds a typing hint stays in the status line unless renewed (the server relays at most one
@@ -536,15 +535,7 @@ async def run_tui(
     When the session cannot go on (wrong key, first connection failed) the terminal is
     restored first, then the reason is printed on stderr.
     """
-    send_events, receive_events = trio.open_memory_channel[SessionEvent](EVENT_BUFFER)
-    session = ChatSession(
-        connect=connect,
-        key=config.key,
-        user=config.user,
-        events=send_events,
-        rng=rng,
-        token=config.token,
-    )
+    session, send_events, receive_events = open_session(config, connect, rng)
     view = ChatView(server_name=server_name, session=session)
     event_loop = urwid.TrioEventLoop()
     main_loop = urwid.MainLoop(view.widget, PALETTE, event_loop=event_loop, handle_mouse=False)
