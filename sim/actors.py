@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from papaya_trio.protocol.rules import KEY_CHARS
 from papaya_trio.session import SEND_BATCH
 from sim.invariants import ANNOUNCED, REPLIES, SLOW_BOUND, NativeView, PapayaView, papaya_line
 from sim.network import Link
+from sim.presence import MemberList, check_page
 from sim.wire import FrameReader, FrameTooLong, line, record_from
 from sim.world import EPOCH_MS, KEY, World
 
@@ -30,6 +32,8 @@ REPLY_WAIT = 10.0  # simulated seconds a client waits for replies it is owed
 KICK_BOUND = 3.0  # a client past the lag limit is disconnected within this
 LEAVE_STYLES = ("close", "reset", "half_close", "eof_mid_line")
 GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+PAGE_CHANCE = 0.03  # chance, at each turn of a chatter or lurker, that it pages back
+MAX_PAGES = 40  # history requests in one walk back
 
 
 @dataclass(slots=True)
@@ -48,6 +52,9 @@ class Connection:
     errors: int = 0
     leaving: bool = False  # the client began to leave (or sent what ends the connection)
     notice_owed: bool = False  # see `NativeClient.expect_notice`
+    members: MemberList | None = None  # set by `NativeClient.hello`
+    page: dict[str, object] | None = None  # the last history reply
+    paged: trio.Event = field(default_factory=trio.Event)  # set when `page` arrives
 
 
 class NativeClient:
@@ -103,6 +110,7 @@ class NativeClient:
         if since is not None:
             hello["since"] = since
         self.conn = conn
+        conn.members = MemberList(f"{self.user}@link{conn.link.number}", self.world.fail)
         if not await self.send_obj(hello):
             conn.ended.set()
         return conn
@@ -172,6 +180,8 @@ class NativeClient:
         if kind == "welcome":
             assert isinstance(obj["head"], int)
             conn.view.welcome(obj["head"])
+            assert conn.members is not None
+            conn.members.welcome(obj.get("online"))
             conn.welcomed_at = trio.current_time()
             conn.welcomed.set()
         elif kind == "message":
@@ -192,7 +202,13 @@ class NativeClient:
             world.oracle.ack_seen(self.user, client_id, seq, text, self.user)
         elif kind == "error":
             self._on_error(conn, obj)
-        elif kind not in ("pong", "presence", "typing"):  # presence: not modelled here yet
+        elif kind == "presence":
+            assert conn.members is not None
+            conn.members.event(obj)
+        elif kind == "history":
+            conn.page = obj
+            conn.paged.set()
+        elif kind not in ("pong", "typing"):
             world.fail(REPLIES, f"{self.user}: unexpected {obj}")
 
     def _on_error(self, conn: Connection, obj: dict[str, object]) -> None:
@@ -234,6 +250,43 @@ class NativeClient:
             and not self.pending
             and (conn.view.last or 0) >= self.world.host.head
         )
+
+    def holds(self) -> list[str | None]:
+        """See `sim.world.Client.holds`."""
+        conn = self.conn
+        on = conn is not None and conn.welcomed.is_set() and not conn.ended.is_set()
+        return [self.user] if on else []
+
+    def member_counts(self) -> Counter[str | None] | None:
+        """See `sim.world.Client.member_counts`."""
+        conn = self.conn
+        if conn is None or conn.members is None or not self.holds() or not conn.link.healthy:
+            return None
+        return conn.members.counts
+
+    async def page_back(self, conn: Connection, rng: random.Random) -> None:
+        """Walk back through history with `history` requests, from a random point, until the
+        start (or MAX_PAGES pages); each page is checked as it comes."""
+        before = rng.randint(0, (conn.view.last or 0) + 3)
+        for number in range(MAX_PAGES):
+            limit = rng.choice((1, 3, 10, 25, 60, 250))
+            conn.paged = trio.Event()
+            request = {"type": "history", "before": before, "limit": limit, "id": f"h-{number}"}
+            if not await self.send_obj(request):
+                return
+            with trio.move_on_after(REPLY_WAIT):
+                await conn.paged.wait()
+            page = conn.page
+            intact = conn.epoch == self.world.oracle.epoch and self.world.host.up
+            if page is None or not conn.paged.is_set() or conn.ended.is_set() or not intact:
+                return
+            if not check_page(self.world, self.user, (before, limit), page, conn.view.last or 0):
+                return
+            messages, first = page["messages"], page["first"]
+            assert isinstance(messages, list)
+            if not messages or messages[0]["seq"] == first:
+                return
+            before = messages[0]["seq"]
 
     def behind(self, head: int, noted_at: float) -> bool | None:
         """See `sim.world.Client.behind`."""
@@ -447,6 +500,14 @@ class PapayaClient:
     def expect_notice(self, head: int) -> None:
         """The papayaChat dialect has no way to say why a connection ends."""
 
+    def holds(self) -> list[str | None]:
+        """A papayaChat connection is counted under no name (None)."""
+        return [None] if self.link is not None and not self.ended.is_set() else []
+
+    def member_counts(self) -> Counter[str | None] | None:
+        """The papayaChat dialect has no presence."""
+        return None
+
     def settled(self) -> bool:
         """Connected, and the newest line seen is the log's newest message."""
         world = self.world
@@ -506,6 +567,7 @@ async def native_actor(client: NativeClient, talks: bool) -> None:
 async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
     world, rng, profile = client.world, client.rng, client.world.profile
     leave_at = _lifetime(world, rng)
+    pager = world.rng(f"pager:{client.user}:{conn.link.number}")
     resent = False
     while not conn.ended.is_set():
         if world.finishing.is_set():
@@ -519,6 +581,8 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
                 resent = True
                 await client.resend()
             await client.retry_failed()
+            if pager.random() < PAGE_CHANCE and not world.finishing.is_set():
+                await client.page_back(conn, pager)
             idle = world.settling.is_set() or world.quiet > 0
             if talks and not idle and len(client.pending) < WINDOW:
                 await client.send_new()

@@ -49,6 +49,8 @@ NO_CRASH = "no-unhandled-exception"
 RUN_ENDS = "run-ends"
 LIVELOCK = "time-advances"
 ANNOUNCED = "shutdown-announced"
+PRESENCE = "presence-converges"
+HISTORY_PAGES = "history-pages-match-log"
 
 # docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
 # lines, no more of them than fit in the last 1050 bytes".
