@@ -3,8 +3,10 @@
 A client object (`NativeClient`, `PapayaClient`) knows the protocol and checks, as the bytes
 arrive, that its own stream keeps the invariants (through the oracle). An actor is the policy
 on top: how often it talks, how it leaves (clean close, reset, half-close, EOF mid-line), how
-it reads (promptly or slowly). Actors run until the world asks them to leave; once faults stop
-(`world.settling`) they stop misbehaving and report whether they have reached the log's head.
+it reads (promptly or slowly). Native and WebSocket connections keep a member list, and
+chatters and lurkers page back through history now and then (`sim.presence` checks both).
+Actors run until the world asks them to leave; once faults stop (`world.settling`) they stop
+misbehaving and report whether they have reached the log's head.
 """
 
 from __future__ import annotations
