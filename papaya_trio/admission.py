@@ -7,8 +7,8 @@ WebSocket), asks `Admission.admit` for a `Ticket` before a single byte is read. 
 starts as a *handshake*; the transport `promote`s it to a *member* once the key was right, and
 the connection handler `release`s it when the connection ends. Connections are counted by
 address *group*: an IPv4 address, or the /64 network of an IPv6 address (one host usually owns
-a whole /64). A connection whose address is unknown (the in-memory streams of the tests and
-the simulation) is a group of its own.
+a whole /64). A connection whose address is unknown (the in-memory streams of the tests, and
+the simulation's links unless its profile gives them addresses) is a group of its own.
 
 What it guarantees, and why:
 

@@ -213,14 +213,15 @@ def _socket_stream(stream: trio.abc.Stream) -> trio.SocketStream | None:
 
 
 def _peer_address(stream: trio.abc.Stream) -> object:
-    """The peer's socket address, or None when there is none (memory streams)."""
+    """The peer's socket address; for a stream that is not a socket, its `peer_address`
+    attribute if it has one (the simulation's links), else None (memory streams)."""
     if (socket_stream := _socket_stream(stream)) is not None:
         try:
             address: object = socket_stream.socket.getpeername()
         except OSError:
             return None
         return address
-    return None
+    return getattr(stream, "peer_address", None)
 
 
 def format_address(address: object) -> str:

@@ -22,7 +22,16 @@ import trio
 
 from papaya_trio.protocol.rules import KEY_CHARS
 from papaya_trio.session import SEND_BATCH
-from sim.invariants import ANNOUNCED, REPLIES, SLOW_BOUND, NativeView, PapayaView, papaya_line
+from sim.invariants import (
+    ADMITTED,
+    ANNOUNCED,
+    IDLE_DROPPED,
+    REPLIES,
+    SLOW_BOUND,
+    NativeView,
+    PapayaView,
+    papaya_line,
+)
 from sim.network import Link
 from sim.presence import MemberList, check_page
 from sim.wire import FrameReader, FrameTooLong, line, record_from
@@ -36,6 +45,10 @@ LEAVE_STYLES = ("close", "reset", "half_close", "eof_mid_line")
 GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 PAGE_CHANCE = 0.03  # chance, at each turn of a chatter or lurker, that it pages back
 MAX_PAGES = 40  # history requests in one walk back
+ADMIT_MARGIN = 1.0  # a member is welcomed within pressure_auth_timeout and this
+IDLE_MARGIN = 1.0  # a silent member is dropped within idle_timeout and this
+FLOOD_HOLD = 10.0  # a flood connection gives up waiting to be dropped after this
+FLOOD_STYLES = ("brace", "wrong key", "nothing")
 
 
 @dataclass(slots=True)
@@ -430,6 +443,22 @@ class GarbageClient(NativeClient):
         await self.write(b"z" * (self.world.settings.max_line_bytes + 1))
 
 
+class SilentClient(NativeClient):
+    """Says hello, reads, and sends nothing more: the server must drop it with the
+    `idle_timeout` error."""
+
+    @property
+    def settles(self) -> bool:
+        return False
+
+    def _on_error(self, conn: Connection, obj: dict[str, object]) -> None:
+        if obj.get("code") == "idle_timeout":
+            conn.errors += 1
+            conn.end = "idle_timeout"
+        else:
+            super()._on_error(conn, obj)
+
+
 class PapayaClient:
     """A papayaChat-dialect client: key first, then `user: text` lines; NUL-ended live lines."""
 
@@ -576,6 +605,8 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
     world, rng, profile = client.world, client.rng, client.world.profile
     leave_at = _lifetime(world, rng)
     pager = world.rng(f"pager:{client.user}:{conn.link.number}")
+    if profile.flooders:
+        await _check_admitted(client, conn)
     resent = False
     while not conn.ended.is_set():
         if world.finishing.is_set():
@@ -594,16 +625,43 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
             idle = world.settling.is_set() or world.quiet > 0
             if talks and not idle and len(client.pending) < WINDOW:
                 await client.send_new()
-        pause = profile.send_every if talks else 0.5
-        with trio.move_on_after(rng.expovariate(1.0 / pause)):
+            elif profile.keepalive:
+                await client.send_obj({"type": "ping", "id": f"{client.user}-ping"})
+        pause = rng.expovariate(1.0 / (profile.send_every if talks else 0.5))
+        if profile.keepalive:
+            pause = min(pause, profile.idle_timeout / 4)
+        with trio.move_on_after(pause):
             await conn.ended.wait()
+
+
+async def _check_admitted(client: NativeClient, conn: Connection) -> None:
+    """Under a flood, a member is welcomed within pressure_auth_timeout (+ a margin) of
+    connecting, and the flood never drops it (admission's documented promises)."""
+    world = client.world
+    bound = world.profile.pressure_auth_timeout + ADMIT_MARGIN
+    with trio.move_on_after(bound):
+        await conn.welcomed.wait()
+    intact = conn.link.healthy and conn.epoch == world.oracle.epoch and world.host.up
+    if not conn.welcomed.is_set() and intact:
+        world.fail(
+            ADMITTED,
+            f"{client.user}@link{conn.link.number}: no welcome within {bound:g}s of connecting"
+            f" (connection {'ended: ' + conn.end if conn.ended.is_set() else 'open'})",
+        )
 
 
 async def slow_actor(client: NativeClient) -> None:
     """Reads slowly; once it is too far behind the server must drop it."""
+    await _until_settling(client, _watch_lag)
+
+
+async def _until_settling(
+    client: NativeClient, body: Callable[[NativeClient, Connection], Awaitable[None]]
+) -> None:
+    """Connect (without `since`) and run `body`, again and again until faults stop."""
     world, rng = client.world, client.rng
     while not world.settling.is_set():
-        await _one_connection(client, None, lambda conn: _watch_lag(client, conn))
+        await _one_connection(client, None, lambda conn: body(client, conn))
         await backoff(rng)
 
 
@@ -688,3 +746,52 @@ async def papaya_actor(client: PapayaClient) -> None:
         client.link.client.close_now()
         if not world.finishing.is_set():
             await backoff(rng)
+
+
+async def silent_actor(client: SilentClient) -> None:
+    """Connects, says hello and falls silent, again and again until faults stop."""
+    await _until_settling(client, _stay_silent)
+
+
+async def _stay_silent(client: NativeClient, conn: Connection) -> None:
+    world = client.world
+    said = trio.current_time()  # the hello went out as the connection opened
+    bound = world.profile.idle_timeout + IDLE_MARGIN
+    with trio.move_on_after(bound):
+        await conn.ended.wait()
+    intact = conn.link.healthy and conn.epoch == world.oracle.epoch and world.host.up
+    if not conn.welcomed.is_set() or not intact or conn.end == "idle_timeout":
+        return
+    state = f"ended ({conn.end}) without" if conn.ended.is_set() else "still open, no"
+    world.fail(
+        IDLE_DROPPED,
+        f"{client.user}@link{conn.link.number}: silent since {said:.3f}s, {state} idle_timeout"
+        f" error after {trio.current_time() - said:.3f}s",
+    )
+
+
+async def flood_actor(world: World, name: str, rng: random.Random) -> None:
+    """A keyless connection: sends `{` (and never the rest), a wrong key or nothing, waits to
+    be dropped, and connects again at once, until faults stop."""
+    while not world.settling.is_set():
+        try:
+            link = await world.network.connect(name)
+        except OSError:
+            await trio.sleep(rng.uniform(0.01, 0.2))
+            continue
+        style = rng.choice(FLOOD_STYLES)
+        payload = {
+            "brace": b"{",
+            "wrong key": line(type="hello", key="w" * len(KEY), user=name),
+            "nothing": b"",
+        }[style]
+        with trio.move_on_after(FLOOD_HOLD):
+            try:
+                if payload:
+                    await link.client.send_all(payload)
+                while await link.client.receive_some():
+                    pass
+            except GONE:
+                pass
+        link.client.close_now()
+        await trio.sleep(rng.uniform(0.05, 0.3))

@@ -51,6 +51,8 @@ LIVELOCK = "time-advances"
 ANNOUNCED = "shutdown-announced"
 PRESENCE = "presence-converges"
 HISTORY_PAGES = "history-pages-match-log"
+ADMITTED = "members-admitted"
+IDLE_DROPPED = "idle-dropped"
 
 # docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
 # lines, no more of them than fit in the last 1050 bytes".

@@ -24,6 +24,7 @@ import itertools
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -168,6 +169,9 @@ class SimStream(trio.abc.HalfCloseableStream):
         self._outgoing = outgoing
         self._incoming = incoming
         self.name = name
+        # The client's address as the server sees it (the server reads this attribute of a
+        # stream that is not a socket); None: unknown, each connection a group of its own.
+        self.peer_address: tuple[str, int] | None = None
         self.closed = False
         self._sending = False
         self._receiving = False
@@ -329,10 +333,17 @@ class SimListener(ChannelListener[SimStream]):
 class SimNetwork:
     """Where clients connect to the (one) server, and where faults are injected."""
 
-    def __init__(self, rng: random.Random, faults: NetworkFaults, trace: Trace) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        faults: NetworkFaults,
+        trace: Trace,
+        address_of: Callable[[str], tuple[str, int] | None] = lambda who: None,
+    ) -> None:
         self._rng = rng
         self.faults = faults
         self._trace = trace
+        self._address_of = address_of  # a client's address, from its name
         self._listeners: dict[str, SimListener] = {}
         self._links: dict[int, Link] = {}
         self._numbers = itertools.count(1)
@@ -352,6 +363,7 @@ class SimNetwork:
     async def connect(self, who: str, port: str = TCP_PORT) -> Link:
         """Open a connection; OSError(ECONNREFUSED) if the server is not listening."""
         link = Link(next(self._numbers), random.Random(self._rng.getrandbits(64)), self.faults)
+        link.server.peer_address = self._address_of(who)
         await trio.sleep(link.latency)
         listener = self._listeners.get(port)
         if listener is None or not listener.offer(link.server):

@@ -1,5 +1,7 @@
 """Named profiles: how many actors of each kind, which faults, and how often.
 
+`flood` runs keyless flooders against a small handshake budget and a short idle timeout.
+
 `shutdown` takes its fsync policy from the seed (always, interval, never in turn).
 
 `swarm` is not one profile but a family: it draws from the seed which fault families are on
@@ -49,6 +51,14 @@ class Profile:
     latency_bound: float | None = None  # healthy clients get live messages within this
     settle_bound: float = 30.0  # once faults stop, clients reach the head within this
     quiet_every: float = 6.0  # mean seconds between quiet windows (0: none)
+    # Keyless connections that send `{`, a wrong key or nothing and reconnect when dropped.
+    flooders: int = 0
+    flood_groups: int = 0  # addresses the flooders share (0: no client has a known address)
+    idlers: int = 0  # say hello, then nothing: the server must drop them (idle_timeout)
+    keepalive: bool = False  # members ping whenever they do not send (a short idle_timeout)
+    max_handshakes: int = 1024  # the server's admission settings
+    pressure_auth_timeout: float = 2.0
+    idle_timeout: float = 300.0  # the server's; papaya_trio.room.RoomSettings
 
 
 PROFILES: dict[str, Profile] = {
@@ -121,6 +131,24 @@ PROFILES: dict[str, Profile] = {
         ws_clients=1,
         send_every=0.05,
         latency_bound=3.0,
+    ),
+    # Keyless connections flood the handshake budget (16) while members chat, reconnect and
+    # ping; members must still be welcomed within pressure_auth_timeout (+ a margin) and
+    # never dropped, and a member that falls silent is dropped after idle_timeout.
+    "flood": Profile(
+        "flood",
+        duration=20.0,
+        chatters=3,
+        lurkers=2,
+        papaya_clients=1,
+        reconnect_every=3.0,
+        flooders=40,
+        flood_groups=4,
+        idlers=2,
+        keepalive=True,
+        max_handshakes=16,
+        idle_timeout=4.0,
+        network=NetworkFaults(backlog=128),
     ),
     "script": Profile(
         "script",

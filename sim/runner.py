@@ -24,9 +24,12 @@ from sim.actors import (
     GarbageClient,
     NativeClient,
     PapayaClient,
+    SilentClient,
+    flood_actor,
     garbage_actor,
     native_actor,
     papaya_actor,
+    silent_actor,
     slow_actor,
 )
 from sim.entropy import seeded_websocket_entropy
@@ -148,6 +151,12 @@ def _start_actors(world: World, actors: trio.Nursery) -> None:
     for n in range(profile.ws_garbage_senders):
         name = f"wsjunk{n}"
         actors.start_soon(garbage_actor, WsGarbageClient(world, name, world.rng(name)))
+    for n in range(profile.idlers):
+        name = f"idle{n}"
+        actors.start_soon(silent_actor, SilentClient(world, name, world.rng(name)))
+    for n in range(profile.flooders):
+        name = f"flood{n}"
+        actors.start_soon(flood_actor, world, name, world.rng(name))
 
 
 async def _restarts(world: World, nursery: trio.Nursery) -> None:

@@ -18,6 +18,7 @@ from typing import Protocol
 import trio
 import trio.testing
 
+from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.room import Room, RoomSettings
@@ -130,6 +131,7 @@ class World:
             max_lag=profile.max_lag,
             auth_timeout=5.0,
             papaya_auth_timeout=1.0,
+            idle_timeout=profile.idle_timeout,
         )
         self.web = WebSettings(
             StaticSite.browser_client(profile.max_message_bytes),
@@ -141,7 +143,8 @@ class World:
             ),
         )
         self.oracle = Oracle(self.trace, self.fail, profile.history, durable_after(profile))
-        self.network = SimNetwork(self.rng("network"), profile.network, self.trace)
+        self.network = SimNetwork(self.rng("network"), profile.network, self.trace, self.address_of)
+        self._addresses: dict[str, tuple[str, int]] = {}
         self.disk = SimDisk(self.rng("disk"), profile.disk, self.trace)
         self.host = ServerHost(self, components)
         self.settling = trio.Event()  # faults have stopped: clients must now reach the head
@@ -149,6 +152,18 @@ class World:
         self.quiet = 0  # while above 0 (a quiet window, a lull before a restart) nobody sends
         self._logged: tuple[int, list[Record]] = (-1, [])
         self.wall_jump_ms = 0  # how far the wall clock has jumped, in total
+
+    def address_of(self, who: str) -> tuple[str, int] | None:
+        """The address the server sees for client `who`: with `flood_groups`, flooders share
+        that many addresses and every other client has one of its own; else none (unknown)."""
+        groups = self.profile.flood_groups
+        if not groups:
+            return None
+        if who.startswith("flood"):
+            return (f"10.66.0.{int(who.removeprefix('flood')) % groups}", 40000)
+        if who not in self._addresses:
+            self._addresses[who] = (f"10.0.0.{len(self._addresses) + 1}", 40000)
+        return self._addresses[who]
 
     def wall_clock_ms(self) -> int:
         """The server's wall clock for record timestamps: trio's (mock) clock plus the jumps
@@ -227,9 +242,13 @@ class ServerHost:
         )
         self.server = components.server_class(
             self.room,
-            max_connections=64,
             shutdown_deadline=profile.shutdown_deadline,
             web=world.web,
+            admission=AdmissionSettings(
+                max_connections=64,
+                max_handshakes=profile.max_handshakes,
+                pressure_auth_timeout=profile.pressure_auth_timeout,
+            ),
         )
         self._exited = trio.Event()
         self._scope = await nursery.start(self._serve, log, self.server)

@@ -14,10 +14,12 @@ from typing import Any, cast
 
 import trio
 
+from papaya_trio.admission import Admission, Ticket
 from papaya_trio.broadcaster import Broadcaster, Subscription
 from papaya_trio.chatlog import AppendResult, ChatLog, FsyncPolicy, StorageFailed
 from papaya_trio.protocol.events import (
     Ack,
+    ClientEvent,
     Error,
     FetchHistory,
     HistoryPage,
@@ -357,3 +359,30 @@ class ShortHistorySession(Session):
     async def _history_page(self, request: FetchHistory) -> HistoryPage | Error:
         page = await super()._history_page(replace(request, before=request.before - 1))
         return replace(page, before=request.before) if isinstance(page, HistoryPage) else page
+
+
+# --- 14. admission control that refuses newcomers instead of evicting a flooder ---------------
+class NoEvictionAdmission(Admission):
+    """Refuses every newcomer while the handshake budget is used up, instead of evicting a
+    flooder's handshake: a flood keeps members out."""
+
+    def admit(self, address: object) -> Ticket | None:
+        if self.statistics().handshakes >= self.settings.max_handshakes:
+            return None
+        return super().admit(address)
+
+
+class NoEvictionServer(ChatServer):
+    """A server whose admission control never evicts a handshake."""
+
+    def __init__(self, room: Room, **options: Any) -> None:
+        super().__init__(room, **options)
+        self.admission = NoEvictionAdmission(self.admission.settings)
+
+
+# --- 15. a session that never applies the idle timeout --------------------------------------
+class NoIdleTimeoutSession(Session):
+    """Waits for a silent client for ever: the idle timeout is never applied."""
+
+    async def _receive(self) -> ClientEvent:
+        return await self.peer.receive()

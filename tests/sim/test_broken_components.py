@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import pytest
 
 from sim.invariants import (
+    ADMITTED,
     ANNOUNCED,
     DURABLE,
     GAP_FREE,
     HISTORY,
     HISTORY_PAGES,
+    IDLE_DROPPED,
     LIVELOCK,
     LIVENESS,
     NO_DUPLICATES,
@@ -135,6 +137,18 @@ CASES = {
         Components(session_class=broken.ShortHistorySession),
         frozenset({HISTORY_PAGES}),
         2,
+    ),
+    "admission refuses newcomers instead of evicting a flooder": Case(
+        "flood",
+        Components(server_class=broken.NoEvictionServer),
+        frozenset({ADMITTED}),
+        2,
+    ),
+    "session never applies the idle timeout": Case(
+        "flood",
+        Components(session_class=broken.NoIdleTimeoutSession),
+        frozenset({IDLE_DROPPED}),
+        1,
     ),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,27 @@ def test_stop_on_failure_ends_the_sweep(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert [r.seed for r in found.failures] == [1]
     collected = sweep_module.sweep(jobs, tmp_path, out=io.StringIO())
     assert len(collected.results) == 5
+
+
+def test_flood_links_carry_addresses_so_per_address_limits_apply() -> None:
+    """The flood profile's flooders share 4 addresses the server sees (a stream's
+    `peer_address`): admission's summary lines name them and count per-address refusals."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    logger, keep = logging.getLogger("papaya_trio.admission"), Keep()
+    logger.addHandler(keep)
+    try:
+        result, _ = run_seed(0, "flood")
+    finally:
+        logger.removeHandler(keep)
+    assert result.failure is None, result.report(None)
+    summaries = [line for line in lines if line.startswith("failed or refused connections")]
+    assert summaries
+    assert any("from 4 addresses, most from 10.66.0." in line for line in summaries)
+    joined = " ".join(summaries)
+    for limit in ("handshakes per address", "wrong-key limit", "handshake budget", "evicted"):
+        assert limit in joined, joined

@@ -6,12 +6,12 @@ import random
 from pathlib import Path
 
 import trio
-from papaya_clients.terminal.protocol import ChatMessage
 
 from papaya_clients.terminal.session import Backoff, ChatSession, Notice, SessionEvent
 from papaya_clients.terminal.transport import open_tcp_connection
 from papaya_trio.chatlog import ChatLog, Retention
 from papaya_trio.keys import generate_key
+from papaya_trio.protocol.client import ChatMessage
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.segments import SegmentedFileStorage
 from papaya_trio.server import ChatServer
