@@ -317,6 +317,7 @@ class NativeClient:
             or self.slow
             or not conn.welcomed.is_set()
             or conn.welcomed_at > noted_at
+            or conn.paged_until > noted_at  # a history page shares the link meanwhile
             or (conn.view.last or 0) < (conn.view.welcome_head or 0)
             or conn.ended.is_set()
             or not conn.link.healthy
