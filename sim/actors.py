@@ -3,8 +3,10 @@
 A client object (`NativeClient`, `PapayaClient`) knows the protocol and checks, as the bytes
 arrive, that its own stream keeps the invariants (through the oracle). An actor is the policy
 on top: how often it talks, how it leaves (clean close, reset, half-close, EOF mid-line), how
-it reads (promptly or slowly). Actors run until the world asks them to leave; once faults stop
-(`world.settling`) they stop misbehaving and report whether they have reached the log's head.
+it reads (promptly or slowly). Native and WebSocket connections keep a member list, and
+chatters and lurkers page back through history now and then (`sim.presence` checks both).
+Actors run until the world asks them to leave; once faults stop (`world.settling`) they stop
+misbehaving and report whether they have reached the log's head.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +33,7 @@ from sim.invariants import (
     papaya_line,
 )
 from sim.network import Link
+from sim.presence import MemberList, check_page
 from sim.wire import FrameReader, FrameTooLong, line, record_from
 from sim.world import EPOCH_MS, KEY, World
 
@@ -39,6 +43,8 @@ REPLY_WAIT = 10.0  # simulated seconds a client waits for replies it is owed
 KICK_BOUND = 3.0  # a client past the lag limit is disconnected within this
 LEAVE_STYLES = ("close", "reset", "half_close", "eof_mid_line")
 GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+PAGE_CHANCE = 0.03  # chance, at each turn of a chatter or lurker, that it pages back
+MAX_PAGES = 40  # history requests in one walk back
 ADMIT_MARGIN = 1.0  # a member is welcomed within pressure_auth_timeout and this
 IDLE_MARGIN = 1.0  # a silent member is dropped within idle_timeout and this
 FLOOD_HOLD = 10.0  # a flood connection gives up waiting to be dropped after this
@@ -61,6 +67,10 @@ class Connection:
     errors: int = 0
     leaving: bool = False  # the client began to leave (or sent what ends the connection)
     notice_owed: bool = False  # see `NativeClient.expect_notice`
+    members: MemberList | None = None  # set by `NativeClient.hello`
+    page: dict[str, object] | None = None  # the last history reply
+    paged: trio.Event = field(default_factory=trio.Event)  # set when `page` arrives
+    paged_until: float = 0.0  # a history request is out until then (inf) or was answered then
 
 
 class NativeClient:
@@ -116,6 +126,7 @@ class NativeClient:
         if since is not None:
             hello["since"] = since
         self.conn = conn
+        conn.members = MemberList(f"{self.user}@link{conn.link.number}", self.world.fail)
         if not await self.send_obj(hello):
             conn.ended.set()
         return conn
@@ -185,6 +196,8 @@ class NativeClient:
         if kind == "welcome":
             assert isinstance(obj["head"], int)
             conn.view.welcome(obj["head"])
+            assert conn.members is not None
+            conn.members.welcome(obj.get("online"))
             conn.welcomed_at = trio.current_time()
             conn.welcomed.set()
         elif kind == "message":
@@ -205,7 +218,14 @@ class NativeClient:
             world.oracle.ack_seen(self.user, client_id, seq, text, self.user)
         elif kind == "error":
             self._on_error(conn, obj)
-        elif kind not in ("pong", "presence", "typing"):  # presence: not modelled here yet
+        elif kind == "presence":
+            assert conn.members is not None
+            conn.members.event(obj)
+        elif kind == "history":
+            conn.page = obj
+            conn.paged_until = trio.current_time()
+            conn.paged.set()
+        elif kind not in ("pong", "typing"):
             world.fail(REPLIES, f"{self.user}: unexpected {obj}")
 
     def _on_error(self, conn: Connection, obj: dict[str, object]) -> None:
@@ -231,7 +251,10 @@ class NativeClient:
         head = conn.view.welcome_head
         if bound is None or self.slow or not conn.link.healthy or head is None or seq <= head:
             return
-        latency = trio.current_time() - (time_ms - EPOCH_MS) / 1000
+        stored_at = (time_ms - EPOCH_MS) / 1000
+        if stored_at < conn.paged_until:
+            return  # it waited behind a history page on this connection
+        latency = trio.current_time() - stored_at
         if latency > bound:
             self.world.fail(
                 SLOW_BOUND, f"{self.user} got seq {seq} {latency:.3f}s after it was stored"
@@ -248,6 +271,44 @@ class NativeClient:
             and (conn.view.last or 0) >= self.world.host.head
         )
 
+    def holds(self) -> list[str | None]:
+        """See `sim.world.Client.holds`."""
+        conn = self.conn
+        on = conn is not None and conn.welcomed.is_set() and not conn.ended.is_set()
+        return [self.user] if on else []
+
+    def member_counts(self) -> Counter[str | None] | None:
+        """See `sim.world.Client.member_counts`."""
+        conn = self.conn
+        if conn is None or conn.members is None or not self.holds() or not conn.link.healthy:
+            return None
+        return conn.members.counts
+
+    async def page_back(self, conn: Connection, rng: random.Random) -> None:
+        """Walk back through history with `history` requests, from a random point, until the
+        start (or MAX_PAGES pages); each page is checked as it comes."""
+        before = rng.randint(0, (conn.view.last or 0) + 3)
+        for number in range(MAX_PAGES):
+            limit = rng.choice((1, 3, 10, 25, 60, 250))
+            conn.paged = trio.Event()
+            conn.paged_until = math.inf
+            request = {"type": "history", "before": before, "limit": limit, "id": f"h-{number}"}
+            if not await self.send_obj(request):
+                return
+            with trio.move_on_after(REPLY_WAIT):
+                await conn.paged.wait()
+            page = conn.page
+            intact = conn.epoch == self.world.oracle.epoch and self.world.host.up
+            if page is None or not conn.paged.is_set() or conn.ended.is_set() or not intact:
+                return
+            if not check_page(self.world, self.user, (before, limit), page, conn.view.last or 0):
+                return
+            messages, first = page["messages"], page["first"]
+            assert isinstance(messages, list)
+            if not messages or messages[0]["seq"] == first:
+                return
+            before = messages[0]["seq"]
+
     def behind(self, head: int, noted_at: float) -> bool | None:
         """See `sim.world.Client.behind`."""
         conn, world = self.conn, self.world
@@ -256,6 +317,7 @@ class NativeClient:
             or self.slow
             or not conn.welcomed.is_set()
             or conn.welcomed_at > noted_at
+            or conn.paged_until > noted_at  # a history page shares the link meanwhile
             or (conn.view.last or 0) < (conn.view.welcome_head or 0)
             or conn.ended.is_set()
             or not conn.link.healthy
@@ -476,6 +538,14 @@ class PapayaClient:
     def expect_notice(self, head: int) -> None:
         """The papayaChat dialect has no way to say why a connection ends."""
 
+    def holds(self) -> list[str | None]:
+        """A papayaChat connection is counted under no name (None)."""
+        return [None] if self.link is not None and not self.ended.is_set() else []
+
+    def member_counts(self) -> Counter[str | None] | None:
+        """The papayaChat dialect has no presence."""
+        return None
+
     def settled(self) -> bool:
         """Connected, and the newest line seen is the log's newest message."""
         world = self.world
@@ -535,6 +605,7 @@ async def native_actor(client: NativeClient, talks: bool) -> None:
 async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
     world, rng, profile = client.world, client.rng, client.world.profile
     leave_at = _lifetime(world, rng)
+    pager = world.rng(f"pager:{client.user}:{conn.link.number}")
     if profile.flooders:
         await _check_admitted(client, conn)
     resent = False
@@ -550,6 +621,8 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
                 resent = True
                 await client.resend()
             await client.retry_failed()
+            if pager.random() < PAGE_CHANCE and not world.finishing.is_set():
+                await client.page_back(conn, pager)
             idle = world.settling.is_set() or world.quiet > 0
             if talks and not idle and len(client.pending) < WINDOW:
                 await client.send_new()
@@ -645,7 +718,10 @@ async def _send_bad_input(client: GarbageClient, conn: Connection) -> None:
         await client.send_oversize(conn, sent)
     await wait_replies(conn, sent + oversize)
     intact = conn.link.healthy and conn.epoch == world.oracle.epoch
-    if conn.errors < sent + oversize and conn.end in ("open", "eof") and intact:
+    # A connection more than max_lag behind is dropped for lagging, over TCP maybe mid-write,
+    # before the error (or the replies) can reach it.
+    lagged = world.host.head - (conn.view.last or 0) > world.settings.max_lag
+    if conn.errors < sent + oversize and conn.end in ("open", "eof") and intact and not lagged:
         world.fail(REPLIES, f"{client.user}: {conn.errors} replies to {sent + oversize} bad lines")
 
 

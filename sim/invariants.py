@@ -49,6 +49,8 @@ NO_CRASH = "no-unhandled-exception"
 RUN_ENDS = "run-ends"
 LIVELOCK = "time-advances"
 ANNOUNCED = "shutdown-announced"
+PRESENCE = "presence-converges"
+HISTORY_PAGES = "history-pages-match-log"
 ADMITTED = "members-admitted"
 IDLE_DROPPED = "idle-dropped"
 

@@ -35,6 +35,7 @@ from sim.actors import (
 from sim.entropy import seeded_websocket_entropy
 from sim.instrument import TaskCounter
 from sim.invariants import LIVELOCK, LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
+from sim.presence import presence_converges
 from sim.profiles import Profile, profile_for
 from sim.scheduler import seeded_scheduling
 from sim.script import Op, run_script
@@ -246,6 +247,7 @@ async def _settle(world: World, nursery: trio.Nursery) -> None:
         # The server's head must also be the log's end (as the oracle reads the disk).
         if host.head == len(world.logged()) and all(c.settled() for c in clients):
             world.trace.record("settled", head=host.head)
+            await presence_converges(world)
             return
         await trio.sleep(0.1)
     behind = [c.user for c in clients if not c.settled()]

@@ -10,6 +10,7 @@ graceful shutdown, timed against its deadline. Each life is an epoch of the orac
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -86,6 +87,15 @@ class Client(Protocol):
         """Whether a connection welcomed by `noted_at` that has seen no fault has not reached
         `head` (None: it is newer, still replaying the history it was welcomed with, has seen
         a fault or is not connected: no bound applies; the settling phase still checks it)."""
+        ...
+
+    def holds(self) -> list[str | None]:
+        """The name its open connection holds in the room (None: a papayaChat connection),
+        or nothing when it is not connected."""
+        ...
+
+    def member_counts(self) -> Counter[str | None] | None:
+        """Its connection's member list, if it keeps one and is connected on a healthy link."""
         ...
 
     def expect_notice(self, head: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from typing import Any, cast
 
 import trio
@@ -20,6 +21,8 @@ from papaya_trio.protocol.events import (
     Ack,
     ClientEvent,
     Error,
+    FetchHistory,
+    HistoryPage,
     Message,
     Pong,
     Presence,
@@ -321,6 +324,41 @@ class LazyIntervalLog(ChatLog):
         self, interval: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         await super().run_interval_sync(10 * interval, task_status=task_status)
+
+
+# --- presence and history paging ---------------------------------------------------------------
+class SilentLeaveRoom(Room):
+    """A room that forgets to announce a leave: the others keep the name forever."""
+
+    def _announce(self, session: Session, event: str) -> None:
+        if event != "leave":
+            super()._announce(session, event)
+
+
+class OffByOneHistorySession(Session):
+    """Answers a history request with the page one further on: `before` itself included."""
+
+    async def _history_page(self, request: FetchHistory) -> HistoryPage | Error:
+        page = await super()._history_page(replace(request, before=request.before + 1))
+        return replace(page, before=request.before) if isinstance(page, HistoryPage) else page
+
+
+class DoubleLeaveRoom(Room):
+    """A room that announces every leave twice."""
+
+    def _announce(self, session: Session, event: str) -> None:
+        super()._announce(session, event)
+        if event == "leave":
+            super()._announce(session, event)
+
+
+class ShortHistorySession(Session):
+    """Answers a history request without its newest message (the page stops below
+    `before - 1`)."""
+
+    async def _history_page(self, request: FetchHistory) -> HistoryPage | Error:
+        page = await super()._history_page(replace(request, before=request.before - 1))
+        return replace(page, before=request.before) if isinstance(page, HistoryPage) else page
 
 
 # --- 14. admission control that refuses newcomers instead of evicting a flooder ---------------

@@ -13,10 +13,12 @@ from sim.invariants import (
     DURABLE,
     GAP_FREE,
     HISTORY,
+    HISTORY_PAGES,
     IDLE_DROPPED,
     LIVELOCK,
     LIVENESS,
     NO_DUPLICATES,
+    PRESENCE,
 )
 from sim.runner import run_seed
 from sim.world import Components
@@ -111,6 +113,30 @@ CASES = {
         Components(session_class=broken.UnwokenCloseSession),
         frozenset({ANNOUNCED}),
         5,
+    ),
+    "room that forgets to announce a leave": Case(
+        "churn",
+        Components(room_class=broken.SilentLeaveRoom),
+        frozenset({PRESENCE}),
+        2,
+    ),
+    "history page off by one (before included)": Case(
+        "churn",
+        Components(session_class=broken.OffByOneHistorySession),
+        frozenset({HISTORY_PAGES}),
+        2,
+    ),
+    "room that announces a leave twice": Case(
+        "churn",
+        Components(room_class=broken.DoubleLeaveRoom),
+        frozenset({PRESENCE}),
+        2,
+    ),
+    "history page without its newest message": Case(
+        "churn",
+        Components(session_class=broken.ShortHistorySession),
+        frozenset({HISTORY_PAGES}),
+        2,
     ),
     "admission refuses newcomers instead of evicting a flooder": Case(
         "flood",
