@@ -32,10 +32,12 @@ def bare_path(tmp_path: Path, *extra: str) -> Path:
     return folder
 
 
-def run_script(path: Path, *, as_nobody: bool) -> subprocess.CompletedProcess[str]:
+def run_script(
+    path: Path, *, as_nobody: bool, script: Path = SCRIPT
+) -> subprocess.CompletedProcess[str]:
     bash = shutil.which("bash")
     assert bash is not None
-    command = [bash, str(SCRIPT)]
+    command = [bash, str(script)]
     if as_nobody:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
@@ -46,9 +48,20 @@ def run_script(path: Path, *, as_nobody: bool) -> subprocess.CompletedProcess[st
     )
 
 
+def shared_copy(shared_tmp: Path) -> Path:
+    """The script copied where another user can read it (the checkout may be owner-only)."""
+    folder = shared_tmp / "ci"
+    folder.mkdir(mode=0o755)
+    copy = folder / SCRIPT.name
+    shutil.copy(SCRIPT, copy)
+    copy.chmod(0o755)
+    return copy
+
+
 def test_not_root_names_the_missing_packages_and_the_one_command(shared_tmp: Path) -> None:
     path = bare_path(shared_tmp, "tmux")
-    result = run_script(path, as_nobody=os.getuid() == 0)
+    script = shared_copy(shared_tmp)
+    result = run_script(path, as_nobody=os.getuid() == 0, script=script)
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -56,7 +69,7 @@ def test_not_root_names_the_missing_packages_and_the_one_command(shared_tmp: Pat
         "system-packages: the tests need these system packages, which are missing:"
         " chromium chromium-driver redis-server"
     )
-    assert lines[-1].strip() == f"sudo {SCRIPT}"
+    assert lines[-1].strip() == f"sudo {script}"
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="the root path needs root")
@@ -70,7 +83,8 @@ def test_root_without_apt_says_so_and_installs_nothing(tmp_path: Path) -> None:
 
 def test_everything_present_is_a_silent_success(shared_tmp: Path) -> None:
     commands = ["chromium", "chromedriver", "tmux", "redis-server"]
-    result = run_script(bare_path(shared_tmp, *commands), as_nobody=os.getuid() == 0)
+    script = shared_copy(shared_tmp)
+    result = run_script(bare_path(shared_tmp, *commands), as_nobody=os.getuid() == 0, script=script)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
 
 
