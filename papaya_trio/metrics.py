@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 
 from papaya_trio.broadcaster import Broadcaster
+from papaya_trio.fanout import DirectWrite, direct_writer
 from papaya_trio.logstore import AppendResult, LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.storage import Storage
@@ -194,6 +195,10 @@ class Metrics:
         if len(batch) > history:
             self._live.inc(len(batch) - history)
 
+    def delivered_live(self, count: int) -> None:
+        """The fan-out fast path delivered `count` live records in full."""
+        self._live.inc(count)
+
     def evicted_for_lag(self) -> None:
         """A client fell more than max_lag behind and is being dropped."""
         self.lag_evictions.inc()
@@ -241,6 +246,20 @@ class MeteredStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+    def direct_writer(self) -> DirectWrite | None:
+        """The inner stream's non-blocking write, counting the bytes it takes."""
+        write = direct_writer(self.stream)
+        if write is None:
+            return None
+        count = self._sent.inc
+
+        def counted(data: bytes | memoryview) -> int:
+            sent = write(data)
+            count(sent)
+            return sent
+
+        return counted
 
 
 class MeteredHalfCloseableStream(MeteredStream, trio.abc.HalfCloseableStream):

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import trio
 
+from papaya_trio.fanout import Lease
 from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
 
 REFUSAL_WRITE_TIMEOUT = 2.0
@@ -36,6 +37,11 @@ class Peer(Protocol):
 
     async def send(self, events: Sequence[ServerEvent]) -> None:
         """Write events to the client, in order; raises PeerGone if the connection broke."""
+        ...
+
+    def lease(self) -> Lease | None:
+        """What the send task lends the broadcaster while idle (the fan-out fast path, see
+        `fanout`), or None if this peer's stream cannot be written without waiting."""
         ...
 
 

@@ -68,7 +68,9 @@ class Room:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self._key = key.encode()
-        self.broadcaster = Broadcaster(settings.max_lag)
+        self.broadcaster = Broadcaster(
+            settings.max_lag, recent=log.recent, on_delivered=self.metrics.delivered_live
+        )
         log.on_visible = self.broadcaster.publish
         self.sessions: set[Session] = set()
         self.closed = False

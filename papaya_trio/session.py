@@ -57,6 +57,7 @@ from papaya_trio.broadcaster import Subscription
 from papaya_trio.bucket import TokenBucket
 from papaya_trio.chatlog import StorageFailed
 from papaya_trio.droplog import DroppedLines
+from papaya_trio.fanout import BATCH
 from papaya_trio.peer import Peer, PeerGone, refuse
 from papaya_trio.protocol.events import (
     Ack,
@@ -87,7 +88,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OUTBOX_ITEMS = 64
-SEND_BATCH = 64
+SEND_BATCH = BATCH
 NOTICE_LIMIT = 256  # presence and typing notices waiting for one client
 
 
@@ -154,6 +155,7 @@ class Session:
         self._send_scope = trio.CancelScope()
         self._writing = False
         self._subscription: Subscription | None = None
+        self._lease = peer.lease()  # None: this stream stays on the normal path
         settings = room.settings
         self._messages = (
             TokenBucket(settings.rate_messages, settings.rate_burst)
@@ -301,7 +303,7 @@ class Session:
                 self._notices.clear()
                 await self._write(notices)
                 continue
-            item = await self._outbox.receive()
+            item = await self._next_item(sub)
             if item is FINISH:
                 self._end("client closed")
                 return
@@ -312,6 +314,25 @@ class Session:
                 if isinstance(item, Error) and item.fatal:
                     self._end(item.code)
                     return
+
+    async def _next_item(self, sub: Subscription) -> object:
+        """The next item of the outbox. While waiting with everything up to the head written,
+        the stream is lent to the broadcaster (see `fanout`); taken back before anything else."""
+        if self._lease is not None and sub.cursor == self.room.log.head:
+            sub.lend(self._lease)
+        try:
+            item = await self._outbox.receive()
+        finally:
+            handover = sub.reclaim()
+        if handover is not None:  # the broadcaster wrote part of a batch: finish it
+            self._writing = True
+            try:
+                await handover.lease.finish(handover.rest)
+            finally:
+                self._writing = False
+            self.room.metrics.delivered_live(handover.cursor - sub.cursor)
+            sub.cursor = handover.cursor
+        return item
 
     async def _history_page(self, request: FetchHistory) -> HistoryPage | Error:
         """The newest `limit` stored messages below `before`, read through the log's index."""

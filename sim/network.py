@@ -100,6 +100,22 @@ class Pipe:
             self._buffered += len(piece)
             self.wake()
 
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        """Take what fits now, without waiting (the fan-out fast path's write); 0 when full.
+        No time passes: the bytes arrive after their time on the wire plus the latency."""
+        if self.broken or self.reader_closed:
+            raise trio.BrokenResourceError("connection reset by peer")
+        piece = bytes(data[: max(0, self.capacity - self._buffered)])
+        if piece:
+            now = trio.current_time()
+            wire = len(piece) / self._bandwidth
+            arrival = max(now + wire + self._latency, self._last_arrival)
+            self._last_arrival = arrival
+            self._segments.append((arrival, piece))
+            self._buffered += len(piece)
+            self.wake()
+        return len(piece)
+
     async def receive(self, max_bytes: int) -> bytes:
         while True:
             if self.broken:
@@ -187,6 +203,19 @@ class SimStream(trio.abc.HalfCloseableStream):
             await self._outgoing.send(bytes(data))
         finally:
             self._sending = False
+
+    def direct_writer(self) -> Callable[[bytes | memoryview], int]:
+        """A write that never waits (see `papaya_trio.fanout`). Like `send_all`, it refuses to
+        run while another task is sending: two writers at once is a bug in the caller."""
+
+        def write(data: bytes | memoryview) -> int:
+            if self._sending:
+                raise trio.BusyResourceError(f"{self.name}: written while another task sends")
+            if self.closed or self._outgoing.eof:
+                raise trio.ClosedResourceError(f"{self.name}: this end is closed")
+            return self._outgoing.send_nowait(data)
+
+        return write
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()

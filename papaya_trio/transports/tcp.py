@@ -15,13 +15,15 @@ from contextlib import asynccontextmanager
 import trio
 
 from papaya_trio.admission import Ticket
+from papaya_trio.fanout import Lease, direct_writer
 from papaya_trio.handshake import SERVER_FULL, native_handshake, papaya_handshake
 from papaya_trio.peer import PeerGone, refuse
 from papaya_trio.protocol import native, papaya
 from papaya_trio.protocol.decoding import NEED_DATA, NeedData
-from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
+from papaya_trio.protocol.events import ClientEvent, Error, Message, ServerEvent
 from papaya_trio.protocol.native import NativeDecoder
 from papaya_trio.protocol.papaya import PapayaDecoder
+from papaya_trio.records import Record
 from papaya_trio.room import Room
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,21 @@ class StreamPeer:
     def render(self, events: Sequence[ServerEvent]) -> list[bytes]:
         """The writes that carry `events`, in order."""
         raise NotImplementedError
+
+    def lease(self) -> Lease | None:
+        """The fast path's lease of this stream: live records rendered by `render` itself, so
+        the bytes are the ones `send` would write (None for TLS and other waiting streams)."""
+        write = direct_writer(self._stream)
+        if write is None:
+            return None
+        return Lease(type(self).__name__, self._render_live, write, self._finish)
+
+    def _render_live(self, records: Sequence[Record]) -> bytes:
+        return b"".join(self.render([Message(record) for record in records]))
+
+    async def _finish(self, rest: memoryview) -> None:
+        async with _stream_errors():
+            await self._stream.send_all(rest)
 
 
 class NativePeer(StreamPeer):

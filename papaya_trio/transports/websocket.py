@@ -150,6 +150,10 @@ class WebSocketPeer:
             with _websocket_errors():
                 await self._ws.send_message(encode_json(event))
 
+    def lease(self) -> None:
+        """No fast path: trio-websocket's reader task writes pongs to the stream itself."""
+        return None
+
 
 async def serve_websocket(
     stream: trio.abc.Stream,
