@@ -89,6 +89,12 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.direct_deliveries = Counter(
+            "papaya_direct_deliveries",
+            "Live messages the broadcaster wrote to idle clients itself (the fan-out fast"
+            " path); also counted in papaya_deliveries",
+            registry=registry,
+        )
         self.bytes_received = Counter(
             "papaya_received_bytes",
             "Bytes read from clients (after TLS), by listening port",
@@ -132,7 +138,13 @@ class Metrics:
         # Looked up once: a label lookup costs as much as the increment, on every write.
         self._history = self.deliveries.labels("history")
         self._live = self.deliveries.labels("live")
-        for reason_free in (self.stored, self.resent, self.append_failures, self.lag_evictions):
+        for reason_free in (
+            self.stored,
+            self.resent,
+            self.append_failures,
+            self.lag_evictions,
+            self.direct_deliveries,
+        ):
             reason_free.inc(0)  # exported as 0 from the start, so rate() sees the first one
 
     def exposition(self) -> tuple[bytes, str]:
@@ -196,8 +208,13 @@ class Metrics:
             self._live.inc(len(batch) - history)
 
     def delivered_live(self, count: int) -> None:
-        """The fan-out fast path delivered `count` live records in full."""
+        """A send task finished writing `count` live records the broadcaster had begun."""
         self._live.inc(count)
+
+    def delivered_direct(self, count: int) -> None:
+        """The broadcaster wrote `count` live records in full to idle clients (fast path)."""
+        self._live.inc(count)
+        self.direct_deliveries.inc(count)
 
     def evicted_for_lag(self) -> None:
         """A client fell more than max_lag behind and is being dropped."""

@@ -69,7 +69,7 @@ class Room:
         self.metrics = metrics if metrics is not None else Metrics()
         self._key = key.encode()
         self.broadcaster = Broadcaster(
-            settings.max_lag, recent=log.recent, on_delivered=self.metrics.delivered_live
+            settings.max_lag, recent=log.recent, on_delivered=self.metrics.delivered_direct
         )
         log.on_visible = self.broadcaster.publish
         self.sessions: set[Session] = set()
