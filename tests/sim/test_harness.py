@@ -164,7 +164,8 @@ def test_stop_on_failure_ends_the_sweep(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_flood_links_carry_addresses_so_per_address_limits_apply() -> None:
     """The flood profile's flooders share 4 addresses the server sees (a stream's
-    `peer_address`): admission's summary lines name them and count per-address refusals."""
+    `peer_address`): admission's summary lines name them and count per-address refusals.
+    Which limits one seed runs into depends on its schedule, so two seeds are run."""
     lines: list[str] = []
 
     class Keep(logging.Handler):
@@ -174,10 +175,11 @@ def test_flood_links_carry_addresses_so_per_address_limits_apply() -> None:
     logger, keep = logging.getLogger("papaya_trio.admission"), Keep()
     logger.addHandler(keep)
     try:
-        result, _ = run_seed(0, "flood")
+        for seed in (0, 1):
+            result, _ = run_seed(seed, "flood")
+            assert result.failure is None, result.report(None)
     finally:
         logger.removeHandler(keep)
-    assert result.failure is None, result.report(None)
     summaries = [line for line in lines if line.startswith("failed or refused connections")]
     assert summaries
     assert any("from 4 addresses, most from 10.66.0." in line for line in summaries)
