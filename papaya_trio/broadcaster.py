@@ -12,8 +12,9 @@ The fast path (theory of operation in `fanout`): a send task parked with nothing
 may lend its stream (`Subscription.lend`). For such a subscriber `publish` writes the new
 records itself, rendered once per dialect for everybody, with one non-blocking write, instead
 of waking the task; whatever that write cannot finish goes back to the send task (a WAKE, and
-for a partial write the rest of the bytes). Any wake revokes the loan first, and the send task
-takes it back (`reclaim`) before writing anything, so one party at a time owns a stream.
+for a partial write the rest of the bytes). Presence and typing notices are offered to a lent
+stream the same way (`write_now`). Any wake revokes the loan first, and the send task takes it
+back (`reclaim`) before writing anything, so one party at a time owns a stream.
 
 A subscriber whose lag (messages published since it joined that it has not yet been sent)
 passes `max_lag` is told to go: `Subscription.lagging()` fires once.
@@ -28,6 +29,7 @@ from contextlib import contextmanager, suppress
 import trio
 
 from papaya_trio.fanout import BATCH, WRITE_ERRORS, Handover, Lease
+from papaya_trio.protocol.events import Message, ServerEvent
 from papaya_trio.records import Record
 
 
@@ -83,20 +85,37 @@ class Subscription:
             self.kicked = True
             self._on_lagging()
 
-    def deliver(self, lease: Lease, data: bytes, head: int) -> bool:
-        """Write the records up to `head` (rendered as `data`) without waiting; whatever
-        cannot be finished here goes back to the send task. True if the client has it all."""
-        try:
-            sent = lease.write(data)
-        except WRITE_ERRORS:
-            sent = 0  # the send task meets the error on its own write
-        if sent == len(data):
-            self.cursor = head
-            return True
+    def deliver_rest(self, lease: Lease, data: bytes, sent: int, head: int) -> None:
+        """The broadcaster's write of the records up to `head` (rendered as `data`) took only
+        `sent` bytes: the send task takes the stream back, with the rest to write first if
+        some was taken (else it writes from its cursor, meeting any error itself)."""
         if sent:
             self._handover = Handover(lease, memoryview(data)[sent:], head)
         self.wake()
+
+    def write_now(self, events: Sequence[ServerEvent]) -> bool:
+        """If the stream is lent, write `events` (notices, not in the log) without waiting.
+        True if they are taken care of: written, or begun with the rest handed to the send
+        task (woken); False if the caller must queue them for the send task."""
+        lease = self.lease
+        if lease is None:
+            return False
+        data = lease.render(events)
+        sent = self._try_write(lease, data)
+        if sent == len(data):
+            return True
+        if sent:
+            self._handover = Handover(lease, memoryview(data)[sent:], self.cursor)
+            self.wake()
+            return True
         return False
+
+    @staticmethod
+    def _try_write(lease: Lease, data: bytes) -> int:
+        try:
+            return lease.write(data)
+        except WRITE_ERRORS:
+            return 0  # the send task meets the error on its own write
 
 
 class Broadcaster:
@@ -161,8 +180,15 @@ class Broadcaster:
                     subscription.wake()
                     continue
                 rendered[lease.kind, cursor] = data
-            if subscription.deliver(lease, data, head):
+            try:  # inline: most writes are taken whole (else see `deliver_rest`)
+                sent = lease.write(data)
+            except WRITE_ERRORS:
+                sent = 0
+            if sent == len(data):
+                subscription.cursor = head
                 delivered += head - cursor
+            else:
+                subscription.deliver_rest(lease, data, sent, head)
         if delivered:
             self._on_delivered(delivered)
 
@@ -175,4 +201,4 @@ class Broadcaster:
         records = self._recent(count)
         if len(records) != count or records[0].seq != cursor + 1 or records[-1].seq != head:
             return None
-        return lease.render(records)
+        return lease.render([Message(record) for record in records])

@@ -18,6 +18,11 @@ it does) renders the new records once per `Lease.kind` and writes those bytes to
 stream with one non-blocking write each, and moves each cursor on. No task switch, no
 channel, no log read and no rendering per recipient.
 
+Presence and typing notices take the same way: `Session.notify` offers a notice to a lent
+stream first (`Subscription.write_now`), so a join in a room of N clients costs N writes of
+one cached line rather than N task switches (a notice that cannot be written whole goes the
+normal way, queued for the send task).
+
 The loan ends the moment anything else may want to write:
 
 - every `Subscription.wake` revokes it before putting its WAKE token in the outbox (new
@@ -53,7 +58,7 @@ from typing import Final, Protocol, runtime_checkable
 
 import trio
 
-from papaya_trio.records import Record
+from papaya_trio.protocol.events import ServerEvent
 
 BATCH: Final = 64  # records in one write, on either path
 
@@ -100,12 +105,14 @@ class Lease:
     """What an idle send task lends the broadcaster: its stream, as a non-blocking write.
 
     `kind` names the dialect and framing: every lease of one kind renders the same records to
-    the same bytes, so the broadcaster renders once per kind. `render` turns live records into
-    the bytes of one write; `finish` writes a partial write's rest the normal (blocking) way.
+    the same bytes, so the broadcaster renders once per kind. `render` turns events (live
+    messages, or a presence or typing notice) into the bytes of one write, exactly as the
+    peer's `send` would write them; `finish` writes a partial write's rest the normal
+    (blocking) way.
     """
 
     kind: str
-    render: Callable[[Sequence[Record]], bytes]
+    render: Callable[[Sequence[ServerEvent]], bytes]
     write: DirectWrite
     finish: Callable[[memoryview], Awaitable[None]]
 

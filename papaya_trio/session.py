@@ -191,9 +191,12 @@ class Session:
             if isinstance(notice, Presence):
                 self._drop_lagging(f"you fell more than {NOTICE_LIMIT} presence notices behind")
             return
+        sub = self._subscription
+        if sub is not None and not self._notices and sub.write_now([notice]):
+            return  # written by the fast path (see `fanout`)
         self._notices.append(notice)
-        if self._subscription is not None:
-            self._subscription.wake()
+        if sub is not None:
+            sub.wake()
 
     def _on_lagging(self) -> None:
         self._drop_lagging(f"you fell more than {self.room.settings.max_lag} messages behind")
@@ -330,8 +333,9 @@ class Session:
                 await handover.lease.finish(handover.rest)
             finally:
                 self._writing = False
-            self.room.metrics.delivered_live(handover.cursor - sub.cursor)
-            sub.cursor = handover.cursor
+            if handover.cursor > sub.cursor:
+                self.room.metrics.delivered_live(handover.cursor - sub.cursor)
+                sub.cursor = handover.cursor
         return item
 
     async def _history_page(self, request: FetchHistory) -> HistoryPage | Error:

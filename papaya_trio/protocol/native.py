@@ -40,6 +40,7 @@ from papaya_trio.records import Record
 
 MAX_SEQ: Final = 2**63 - 1
 MESSAGE_CACHE: Final = 1024  # encoded messages kept for fan-out
+NOTICE_CACHE: Final = 64  # encoded presence and typing notices kept for fan-out
 MAX_HISTORY_LIMIT: Final = 200  # a larger history limit is clamped to this
 
 
@@ -231,6 +232,8 @@ def encode_line(event: ServerEvent) -> bytes:
     """One server event as a newline-terminated UTF-8 line (the TCP dialect)."""
     if isinstance(event, Message):
         return _message_line(event.record)
+    if isinstance(event, Presence | TypingNotice):
+        return _notice_line(event)
     return _dumps(event_to_object(event)).encode() + b"\n"
 
 
@@ -244,6 +247,12 @@ def _message_json(record: Record) -> str:
 @functools.lru_cache(maxsize=MESSAGE_CACHE)
 def _message_line(record: Record) -> bytes:
     return _message_json(record).encode() + b"\n"
+
+
+# A presence or typing notice goes to everybody else in the room at once: the same.
+@functools.lru_cache(maxsize=NOTICE_CACHE)
+def _notice_line(notice: Presence | TypingNotice) -> bytes:
+    return _dumps(event_to_object(notice)).encode() + b"\n"
 
 
 def _dumps(obj: dict[str, object]) -> str:

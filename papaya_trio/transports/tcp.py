@@ -20,10 +20,9 @@ from papaya_trio.handshake import SERVER_FULL, native_handshake, papaya_handshak
 from papaya_trio.peer import PeerGone, refuse
 from papaya_trio.protocol import native, papaya
 from papaya_trio.protocol.decoding import NEED_DATA, NeedData
-from papaya_trio.protocol.events import ClientEvent, Error, Message, ServerEvent
+from papaya_trio.protocol.events import ClientEvent, Error, ServerEvent
 from papaya_trio.protocol.native import NativeDecoder
 from papaya_trio.protocol.papaya import PapayaDecoder
-from papaya_trio.records import Record
 from papaya_trio.room import Room
 
 logger = logging.getLogger(__name__)
@@ -83,10 +82,10 @@ class StreamPeer:
         write = direct_writer(self._stream)
         if write is None:
             return None
-        return Lease(type(self).__name__, self._render_live, write, self._finish)
+        return Lease(type(self).__name__, self._render_joined, write, self._finish)
 
-    def _render_live(self, records: Sequence[Record]) -> bytes:
-        return b"".join(self.render([Message(record) for record in records]))
+    def _render_joined(self, events: Sequence[ServerEvent]) -> bytes:
+        return b"".join(self.render(events))
 
     async def _finish(self, rest: memoryview) -> None:
         async with _stream_errors():
