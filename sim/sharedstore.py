@@ -29,10 +29,11 @@ lost. What had to survive depends on the store's durability, which takes turns b
 Order, no duplicates, `since` resume, history (papayaChat tails and paging) and the final
 agreement of everything confirmed with the store hold across hosts unchanged. Liveness: in a
 quiet window every healthy client must reach the store's head unless the store had an outage
-within `CALM_AFTER` (a reader's backoff, a closing handshake after a fatal storage_failed); once faults stop every host's head must be the
-store's last entry and every client must have it. Presence is per host: each host's room
-knows only its own connections, so a client's member list must equal the connections held on
-its own host (docs/redis-store.md: several servers serve one room; presence is not shared).
+within `CALM_AFTER` (a reader's backoff, a closing handshake after a fatal storage_failed);
+once faults stop every host's head must be the store's last entry and every client must have
+it. Presence is per host: each host's room knows only its own connections, so a client's
+member list must equal the connections held on its own host (several servers serve one room,
+but presence is not shared between them).
 """
 
 from __future__ import annotations
