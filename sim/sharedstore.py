@@ -267,7 +267,7 @@ class SharedWorld(World):
         # RedisLog notices the loss only when it next appends, if the stream has not grown
         # past its head by then. The simulation restarts every host at once instead (see
         # sim/README.md: not modelled), as the file store's power cut does.
-        for host in self.hosts:
+        for host in self.hosts if self.store.faults.restart_hosts_on_loss else []:
             if host.up:
                 self.trace.record("crash", host=host.index, why="store lost entries")
                 host.crash()

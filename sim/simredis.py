@@ -77,6 +77,9 @@ class SharedStore:
     outage_every: float = 0.0  # mean simulated seconds between outages (0: never)
     outage_for: tuple[float, float] = (0.05, 4.0)
     crash_share: float = 0.5  # share of outages that crash the Redis host (else: a partition)
+    # Restart every server host when a store crash loses entries (sim/sharedstore.py says why);
+    # False shows what a host that had learned lost entries goes on serving.
+    restart_hosts_on_loss: bool = True
 
 
 def parse_id(raw: bytes) -> EntryId:

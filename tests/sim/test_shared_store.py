@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import trio
 
 from papaya_trio.logstore import FsyncPolicy, StorageFailed
 from papaya_trio.redislog import RedisLog
+from sim.invariants import NO_DUPLICATES
+from sim.profiles import profile_for
 from sim.runner import run_seed
 from sim.sharedstore import STREAM, SharedWorld, read_stream
 from sim.simredis import Durability, SharedStore, SimRedis, SimRedisClient
@@ -149,12 +152,13 @@ async def test_a_script_that_the_simulated_redis_lacks_is_a_clear_error(
         await script(keys=[], args=[])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])  # aof-always, replica-wait, everysec
+# aof-always, replica-wait, everysec: seeds with store outages (seed 8 loses a tail of 38).
+@pytest.mark.parametrize("seed", [0, 1, 8])
 def test_shared_store_seed_keeps_every_invariant(seed: int) -> None:
     result, world = run_seed(seed, "shared-store")
     assert result.failure is None, result.report(None)
     assert isinstance(world, SharedWorld)
-    assert world.store.durability is list(Durability)[seed]
+    assert world.store.durability is list(Durability)[seed % 3]
     assert result.delivered > 0 and world.store.outages > 0
     assert len(Counter(world.cluster.host_of.values())) == 3  # clients used every host
     assert all(host.lives >= 1 for host in world.hosts)
@@ -165,3 +169,32 @@ def test_shared_store_same_seed_same_trace() -> None:
     again, _ = run_seed(4, "shared-store")
     assert first.failure is None
     assert first.digest == again.digest
+
+
+def test_hosts_serving_entries_the_store_lost_are_caught() -> None:
+    # Without the restart at a loss, a host that had learned entries a failover lost goes on
+    # serving them from its cache, while other hosts number new messages the same: two
+    # histories under one set of numbers (a known weakness of RedisLog; sim/README.md).
+    profile = profile_for("shared-store", 1)
+    assert profile.shared_store is not None
+    store = replace(profile.shared_store, restart_hosts_on_loss=False)
+    result, world = run_seed(1, profile=replace(profile, shared_store=store))
+    assert isinstance(world, SharedWorld) and world.store.lost > 0
+    assert result.failure is not None and result.failure.invariant == NO_DUPLICATES
+
+
+@pytest.mark.xfail(reason="RedisLog: WAIT does not cover a resend answered from the ids set")
+async def test_a_resend_confirmed_through_another_server_survives_a_failover(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Redis's WAIT waits for the calling connection's own last write; a resend that the
+    # script answers from the ids set writes nothing, so WAIT on another server's connection
+    # returns at once although the original entry has not reached the replica.
+    store = make_store(Durability.REPLICA_WAIT, replication_lag=(5.0, 5.0), slow_replica=0.0)
+    one = await open_log(store, "one", replicas=1)
+    two = await open_log(store, "two", replicas=1)
+    with pytest.raises(StorageFailed, match="replicas"):
+        await one.append("ann", "m", "id1")
+    confirmed = await two.append("ann", "m", "id1")  # the client resends through another server
+    store.outage(0.5, crash=True)  # failover to the replica
+    assert texts(store)[confirmed.seq - 1 : confirmed.seq] == ["m"]
