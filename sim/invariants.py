@@ -113,19 +113,23 @@ def read_log(data: bytes) -> list[Record]:
             break
         if not isinstance(text, str) or seq != len(records) + 1:
             break
-        dialect = obj.get("d")
-        records.append(
-            Record(
-                seq,
-                t,
-                user,
-                text,
-                action=obj.get("a") == 1,
-                dialect=dialect if isinstance(dialect, str) else None,
-                verified=obj.get("v") == 1,
-            )
-        )
+        records.append(marked_record(seq, t, user, text, obj))
     return records
+
+
+def marked_record(seq: int, t: int, user: str, text: str, marks: dict[str, object]) -> Record:
+    """A record with the optional marks of docs/log-format.md read from `marks`: `a` (1: an
+    action), `d` (the dialect, a string), `v` (1: a verified name); anything else is unmarked."""
+    dialect = marks.get("d")
+    return Record(
+        seq,
+        t,
+        user,
+        text,
+        action=marks.get("a") == 1,
+        dialect=dialect if isinstance(dialect, str) else None,
+        verified=marks.get("v") == 1,
+    )
 
 
 def papaya_line(record: Record) -> str:

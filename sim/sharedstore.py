@@ -51,7 +51,7 @@ from papaya_trio.logstore import LogStore
 from papaya_trio.records import Record
 from papaya_trio.redislog import DEDUPE_ENTRIES, REDIS_ERRORS, RETRY_MAX
 from sim.instrument import TaskCounter
-from sim.invariants import HISTORY, LIVENESS, Oracle
+from sim.invariants import HISTORY, LIVENESS, Oracle, marked_record
 from sim.network import HTTP_PORT, TCP_PORT, Link, SimNetwork
 from sim.presence import presence_converges
 from sim.profiles import Profile
@@ -88,18 +88,7 @@ def read_stream(entries: list[tuple[tuple[int, int], list[bytes]]]) -> list[Reco
             break
         if sub != 0 or seq != len(records) + 1 or not isinstance(marks, dict):
             break
-        dialect = marks.get("d")
-        records.append(
-            Record(
-                seq,
-                t,
-                user,
-                text,
-                action=marks.get("a") == 1,
-                dialect=dialect if isinstance(dialect, str) else None,
-                verified=marks.get("v") == 1,
-            )
-        )
+        records.append(marked_record(seq, t, user, text, marks))
     return records
 
 

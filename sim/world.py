@@ -5,6 +5,8 @@ builds the real `Room` and `ChatServer` and serves on the simulated listener. `c
 power cut: the disk drops what was not synced, every connection is reset and the server's
 cancel scope is cancelled, so no code of the dead server runs again. `shutdown` is the real
 graceful shutdown, timed against its deadline. Each life is an epoch of the oracle.
+`sim.sharedstore.StoreHost` is the same host on a shared stream store instead of the disk
+(its own ports, its own `_open` and `_background`).
 """
 
 from __future__ import annotations
