@@ -350,7 +350,9 @@ class NativeClient:
         self.world.trace.record("closed", who=self.user, link=conn.link.number, end=conn.end)
         conn.ended.set()
         # Still "open": the client stopped reading (it hung up), the server did not end it.
-        if not conn.notice_owed or conn.end in ("shutdown", "open") or conn.leaving:
+        # "storage_failed": the server told it why it closed first (a shared store down).
+        ended = ("shutdown", "open", "storage_failed")
+        if not conn.notice_owed or conn.end in ended or conn.leaving:
             return
         if conn.link.healthy and not conn.link.up.broken:
             self.world.fail(
