@@ -10,6 +10,14 @@ visible log record after my cursor, then take one item from the outbox". The bro
 WAKE tokens in the same outbox, so new messages, history and replies all leave through one
 task, in log order.
 
+The fan-out fast path (`fanout`): while the send task waits on its outbox with everything up
+to the log's head written, it lends its stream to the broadcaster (plain TCP only: `peer.lease`),
+which then writes new messages and notices to it directly, without waking it. The send task
+takes the stream back (`Subscription.reclaim`) as soon as it resumes, before it writes
+anything, first finishing any direct write the socket took only in part; any wake-up ends the
+loan as well. So the send task is still the only writer whenever it runs, and the stream has
+one owner at any moment.
+
 When either task ends the nursery is cancelled, so the other ends too, and the peer is closed
 by the caller. A client that half-closes gets its pending replies first: the recv task queues
 FINISH and the send task ends after writing everything before it.
