@@ -101,7 +101,12 @@ class Subscription:
         if lease is None:
             return False
         data = lease.render(events)
-        sent = self._try_write(lease, data)
+        try:
+            sent = lease.writer.write(data)
+        except WRITE_ERRORS:
+            return False  # the send task meets the error on its own write
+        if sent:
+            lease.writer.count(sent)
         if sent == len(data):
             return True
         if sent:
@@ -109,13 +114,6 @@ class Subscription:
             self.wake()
             return True
         return False
-
-    @staticmethod
-    def _try_write(lease: Lease, data: bytes) -> int:
-        try:
-            return lease.write(data)
-        except WRITE_ERRORS:
-            return 0  # the send task meets the error on its own write
 
 
 class Broadcaster:
@@ -163,32 +161,46 @@ class Broadcaster:
         else, drop whoever lags too far."""
         max_lag = self.max_lag
         rendered: dict[tuple[str, int], bytes] = {}  # (kind, cursor) -> bytes, this publish
+        last: tuple[str, int, bytes] | None = None  # the latest of those (most leases share it)
+        counted: dict[Callable[[int], None], int] = {}  # bytes written, by who counts them
         delivered = 0
         for subscription in list(self._subscribers):
             cursor = subscription.cursor
-            if head - max(cursor, subscription.live_from) > max_lag:
+            live_from = subscription.live_from
+            if head - (cursor if cursor > live_from else live_from) > max_lag:
                 subscription.lagging()
                 continue
             lease = subscription.lease
             if lease is None:
                 subscription.wake()
                 continue
-            data = rendered.get((lease.kind, cursor))
-            if data is None:
-                data = self._render(lease, cursor, head)
-                if data is None:
-                    subscription.wake()
-                    continue
-                rendered[lease.kind, cursor] = data
+            kind = lease.kind
+            if last is not None and last[0] == kind and last[1] == cursor:
+                data = last[2]
+            else:
+                found = rendered.get((kind, cursor))
+                if found is None:
+                    found = self._render(lease, cursor, head)
+                    if found is None:
+                        subscription.wake()
+                        continue
+                    rendered[kind, cursor] = found
+                data = found
+                last = (kind, cursor, data)
+            writer = lease.writer
             try:  # inline: most writes are taken whole (else see `deliver_rest`)
-                sent = lease.write(data)
+                sent = writer.write(data)
             except WRITE_ERRORS:
                 sent = 0
+            if sent:
+                counted[writer.count] = counted.get(writer.count, 0) + sent
             if sent == len(data):
                 subscription.cursor = head
                 delivered += head - cursor
             else:
                 subscription.deliver_rest(lease, data, sent, head)
+        for count, sent in counted.items():
+            count(sent)
         if delivered:
             self._on_delivered(delivered)
 

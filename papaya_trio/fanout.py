@@ -69,19 +69,33 @@ DirectWrite = Callable[[bytes | memoryview], int]
 WRITE_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+def _uncounted(sent: int) -> None:
+    """Nobody counts this stream's bytes."""
+
+
+@dataclass(frozen=True, slots=True)
+class DirectWriter:
+    """A stream's non-blocking write, and who counts the bytes written that way: the
+    broadcaster sums them over a publish and tells `count` once (a metrics counter's
+    increment costs as much as a write's bookkeeping)."""
+
+    write: DirectWrite
+    count: Callable[[int], None] = _uncounted
+
+
 @runtime_checkable
 class DirectlyWritable(Protocol):
     """A stream (a wrapper, or the simulation's link) that can offer a non-blocking write."""
 
-    def direct_writer(self) -> DirectWrite | None:
+    def direct_writer(self) -> DirectWriter | None:
         """The stream's non-blocking write, or None if it has none."""
         ...
 
 
-def direct_writer(stream: trio.abc.Stream) -> DirectWrite | None:
+def direct_writer(stream: trio.abc.Stream) -> DirectWriter | None:
     """A non-blocking write to `stream`, or None if it cannot take bytes without waiting."""
     if isinstance(stream, trio.SocketStream):
-        return _socket_writer(stream.socket)
+        return DirectWriter(_socket_writer(stream.socket))
     if isinstance(stream, DirectlyWritable):
         return stream.direct_writer()
     return None
@@ -107,13 +121,13 @@ class Lease:
     `kind` names the dialect and framing: every lease of one kind renders the same records to
     the same bytes, so the broadcaster renders once per kind. `render` turns events (live
     messages, or a presence or typing notice) into the bytes of one write, exactly as the
-    peer's `send` would write them; `finish` writes a partial write's rest the normal
-    (blocking) way.
+    peer's `send` would write them; `writer` writes without waiting; `finish` writes a
+    partial write's rest the normal (blocking) way.
     """
 
     kind: str
     render: Callable[[Sequence[ServerEvent]], bytes]
-    write: DirectWrite
+    writer: DirectWriter
     finish: Callable[[memoryview], Awaitable[None]]
 
 

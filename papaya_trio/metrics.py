@@ -37,7 +37,7 @@ from prometheus_client import (
 )
 
 from papaya_trio.broadcaster import Broadcaster
-from papaya_trio.fanout import DirectWrite, direct_writer
+from papaya_trio.fanout import DirectWriter, direct_writer
 from papaya_trio.logstore import AppendResult, LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.storage import Storage
@@ -264,19 +264,18 @@ class MeteredStream(trio.abc.Stream):
     async def aclose(self) -> None:
         await self.stream.aclose()
 
-    def direct_writer(self) -> DirectWrite | None:
-        """The inner stream's non-blocking write, counting the bytes it takes."""
-        write = direct_writer(self.stream)
-        if write is None:
+    def direct_writer(self) -> DirectWriter | None:
+        """The inner stream's non-blocking write, its bytes counted here too."""
+        inner = direct_writer(self.stream)
+        if inner is None:
             return None
-        count = self._sent.inc
+        count, inner_count = self._sent.inc, inner.count
 
-        def counted(data: bytes | memoryview) -> int:
-            sent = write(data)
+        def counted(sent: int) -> None:
+            inner_count(sent)
             count(sent)
-            return sent
 
-        return counted
+        return DirectWriter(inner.write, counted)
 
 
 class MeteredHalfCloseableStream(MeteredStream, trio.abc.HalfCloseableStream):

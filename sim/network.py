@@ -30,6 +30,7 @@ from typing import Generic, TypeVar
 
 import trio
 
+from papaya_trio.fanout import DirectWriter
 from sim.trace import Trace
 
 RECEIVE_DEFAULT = 65536
@@ -204,7 +205,7 @@ class SimStream(trio.abc.HalfCloseableStream):
         finally:
             self._sending = False
 
-    def direct_writer(self) -> Callable[[bytes | memoryview], int]:
+    def direct_writer(self) -> DirectWriter:
         """A write that never waits (see `papaya_trio.fanout`). Like `send_all`, it refuses to
         run while another task is sending: two writers at once is a bug in the caller."""
 
@@ -215,7 +216,7 @@ class SimStream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError(f"{self.name}: this end is closed")
             return self._outgoing.send_nowait(data)
 
-        return write
+        return DirectWriter(write)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()

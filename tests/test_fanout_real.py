@@ -200,7 +200,9 @@ class RecordingSession(Session):
         super().__init__(room, peer, identity)
         if self._lease is not None:
             noted = self.writes.setdefault(identity.user or "papaya", [])
-            self._lease = replace(self._lease, write=self._recording(self._lease.write, noted))
+            writer = self._lease.writer
+            recording = replace(writer, write=self._recording(writer.write, noted))
+            self._lease = replace(self._lease, writer=recording)
 
     @staticmethod
     def _recording(write: DirectWrite, noted: list[tuple[int, int]]) -> DirectWrite:

@@ -79,10 +79,10 @@ class StreamPeer:
     def lease(self) -> Lease | None:
         """The fast path's lease of this stream: live records rendered by `render` itself, so
         the bytes are the ones `send` would write (None for TLS and other waiting streams)."""
-        write = direct_writer(self._stream)
-        if write is None:
+        writer = direct_writer(self._stream)
+        if writer is None:
             return None
-        return Lease(type(self).__name__, self._render_joined, write, self._finish)
+        return Lease(type(self).__name__, self._render_joined, writer, self._finish)
 
     def _render_joined(self, events: Sequence[ServerEvent]) -> bytes:
         return b"".join(self.render(events))
