@@ -69,7 +69,7 @@ DirectWrite = Callable[[bytes | memoryview], int]
 WRITE_ERRORS: Final = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-def _uncounted(sent: int) -> None:
+def uncounted(sent: int) -> None:
     """Nobody counts this stream's bytes."""
 
 
@@ -80,7 +80,7 @@ class DirectWriter:
     increment costs as much as a write's bookkeeping)."""
 
     write: DirectWrite
-    count: Callable[[int], None] = _uncounted
+    count: Callable[[int], None] = uncounted
 
 
 @runtime_checkable

@@ -37,7 +37,7 @@ from prometheus_client import (
 )
 
 from papaya_trio.broadcaster import Broadcaster
-from papaya_trio.fanout import DirectWriter, direct_writer
+from papaya_trio.fanout import DirectWriter, direct_writer, uncounted
 from papaya_trio.logstore import AppendResult, LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.storage import Storage
@@ -269,7 +269,11 @@ class MeteredStream(trio.abc.Stream):
         inner = direct_writer(self.stream)
         if inner is None:
             return None
+        # One counter's `inc` (equal bound methods) for every stream of this port, so the
+        # broadcaster's per-publish sums go to it in one increment.
         count, inner_count = self._sent.inc, inner.count
+        if inner_count is uncounted:
+            return DirectWriter(inner.write, count)
 
         def counted(sent: int) -> None:
             inner_count(sent)
