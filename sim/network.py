@@ -10,8 +10,9 @@ chunk size (down to one byte), and nothing while the pipe is stalled. Closing an
 end-of-file after the data in flight (like FIN); `Link.reset` breaks both directions at once
 and throws away what is in flight (like RST). A stream also offers the fan-out fast path's
 non-blocking write (`SimStream.direct_writer`): it takes what fits in the pipe now, and
-refuses to run while a task is inside `send_all`, so two writers at once fail the run. While the server is out of file descriptors its
-listeners fail `accept` with EMFILE and keep the waiting connection. No link runs a task of its
+refuses to run while a task is inside `send_all`, so two writers at once fail the run. While
+the server is out of file descriptors its listeners fail `accept` with EMFILE and keep the
+waiting connection. No link runs a task of its
 own: the clock only moves because readers sleep until data arrives, so the mock clock's
 autojump drives it (the fault injectors are tasks the director starts).
 
