@@ -20,8 +20,8 @@ channel, no log read and no rendering per recipient.
 
 Presence and typing notices take the same way: `Session.notify` offers a notice to a lent
 stream first (`Subscription.write_now`), so a join in a room of N clients costs N writes of
-one cached line rather than N task switches (a notice that cannot be written whole goes the
-normal way, queued for the send task).
+one cached line rather than N task switches (a notice the socket takes none of is queued for
+the send task as before; one it takes in part is finished by the send task, as below).
 
 The loan ends the moment anything else may want to write:
 
@@ -41,7 +41,9 @@ written (the lease renders with the peer's own renderer); a cursor is always the
 written in full, so lag and `max_lag` evictions count as before; and a client that stops
 reading costs the others one non-blocking write that takes less than asked, once: from then
 on it is on the normal path, where it lags and is dropped as `lagging`. A burst of more than
-`BATCH` records goes the normal way, in batches, as it always did.
+`BATCH` records, or records no longer in the log's memory, goes the normal way, in batches,
+as it always did. The bytes written directly are counted (`papaya_sent_bytes_total`) once per
+publish and port (`DirectWriter.count`), not once per write.
 
 Only streams that can take bytes without waiting get a lease (`direct_writer`): plain TCP
 sockets (and the simulation's links). TLS streams stay on the normal path (the record layer
