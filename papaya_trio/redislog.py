@@ -74,8 +74,10 @@ BLOCK_MAX_MS = 5000  # longest XREAD BLOCK; always below redis_timeout
 
 REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)  # TimeoutError is an OSError
 
-# KEYS: stream, ids. ARGV: newest seq this process has seen, time_ms, user, text,
-# has_id ("1" or "0"), client id, ids to keep. Returns {seq, duplicate}.
+# KEYS: stream, ids, resends. ARGV: newest seq this process has seen, time_ms, user, text,
+# has_id ("1" or "0"), client id, ids to keep, meta. Returns {seq, duplicate}. A resend
+# answered from the ids set still writes (INCR resends): WAIT waits for the calling
+# connection's last write, and this one follows the original entry in the replication stream.
 APPEND_SCRIPT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local head = 0
@@ -88,7 +90,10 @@ local member = nil
 if ARGV[5] == '1' then
   member = string.len(ARGV[3]) .. ':' .. ARGV[3] .. ARGV[6]
   local seen = redis.call('ZSCORE', KEYS[2], member)
-  if seen then return {tonumber(seen), 1} end
+  if seen then
+    redis.call('INCR', KEYS[3])
+    return {tonumber(seen), 1}
+  end
 end
 local seq = head + 1
 local id = string.format('%d-0', seq)
@@ -165,6 +170,7 @@ class RedisLog:
         self._client = client
         self.stream = f"{key}:log"
         self.ids = f"{key}:ids"
+        self.resends = f"{key}:resends"
         self._clock_ms = clock_ms
         self.fsync = fsync
         self._replicas = replicas
@@ -237,12 +243,13 @@ class RedisLog:
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
         """Run a write script, with WAIT for replicas when asked; map failures."""
+        keys = [self.stream, self.ids, self.resends]  # the import script uses the first two
         try:
             if self._replicas:
                 timeout_ms = math.ceil(self._timeout * 500)  # WAIT must end before the reply is due
                 with self._client.ensure_replication(self._replicas, timeout_ms):
-                    return await script(keys=[self.stream, self.ids], args=args)
-            return await script(keys=[self.stream, self.ids], args=args)
+                    return await script(keys=keys, args=args)
+            return await script(keys=keys, args=args)
         except coredis.exceptions.ResponseError as exc:
             if str(exc).startswith("PAPAYA_LOST"):
                 self._fail(str(exc).removeprefix("PAPAYA_LOST "))

@@ -43,6 +43,11 @@ async def open_log(store: SimRedis, name: str, *, replicas: int = 0) -> RedisLog
     return log
 
 
+def replica_lag(store: SimRedis, seconds: float) -> None:
+    """From now on every write reaches the replica `seconds` after it is made."""
+    store.faults = replace(store.faults, replication_lag=(seconds, seconds), slow_replica=0.0)
+
+
 def texts(store: SimRedis) -> list[str]:
     return [r.text for r in read_stream(store.entries(STREAM))]
 
@@ -112,8 +117,10 @@ async def test_replica_wait_failover_loses_only_what_was_not_confirmed(
         with pytest.raises(StorageFailed, match="replicas"):
             await log.append("ann", "unconfirmed", "a")
         assert texts(store) == ["unconfirmed"]  # stored on the primary, not confirmed
+        replica_lag(store, 0.01)
         await trio.sleep(5.0)  # now copied: a resend is confirmed with its number
         assert (await log.append("ann", "unconfirmed", "a")).seq == 1
+        replica_lag(store, 5.0)
         with pytest.raises(StorageFailed):
             await log.append("ann", "not yet copied", "b")
         await trio.sleep(0.1)
@@ -183,18 +190,24 @@ def test_hosts_serving_entries_the_store_lost_are_caught() -> None:
     assert result.failure is not None and result.failure.invariant == NO_DUPLICATES
 
 
-@pytest.mark.xfail(reason="RedisLog: WAIT does not cover a resend answered from the ids set")
-async def test_a_resend_confirmed_through_another_server_survives_a_failover(
+async def test_a_resend_through_another_server_is_confirmed_only_once_copied(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    # Redis's WAIT waits for the calling connection's own last write; a resend that the
-    # script answers from the ids set writes nothing, so WAIT on another server's connection
-    # returns at once although the original entry has not reached the replica.
+    # Redis's WAIT waits for the calling connection's own last write. A resend answered from
+    # the ids set writes too (after the original, in the one replication stream), so WAIT on
+    # another server's connection covers the original entry as well.
     store = make_store(Durability.REPLICA_WAIT, replication_lag=(5.0, 5.0), slow_replica=0.0)
     one = await open_log(store, "one", replicas=1)
     two = await open_log(store, "two", replicas=1)
     with pytest.raises(StorageFailed, match="replicas"):
         await one.append("ann", "m", "id1")
-    confirmed = await two.append("ann", "m", "id1")  # the client resends through another server
+    started = trio.current_time()
+    with pytest.raises(StorageFailed, match="replicas"):
+        await two.append("ann", "m", "id1")  # the client resends through another server
+    assert trio.current_time() - started >= TIMEOUT / 2  # WAIT waited for the copy, in vain
+    replica_lag(store, 0.01)
+    await trio.sleep(5.0)  # the original has reached the replica: now the resend is confirmed
+    confirmed = await two.append("ann", "m", "id1")
+    assert (confirmed.seq, confirmed.duplicate) == (1, True)
     store.outage(0.5, crash=True)  # failover to the replica
-    assert texts(store)[confirmed.seq - 1 : confirmed.seq] == ["m"]
+    assert texts(store) == ["m"]
