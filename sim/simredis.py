@@ -7,7 +7,7 @@ append and import scripts), `ensure_replication` (WAIT), `xread` (BLOCK), `xrang
 `xrevrange` and `config_get`. `SimRedisClient` is a fake at exactly that seam, so everything
 above it is the real store: its Lua scripts, its reader loop and backoff, its cache, its
 error handling. The scripts run in a real Lua 5.1 (lupa; Redis embeds Lua 5.1) with a
-`redis.call` that implements the six commands they use on `SimRedis`'s data, so a bug in a
+`redis.call` that implements the seven commands they use on `SimRedis`'s data, so a bug in a
 script is a bug here too.
 
 `SimRedis` is one Redis primary with one replica. The writes of one script call are one
@@ -78,7 +78,7 @@ class SharedStore:
     outage_for: tuple[float, float] = (0.05, 4.0)
     crash_share: float = 0.5  # share of outages that crash the Redis host (else: a partition)
     # Restart every server host when a store crash loses entries (sim/sharedstore.py says why);
-    # False shows what a host that had learned lost entries goes on serving.
+    # False leaves them to find the loss themselves and refuse until the operator restarts them.
     restart_hosts_on_loss: bool = True
 
 
@@ -275,6 +275,9 @@ class SimRedis:
         table = self._lua.table_from
         if command == b"XREVRANGE" and len(args) == 5 and args[3].upper() == b"COUNT":
             found = self.xrange(args[0], args[2], args[1], int(args[4]), reverse=True)
+            return table([table([_id(i), table(f)]) for i, f in found])
+        if command == b"XRANGE" and len(args) == 3:
+            found = self.xrange(args[0], args[1], args[2], None)
             return table([table([_id(i), table(f)]) for i, f in found])
         if command == b"ZSCORE" and len(args) == 2:
             score = self.zsets.get(args[0], {}).get(args[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -218,6 +219,36 @@ async def test_a_redis_that_lost_entries_is_refused_rather_than_numbers_reused(
         with pytest.raises(StorageFailed, match="refuses messages"):
             await store.append("bob", "still refused")
         assert store.broken is not None and store.head == 3
+    assert caplog.text.count("log refuses appends until restart") == 1
+
+
+async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        open_redis_log(
+            redis_server.url, key="room", clock_ms=counter_clock(), command_timeout=1.0
+        ) as store,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(store.run)
+        for i in range(3):
+            await store.append("alice", f"m{i}", f"a-{i}")
+        # Redis comes back without its data (as after a failover to an empty replica) and
+        # another server numbers new messages from 1.
+        redis_server.kill()
+        shutil.rmtree(redis_server.folder / "appendonlydir")
+        redis_server.start()
+        async with open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as other:
+            for i in range(4):
+                await other.append("bob", f"new {i}", f"b-{i}")
+        await wait_for_log(caplog, "log refuses appends until restart")
+        assert store.head == 3 and store.broken is not None
+        with pytest.raises(StorageFailed, match="unusable until restart"):
+            await store.read_after(0, 10)
+        with pytest.raises(StorageFailed, match="refuses messages"):
+            await store.append("alice", "refused", "a-9")
+        nursery.cancel_scope.cancel()
     assert caplog.text.count("log refuses appends until restart") == 1
 
 
