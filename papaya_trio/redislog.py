@@ -50,9 +50,11 @@ twice. A read that Redis cannot serve closes that client's session with a fatal
 exponential backoff on trio time (RETRY_MIN to RETRY_MAX), logs the outage once when it
 starts and once when it ends, and carries on from its last position, so live delivery resumes
 with nothing lost or repeated. After a read error it first checks (XRANGE) that the stream
-still holds the head's entry exactly as this process learned it; until then `read_after`
-refuses (the cache may hold entries Redis lost), and on a mismatch the log fails as on
-PAPAYA_LOST and the reader learns nothing more.
+still holds the head's entry exactly as this process learned it, and on a mismatch the log
+fails as on PAPAYA_LOST and the reader learns nothing more. Until the check passes, where
+Redis can lose what clients were shown (`redis_replicas`, or fsync other than "always"),
+`read_after` refuses rather than serve the cache, which may hold entries Redis lost; with
+`appendfsync always` and no replicas nothing shown can be lost, so the cache is served.
 """
 
 from __future__ import annotations
@@ -207,8 +209,10 @@ class RedisLog:
         self._broken: str | None = None
         self._down: str | None = None  # why the reader cannot reach Redis, while it cannot
         # After a read error, until the head's entry is found unchanged: the cache may hold
-        # entries Redis lost (a failover), so it is not served.
+        # entries Redis lost, so it is not served where Redis can lose what was shown (a
+        # failover to a replica, or a crash without appendfsync always; module docstring).
         self._unchecked = False
+        self._shown_may_be_lost = replicas > 0 or fsync is not FsyncPolicy.ALWAYS
         self.on_visible: Callable[[int], None] = lambda head: None
 
     @property
@@ -375,7 +379,7 @@ class RedisLog:
         """Up to `limit` records after `cursor` (not past the head), oldest first."""
         if self._broken is not None:
             raise StorageFailed(f"the log is unusable until restart: {self._broken}")
-        if self._unchecked:
+        if self._unchecked and self._shown_may_be_lost:
             raise StorageFailed(f"redis is unavailable: {self._down}")
         last = min(self._visible, cursor + limit)
         if last <= cursor:
