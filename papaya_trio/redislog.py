@@ -49,8 +49,10 @@ twice. A read that Redis cannot serve closes that client's session with a fatal
 `storage_failed`; it reconnects with `since` and loses nothing. The reader retries with
 exponential backoff on trio time (RETRY_MIN to RETRY_MAX), logs the outage once when it
 starts and once when it ends, and carries on from its last position, so live delivery resumes
-with nothing lost or repeated. After a read error it first checks (XRANGE) that the stream
-still holds the head's entry exactly as this process learned it, and on a mismatch the log
+with nothing lost or repeated. After every read, and after a read error before the next one,
+it checks (XRANGE) that the stream still holds the head's entry exactly as this process
+learned it, before learning what it read (the client library replaces a lost connection
+silently between commands, so a failover need not show as an error); on a mismatch the log
 fails as on PAPAYA_LOST and the reader learns nothing more. Until the check passes, where
 Redis can lose what clients were shown (`redis_replicas`, or fsync other than "always"),
 `read_after` refuses rather than serve the cache, which may hold entries Redis lost; with
@@ -305,8 +307,8 @@ class RedisLog:
         return None
 
     async def _check_head(self) -> None:
-        """After a read error: fail the log if the stream no longer holds the head's entry
-        as this process learned it (Redis lost entries, and may have renumbered others)."""
+        """Fail the log if the stream no longer holds the head's entry as this process
+        learned it (Redis lost entries, and may have renumbered others)."""
         held = self._held()
         if held is None:
             return
@@ -360,6 +362,9 @@ class RedisLog:
                 )
                 entries = reply.get(self.stream.encode(), ()) if reply else ()
                 records = [_record(entry) for entry in entries]
+                # The client library replaces a lost connection silently between commands, so
+                # a failover may not show as an error: check after every read, before learning.
+                await self._check_head()
             except (*REDIS_ERRORS, StorageFailed) as exc:
                 self._unchecked = True
                 if self._down is None:
@@ -372,7 +377,8 @@ class RedisLog:
                 logger.warning("redis stream readable again; delivery resumes after %d", self.head)
                 self._down = None
             retry = RETRY_MIN
-            self._learn(records)
+            if self._broken is None:
+                self._learn(records)
 
     # --- reading ----------------------------------------------------------------------------
     async def read_after(self, cursor: int, limit: int) -> list[Record]:
