@@ -63,12 +63,16 @@ class Workload(Protocol):
         """Set up the trial's room folder before the server starts."""
 
     def generator_argv(
-        self, port: int, connections: int, seconds: float, data_dir: Path
+        self, ports: Sequence[int], connections: int, seconds: float, data_dir: Path
     ) -> list[str]:
-        """The generator's command line: `connections` clients loading for `seconds`."""
+        """The generator's command line: `connections` clients of the server's `ports` (one
+        per node) loading for `seconds`."""
 
-    def figures(self, load: Mapping[str, object], cpu_percent: float) -> dict[str, float]:
-        """The profile's figures of one trial."""
+    def figures(
+        self, load: Mapping[str, object], cpu_percent: float, redis_cpu_percent: float | None
+    ) -> dict[str, float]:
+        """The profile's figures of one trial; `redis_cpu_percent` is that of the nodes'
+        Redis, when they share one."""
 
 
 def ready_timeout(connections: int) -> float:
@@ -115,9 +119,10 @@ class PaperWorkload:
         """The sinks keep no state."""
 
     def generator_argv(
-        self, port: int, connections: int, seconds: float, data_dir: Path
+        self, ports: Sequence[int], connections: int, seconds: float, data_dir: Path
     ) -> list[str]:
-        """`loadgen` at this workload's rate and tick."""
+        """`loadgen` at this workload's rate and tick (the sinks run as one node)."""
+        (port,) = ports
         return [
             sys.executable,
             "-m",
@@ -129,7 +134,9 @@ class PaperWorkload:
             f"--tick={self.tick}",
         ]
 
-    def figures(self, load: Mapping[str, object], cpu_percent: float) -> dict[str, float]:
+    def figures(
+        self, load: Mapping[str, object], cpu_percent: float, redis_cpu_percent: float | None
+    ) -> dict[str, float]:
         """The generator's own CPU and the rate it achieved per connection."""
         return {
             "load_cpu_percent": number(load.get("cpu_percent")),
@@ -139,7 +146,8 @@ class PaperWorkload:
 
 @dataclass(frozen=True)
 class ChatWorkload:
-    """A chat room: `rate` messages per second in total from `senders` clients, to all."""
+    """A chat room: `rate` messages per second in total from `senders` clients, to all, in
+    the native dialect or the papayaChat one (`dialect`)."""
 
     profile: ClassVar[str] = "chat"
     max_connections: ClassVar[int] = chatload.MAX_CONNECTIONS
@@ -148,6 +156,8 @@ class ChatWorkload:
         "achieved_rate": stats.mean,
         "deliveries_per_second": stats.mean,
         "cpu_us_per_delivery": stats.mean,
+        "redis_cpu_percent": stats.mean,
+        "redis_us_per_delivery": stats.mean,
         "latency_p50_ms": stats.mean,
         "latency_p99_ms": stats.mean,
         "latency_max_ms": _maximum,
@@ -159,6 +169,7 @@ class ChatWorkload:
     senders: int = chatload.DEFAULT_SENDERS
     message_bytes: int = chatload.DEFAULT_MESSAGE_BYTES
     drain_seconds: float = chatload.DEFAULT_DRAIN
+    dialect: str = chatload.DEFAULT_DIALECT
 
     @property
     def drain(self) -> float:
@@ -171,14 +182,15 @@ class ChatWorkload:
         write_key(data_dir / "key", generate_key())
 
     def generator_argv(
-        self, port: int, connections: int, seconds: float, data_dir: Path
+        self, ports: Sequence[int], connections: int, seconds: float, data_dir: Path
     ) -> list[str]:
-        """`chatload` with this workload's rate, senders and message size."""
+        """`chatload` with this workload's rate, senders, message size and dialect, its
+        clients spread over the nodes' ports."""
         return [
             sys.executable,
             "-m",
             "papaya_trio.bench.chatload",
-            f"--port={port}",
+            f"--port={','.join(map(str, ports))}",
             f"--key-file={data_dir / 'key'}",
             f"--connections={connections}",
             f"--duration={seconds}",
@@ -186,10 +198,14 @@ class ChatWorkload:
             f"--senders={self.senders}",
             f"--message-bytes={self.message_bytes}",
             f"--drain={self.drain_seconds}",
+            f"--dialect={self.dialect}",
         ]
 
-    def figures(self, load: Mapping[str, object], cpu_percent: float) -> dict[str, float]:
-        """Delivery rate, latency, losses, and the server CPU spent per delivered message.
+    def figures(
+        self, load: Mapping[str, object], cpu_percent: float, redis_cpu_percent: float | None
+    ) -> dict[str, float]:
+        """Delivery rate, latency, losses, and the server CPU spent per delivered message
+        (all nodes together), with Redis's apart.
 
         Latency figures are absent when nothing was delivered (an idle room).
         """
@@ -207,6 +223,10 @@ class ChatWorkload:
         }
         if deliveries:
             result["cpu_us_per_delivery"] = 1e4 * cpu_percent / deliveries
+        if redis_cpu_percent is not None:
+            result["redis_cpu_percent"] = redis_cpu_percent
+            if deliveries:
+                result["redis_us_per_delivery"] = 1e4 * redis_cpu_percent / deliveries
         for name in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"):
             if isinstance(value := load.get(name), int | float):
                 result[name] = float(value)

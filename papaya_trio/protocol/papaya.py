@@ -26,6 +26,8 @@ from papaya_trio.records import Record
 
 HISTORY_LINES: Final = 7
 HISTORY_BYTES: Final = 1050
+#: What ends a line the server sends: a newline (history, and within a burst) or a NUL.
+LINE_ENDS: Final = b"\n\x00"
 
 
 class PapayaDecoder(LineDecoder):
@@ -69,6 +71,11 @@ def parse_line(line: bytes, max_message_bytes: int) -> SendText | Violation:
     if problem := text_problem(text, max_message_bytes, allow_empty=True):
         return Violation("dropped", problem[1])
     return SendText(text, user=user)
+
+
+def encode_client_line(user: str, text: str) -> bytes:
+    """A client's line as the original client writes it: ``user: text`` and a newline."""
+    return f"{user}: {text}\n".encode()
 
 
 def encode_live(records: Sequence[Record]) -> bytes:

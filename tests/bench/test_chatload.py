@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from papaya_trio.bench.chatload import ChatLoad, ChatLoadSpec, LoadError
-from papaya_trio.bench.runner import running_server
+from papaya_trio.bench.deployment import running_server
 from papaya_trio.bench.servers import chat_spec
 from papaya_trio.bench.workloads import ChatWorkload
 
@@ -22,7 +22,7 @@ async def run_room(
     ChatWorkload().prepare(tmp_path / "data")
     key = (tmp_path / "data" / "key").read_text().strip()
     async with running_server(chat_spec("trio", "never", 64), CPUS, tmp_path) as (_pid, port):
-        spec = ChatLoadSpec(port, key, connections, duration, rate, senders)
+        spec = ChatLoadSpec((port,), key, connections, duration, rate, senders)
         with trio.fail_after(30):
             return await ChatLoad(spec).run(lambda: None)
 
@@ -48,13 +48,13 @@ async def test_rate_zero_holds_idle_connections(tmp_path: Path) -> None:
 async def test_a_wrong_key_is_a_load_error(tmp_path: Path) -> None:
     ChatWorkload().prepare(tmp_path / "data")
     async with running_server(chat_spec("trio", "never", 64), CPUS, tmp_path) as (_pid, port):
-        spec = ChatLoadSpec(port=port, key="x" * 128, connections=2, duration=1)
-        with trio.fail_after(30), pytest.raises(LoadError, match="2 clients could not join"):
+        spec = ChatLoadSpec(ports=(port,), key="x" * 128, connections=2, duration=1)
+        with trio.fail_after(30), pytest.raises(LoadError, match=r"client 0: refused.*bad_key"):
             await ChatLoad(spec).run(lambda: None)
 
 
 def test_spec_is_bounded() -> None:
     with pytest.raises(ValueError, match="connections"):
-        ChatLoadSpec(port=1, key="k", connections=30_000, duration=1)
+        ChatLoadSpec(ports=(1,), key="k", connections=30_000, duration=1)
     with pytest.raises(ValueError, match="rate"):
-        ChatLoadSpec(port=1, key="k", connections=1, duration=3600, rate=1000)
+        ChatLoadSpec(ports=(1,), key="k", connections=1, duration=3600, rate=1000)
