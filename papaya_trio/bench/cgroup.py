@@ -36,7 +36,7 @@ _ENTER = 'echo $$ > "$0" && exec "$@"'
 _names = itertools.count()
 
 
-def _unified_root() -> Path | None:
+def unified_root() -> Path | None:
     """Where this process's cgroup v2 folder is, if the unified hierarchy is mounted."""
     try:
         mounts = _MOUNTS.read_text().splitlines()
@@ -60,7 +60,7 @@ class Cgroup:
     @classmethod
     def create(cls, label: str) -> Cgroup | None:
         """A fresh cgroup under this process's own, or None where that is not allowed."""
-        root = _unified_root()
+        root = unified_root()
         if root is None:
             return None
         path = root / f"papaya-bench-{os.getpid()}-{next(_names)}-{label}"

@@ -56,7 +56,7 @@ class LoadError(Exception):
 class Client:
     """One connection: its stream, and what it has received."""
 
-    def __init__(self, index: int, stream: trio.SocketStream, head: int, rest: bytes) -> None:
+    def __init__(self, index: int, stream: trio.abc.Stream, head: int, rest: bytes) -> None:
         self.index = index
         self.stream = stream
         #: Native: the newest message before we joined (older ones are history).

@@ -126,13 +126,15 @@ async def _launch(
 
 
 async def _reap(processes: ServerProcesses, started: Sequence[trio.Process]) -> None:
-    """Stop every process of the server, then collect the exit of those we started."""
+    """Stop every process of the server, collect the exit of those we started, and remove
+    the server's cgroup."""
     await processes.stop(STOP_TIMEOUT)
     with trio.CancelScope(shield=True):
         for process in started:
             if process.returncode is None:
                 process.kill()
             await process.wait()
+    await processes.close()
 
 
 @asynccontextmanager

@@ -16,7 +16,8 @@ where it can, "how much CPU has the server used so far, exited processes include
   samples loses the time it used in that interval.
 
 `stop` ends them all: SIGTERM to the topmost processes (the ones whose parent is not the
-server's), a grace period, then SIGKILL to whatever is left, each wait bounded.
+server's), a grace period, then SIGKILL to whatever is left, each wait bounded; `close`
+then removes the cgroup.
 """
 
 from __future__ import annotations
@@ -166,8 +167,14 @@ class ServerProcesses:
                     except psutil.NoSuchProcess:
                         continue
                 await self._wait_gone(KILL_TIMEOUT)
-            if self.group is not None:
-                for _ in range(math.ceil(KILL_TIMEOUT / _POLL)):
-                    if self.group.remove():
-                        break
-                    await trio.sleep(_POLL)
+
+    async def close(self) -> None:
+        """Remove the cgroup, once the processes the caller started have been reaped (a
+        zombie still counts as a member); shielded from cancellation."""
+        if self.group is None:
+            return
+        with trio.CancelScope(shield=True):
+            for _ in range(math.ceil(KILL_TIMEOUT / _POLL)):
+                if self.group.remove():
+                    return
+                await trio.sleep(_POLL)

@@ -96,15 +96,24 @@ CHAT_COLUMNS = (
 )
 
 
+REDIS_CPU = "redis_cpu_percent"
+REDIS_PER_DELIVERY = "redis_us_per_delivery"
+#: Columns added when some server ran on Redis: Redis's own CPU, apart from the nodes'.
+REDIS_COLUMNS = ("redis CPU %", "redis us/delivery")
+
+
 def format_chat_table(points: Sequence[Point]) -> str:
     """The chat profile: one row per (connections, mode), then the highest N sustained.
 
     Latency is from the send to the receipt at each client; "lost" counts deliveries
-    (messages x clients) that never arrived; memory is the growth of the server's process
-    tree per connection from before the clients connected.
+    (messages x clients) that never arrived; memory is the growth of the server's processes
+    per connection from before the clients connected. CPU is every node's together; where
+    servers ran on Redis, Redis's CPU follows in columns of its own.
     """
-    rows = [list(CHAT_COLUMNS)]
+    redis = any(REDIS_CPU in point.figures for point in points)
+    rows = [list(CHAT_COLUMNS) + (list(REDIS_COLUMNS) if redis else [])]
     for point in sorted(points, key=lambda p: p.connections):
+        extra = [_figure(point, REDIS_CPU, 2), _figure(point, REDIS_PER_DELIVERY, 1)]
         rows.append(
             [
                 str(point.connections),
@@ -121,6 +130,7 @@ def format_chat_table(points: Sequence[Point]) -> str:
                 f"{point.rss_per_connection_bytes / KIB:.1f}",
                 _figure(point, "load_cpu_percent", 1),
                 _figure(point, HOST_CV, 3),
+                *(extra if redis else []),
             ]
         )
     sustained = highest_sustained(points)
