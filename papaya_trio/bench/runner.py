@@ -5,15 +5,17 @@ its result means. For each connection count N and each repeat, the modes run one
 other, in an order rotated by the repeat number, so a machine that drifts (thermal, other
 jobs) affects all modes alike. One trial, in a fresh temporary folder:
 
-1. let the workload prepare the room folder, then start the server in its own process
-   group, pinned to the server CPU, its stderr in ``server.log``; take a baseline memory
+1. let the workload prepare the room folder, then start the server (`deployment`: one
+   process, or K nodes and their Redis), each in a cgroup of its own where the system
+   allows, pinned to the server CPU (node i to its own CPU); take a baseline memory
    reading once it listens;
-2. start the load generator (another process) pinned to the remaining CPUs, and wait for
-   its "ready" line (all N connections open);
-3. let `warmup` seconds pass (forks, first-touch memory), then take a snapshot every
-   `interval` seconds for `duration` seconds (memory in the last one only: reading it for
-   thousands of forked processes takes longer than an interval);
-4. read the generator's result and stop the server's process group.
+2. start the load generator (another process) pinned to the remaining CPUs (`Placement`),
+   with the port of every node, and wait for its "ready" line (all N connections open);
+3. let `warmup` seconds pass (forks, first-touch memory), then take a snapshot of the
+   server's processes (and of Redis's, apart) every `interval` seconds for `duration`
+   seconds (memory in the last one only: reading it for thousands of forked processes
+   takes longer than an interval);
+4. read the generator's result and stop every process the server started.
 
 Everything waits under a deadline, so a server that never announces its port or a
 generator that hangs ends the trial with an error instead of the sweep hanging. A trial

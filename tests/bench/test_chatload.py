@@ -17,18 +17,28 @@ CPUS = frozenset(os.sched_getaffinity(0))
 
 
 async def run_room(
-    tmp_path: Path, connections: int, duration: float, rate: float, senders: int = 1
+    tmp_path: Path,
+    connections: int,
+    duration: float,
+    rate: float,
+    senders: int = 1,
+    mode: str = "trio",
+    dialect: str = "native",
 ) -> dict[str, object]:
     ChatWorkload().prepare(tmp_path / "data")
     key = (tmp_path / "data" / "key").read_text().strip()
-    async with running_server(chat_spec("trio", "never", 64), CPUS, tmp_path) as (_pid, port):
-        spec = ChatLoadSpec((port,), key, connections, duration, rate, senders)
-        with trio.fail_after(30):
+    async with running_server(chat_spec(mode, "never", 64), CPUS, tmp_path) as (_pid, port):
+        spec = ChatLoadSpec((port,), key, connections, duration, rate, senders, dialect=dialect)
+        with trio.fail_after(60):
             return await ChatLoad(spec).run(lambda: None)
 
 
-async def test_every_client_receives_every_message(tmp_path: Path) -> None:
-    result = await run_room(tmp_path, connections=4, duration=1.0, rate=40, senders=2)
+@pytest.mark.parametrize(
+    ("mode", "dialect"), [("trio", "native"), ("trio", "papaya"), ("fork", "papaya")]
+)
+async def test_every_client_receives_every_message(tmp_path: Path, mode: str, dialect: str) -> None:
+    result = await run_room(tmp_path, 4, 1.0, rate=40, senders=2, mode=mode, dialect=dialect)
+    assert result["dialect"] == dialect
     assert result["sent"] == 40
     assert result["delivered"] == 4 * 40
     assert result["lost"] == 0 and result["out_of_order"] == 0
@@ -58,29 +68,6 @@ def test_spec_is_bounded() -> None:
         ChatLoadSpec(ports=(1,), key="k", connections=30_000, duration=1)
     with pytest.raises(ValueError, match="rate"):
         ChatLoadSpec(ports=(1,), key="k", connections=1, duration=3600, rate=1000)
-
-
-async def run_papaya_room(
-    tmp_path: Path, mode: str, connections: int, duration: float, rate: float, senders: int
-) -> dict[str, object]:
-    ChatWorkload().prepare(tmp_path / "data")
-    key = (tmp_path / "data" / "key").read_text().strip()
-    async with running_server(chat_spec(mode, "never", 64), CPUS, tmp_path) as (_pid, port):
-        spec = ChatLoadSpec((port,), key, connections, duration, rate, senders, dialect="papaya")
-        with trio.fail_after(60):
-            return await ChatLoad(spec).run(lambda: None)
-
-
-@pytest.mark.parametrize("mode", ["trio", "fork"])
-async def test_papaya_dialect_clients_receive_every_message(tmp_path: Path, mode: str) -> None:
-    result = await run_papaya_room(tmp_path, mode, connections=4, duration=1.0, rate=40, senders=2)
-    assert result["dialect"] == "papaya"
-    assert (result["sent"], result["delivered"]) == (40, 4 * 40)
-    assert result["lost"] == 0 and result["out_of_order"] == 0
-    assert not result["flagged"], result["flag_reason"]
-    p50, p99, worst = (result[k] for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"))
-    assert isinstance(p50, float) and isinstance(p99, float) and isinstance(worst, float)
-    assert 0 < p50 <= p99 <= worst < 1000
 
 
 async def test_papaya_dialect_wrong_key_is_a_closed_socket(tmp_path: Path) -> None:
