@@ -3,8 +3,9 @@
 Every client opens a TCP connection and joins in its dialect (`chatwire`: the native JSON
 lines, or the papayaChat dialect of the original C daemon); the first client joins before
 the others. With several ports (several server processes sharing one room), client i
-connects to port i mod K, so the clients are spread evenly. Once all N are in, the
-generator prints ``{"event": "ready"}``. Then one pacer sends `rate` messages per second in
+connects to port i mod K, so the clients are spread evenly. Once all N are in and nothing
+has arrived for `QUIET` seconds (what the joins set off, such as presence events, is over),
+the generator prints ``{"event": "ready"}``. Then one pacer sends `rate` messages per second in
 total, on a fixed schedule, from the first `senders` clients in turn; message k's text is
 ``bench k`` padded to `message_bytes`, and its send time is kept in an array indexed by k.
 Every client (senders included: the server echoes to everybody) reads its stream and, for
@@ -70,6 +71,9 @@ DEFAULT_DIALECT = "native"
 #: A run is flagged when it sent less than (1 - tolerance) of the requested messages.
 DEFAULT_TOLERANCE = 0.05
 CPU_SATURATION = 0.9
+#: Seconds without a byte received after which the room counts as settled after the joins.
+QUIET = 0.5
+SETTLE_LIMIT = 120.0
 #: File descriptors the generator needs besides one per client.
 SPARE_FILES = 64
 
@@ -135,6 +139,8 @@ class ChatLoad:
         self._expected: int | None = None
         self._all_delivered = trio.Event()
         self.send_failures = 0
+        #: When any client last received anything (see `_settle`).
+        self.last_receipt = -math.inf
 
     # --- setting up ---------------------------------------------------------------------
     async def _join(self, index: int, limiter: trio.CapacityLimiter) -> None:
@@ -196,6 +202,7 @@ class ChatLoad:
             if not chunk:
                 client.closed_by_server = True
                 return
+            self.last_receipt = trio.current_time()
             pending += chunk
 
     # --- sending ------------------------------------------------------------------------
@@ -219,6 +226,19 @@ class ChatLoad:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send_failures += 1  # the server dropped the sender: its reader says so
 
+    async def _settle(self) -> None:
+        """Wait until nothing has arrived for `QUIET` seconds (at most `SETTLE_LIMIT`).
+
+        What the joins set off is over by then: in trio mode every native join is announced
+        to every member already in (presence), N**2 / 2 deliveries that would otherwise
+        still be flowing while the server is measured.
+        """
+        step = QUIET / 5
+        for _ in range(math.ceil(SETTLE_LIMIT / step)):
+            if trio.current_time() >= self.last_receipt + QUIET:
+                return
+            await trio.sleep(step)
+
     async def _drain(self) -> None:
         """Wait up to `drain` seconds for every client to have every message sent."""
         self._expected = self.sent * len(self.clients)
@@ -235,12 +255,14 @@ class ChatLoad:
         await self._join_all()
         try:
             connect_seconds = trio.current_time() - joined_at
-            on_ready()
-            cpu_before = time.process_time()
-            start = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for client in self.clients:
                     nursery.start_soon(self._read, client)
+                self.last_receipt = trio.current_time()
+                await self._settle()
+                on_ready()
+                cpu_before = time.process_time()
+                start = trio.current_time()
                 await self._pace(start)
                 send_seconds = trio.current_time() - start
                 await self._drain()

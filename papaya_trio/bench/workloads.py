@@ -44,6 +44,11 @@ DEFAULT_HOST_CHECK = 5.0
 READY_TIMEOUT = 30.0
 #: Extra joining time per connection (fork mode forks two processes per client).
 READY_PER_CONNECTION = 0.02
+#: Extra joining time per pair of connections: trio mode announces every native join to
+#: every member already in (presence), so N joins cost about N**2 / 2 deliveries.
+READY_PER_PAIR = 1e-4
+#: The longest wait for the clients to join, whatever N.
+READY_LIMIT = 600.0
 #: The chat profile calls a point sustained when its p99 delivery latency is within this.
 SUSTAINED_P99_MS = 1000.0
 
@@ -76,8 +81,10 @@ class Workload(Protocol):
 
 
 def ready_timeout(connections: int) -> float:
-    """How long a generator may take to open `connections` connections."""
-    return READY_TIMEOUT + READY_PER_CONNECTION * connections
+    """How long a generator may take to open `connections` connections and let the room
+    settle (`chatload.SETTLE_LIMIT`)."""
+    allowance = READY_PER_CONNECTION * connections + READY_PER_PAIR * connections**2
+    return min(READY_LIMIT, READY_TIMEOUT + allowance) + chatload.SETTLE_LIMIT
 
 
 def number(value: object) -> float:

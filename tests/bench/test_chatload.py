@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from papaya_trio.bench.chatload import ChatLoad, ChatLoadSpec, LoadError
+from papaya_trio.bench.chatload import QUIET, SETTLE_LIMIT, ChatLoad, ChatLoadSpec, LoadError
 from papaya_trio.bench.deployment import running_server
 from papaya_trio.bench.servers import chat_spec
 from papaya_trio.bench.workloads import ChatWorkload
@@ -85,3 +85,34 @@ def test_papaya_spec_needs_a_full_key_and_bounds_its_bitmaps() -> None:
         ChatLoadSpec((1,), "k", 1, 1, dialect="irc")
     with pytest.raises(ValueError, match="port"):
         ChatLoadSpec((), "k", 1, 1)
+
+
+async def traffic(load: ChatLoad, every: float, until: float) -> None:
+    """Something arrives every `every` seconds until `until` (trio time)."""
+    while trio.current_time() < until:
+        load.last_receipt = trio.current_time()
+        await trio.sleep(every)
+
+
+async def test_the_room_settles_once_the_joins_traffic_is_over(autojump_clock: object) -> None:
+    load = ChatLoad(ChatLoadSpec((1,), "k", 1, 1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic, load, 0.2, 2.0)
+        load.last_receipt = trio.current_time()
+        await load._settle()
+        settled = trio.current_time()
+    # The last arrival was at 1.8 s (or 2.0 s): quiet for QUIET seconds after it, looked at
+    # every fifth of QUIET.
+    assert 1.8 + QUIET <= settled <= 2.0 + 1.2 * QUIET
+
+
+async def test_a_room_that_never_settles_is_waited_for_a_bounded_time(
+    autojump_clock: object,
+) -> None:
+    load = ChatLoad(ChatLoadSpec((1,), "k", 1, 1.0))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(traffic, load, 0.1, 10 * SETTLE_LIMIT)
+        load.last_receipt = trio.current_time()
+        await load._settle()
+        assert trio.current_time() == pytest.approx(SETTLE_LIMIT)
+        nursery.cancel_scope.cancel()
