@@ -157,7 +157,8 @@ async def running_redis(
     executable = shutil.which("redis-server")
     if executable is None:
         raise BenchError("redis-server is not installed (Debian: apt-get install redis-server)")
-    await trio.Path(folder).mkdir()
+    # Not trio.Path: its worker thread would inherit the runner's pinning and keep it.
+    os.mkdir(folder)
     port = free_port()
     argv = [
         executable,

@@ -35,7 +35,8 @@ import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -312,7 +313,8 @@ async def run_trial(
             )
             try:
                 os.sched_setaffinity(load.pid, placement.load_cpus)
-                series, result = await _sample_during_load(load, samplers, connections, config)
+                with _runner_on(placement.load_cpus):
+                    series, result = await _sample_during_load(load, samplers, connections, config)
             finally:
                 await _stop(load)
                 if load.stdout is not None:
@@ -329,6 +331,22 @@ async def run_trial(
         placement=placement,
     )
     return summarise(run, config.workload)
+
+
+@contextmanager
+def _runner_on(cpus: frozenset[int]) -> Iterator[None]:
+    """Keep the runner's thread on `cpus` meanwhile, off the server's CPU.
+
+    Only around the sampling: a worker thread that trio starts while the runner is pinned
+    (``open_process`` runs ``Popen`` in one) inherits the pinning and keeps it when it goes
+    back to trio's thread cache.
+    """
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 async def _stop(process: trio.Process) -> None:
@@ -397,7 +415,7 @@ async def run_sweep(
     on_finish: Callable[[str, Trial], None] | None = None,
     on_fail: Callable[[str, str], None] | None = None,
 ) -> SweepResult:
-    """Run every trial of `config`; the runner itself moves to the load CPUs meanwhile.
+    """Run every trial of `config`; the runner itself moves to the load CPUs while it samples.
 
     A trial that fails (BenchError) is recorded in `failures`, and its mode is skipped for
     the rest of the sweep (larger N).
@@ -423,38 +441,32 @@ async def run_sweep(
     )
     failed: set[str] = set()
     host: HostCheck | None = None
-    own_cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, placement.load_cpus)
-    try:
-        for connections, repeat, spec in trial_order(config):
-            if spec.name in failed:
-                continue
-            label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
-            if config.host_check and not _checks(host, connections, repeat):
-                host = await check_host(
-                    placement.server_cpus, config.host_check, config.interval, connections, repeat
-                )
-                result.host_checks.append(host)
-            if on_start:
-                on_start(label)
-            own = Placement.choose(
-                available, config.pin, spec.nodes, redis=spec.redis_appendfsync is not None
+    for connections, repeat, spec in trial_order(config):
+        if spec.name in failed:
+            continue
+        label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
+        if config.host_check and not _checks(host, connections, repeat):
+            host = await check_host(
+                placement.server_cpus, config.host_check, config.interval, connections, repeat
             )
-            os.sched_setaffinity(0, own.load_cpus)
-            try:
-                trial = await run_trial(spec, connections, repeat, config, own)
-            except BenchError as exc:
-                failed.add(spec.name)
-                failure = {"mode": spec.name, "connections": connections, "repeat": repeat}
-                result.failures.append({**failure, "reason": str(exc)})
-                if on_fail:
-                    on_fail(label, str(exc))
-                continue
-            if host is not None:
-                trial = dataclasses.replace(trial, figures={**trial.figures, HOST_CV: host.cv})
-            result.trials.append(trial)
-            if on_finish:
-                on_finish(label, trial)
-    finally:
-        os.sched_setaffinity(0, own_cpus)
+            result.host_checks.append(host)
+        if on_start:
+            on_start(label)
+        own = Placement.choose(
+            available, config.pin, spec.nodes, redis=spec.redis_appendfsync is not None
+        )
+        try:
+            trial = await run_trial(spec, connections, repeat, config, own)
+        except BenchError as exc:
+            failed.add(spec.name)
+            failure = {"mode": spec.name, "connections": connections, "repeat": repeat}
+            result.failures.append({**failure, "reason": str(exc)})
+            if on_fail:
+                on_fail(label, str(exc))
+            continue
+        if host is not None:
+            trial = dataclasses.replace(trial, figures={**trial.figures, HOST_CV: host.cv})
+        result.trials.append(trial)
+        if on_finish:
+            on_finish(label, trial)
     return result
