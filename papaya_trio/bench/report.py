@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from papaya_trio.bench.paper import PUBLISHED
-from papaya_trio.bench.runner import Point, SweepResult
+from papaya_trio.bench.runner import LOAD_AVERAGE, Point, SweepResult
 from papaya_trio.bench.steadiness import HOST_CV
 
 KIB = 1024
@@ -93,6 +93,7 @@ CHAT_COLUMNS = (
     "RSS KiB/conn",
     "load CPU %",
     "host Cv",
+    "load avg",
 )
 
 
@@ -130,6 +131,7 @@ def format_chat_table(points: Sequence[Point]) -> str:
                 f"{point.rss_per_connection_bytes / KIB:.1f}",
                 _figure(point, "load_cpu_percent", 1),
                 _figure(point, HOST_CV, 3),
+                _figure(point, LOAD_AVERAGE, 1),
                 *(extra if redis else []),
             ]
         )

@@ -49,6 +49,8 @@ from papaya_trio.bench.servers import ServerSpec
 from papaya_trio.bench.steadiness import HOST_CV, HostCheck, check_host
 from papaya_trio.bench.workloads import Reducer, SweepConfig, Workload, ready_timeout
 
+#: The machine's 1-minute load average at the end of each trial, among its figures.
+LOAD_AVERAGE = "load_average"
 #: A trial is flagged when other work used more than this on the server's CPU.
 BACKGROUND_LIMIT = 5.0
 _MAX_LINE = 1 << 20
@@ -437,7 +439,7 @@ async def run_sweep(
             "servers": [{"name": s.name, "command": list(s.command)} for s in config.servers],
         },
         placement=placement.to_json(),
-        reducers={**workload.reducers, HOST_CV: stats.mean},
+        reducers={**workload.reducers, HOST_CV: stats.mean, LOAD_AVERAGE: stats.mean},
     )
     failed: set[str] = set()
     host: HostCheck | None = None
@@ -464,8 +466,11 @@ async def run_sweep(
             if on_fail:
                 on_fail(label, str(exc))
             continue
+        # How busy the whole machine was: it may be shared with other jobs.
+        figures = {**trial.figures, LOAD_AVERAGE: os.getloadavg()[0]}
         if host is not None:
-            trial = dataclasses.replace(trial, figures={**trial.figures, HOST_CV: host.cv})
+            figures[HOST_CV] = host.cv
+        trial = dataclasses.replace(trial, figures=figures)
         result.trials.append(trial)
         if on_finish:
             on_finish(label, trial)

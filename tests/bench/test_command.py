@@ -165,6 +165,7 @@ def chat_sweep(tmp_path: Path, *options: str) -> dict[str, Any]:
         assert load["delivered"] == 3 * load["sent"] > 0  # every client got every message
         assert load["lost"] == 0 and load["errors"] == 0 and load["out_of_order"] == 0
         assert trial["figures"]["cpu_us_per_delivery"] > 0
+        assert trial["figures"]["load_average"] >= 0  # how busy the machine was
     return data
 
 
@@ -173,7 +174,7 @@ def test_short_real_chat_sweep_loses_nothing_and_writes_json_csv_and_png(
 ) -> None:
     data = chat_sweep(tmp_path)
     out = capsys.readouterr().out
-    assert "p99 ms" in out and "highest N sustained" in out
+    assert "p99 ms" in out and "highest N sustained" in out and "load avg" in out
     assert "redis" not in out  # no Redis columns without Redis
     assert data["config"]["workload"]["profile"] == "chat"
     assert sorted(p["mode"] for p in data["points"]) == ["fork", "trio"]
