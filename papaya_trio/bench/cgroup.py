@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -34,6 +35,8 @@ _OWN_CGROUP = Path("/proc/self/cgroup")
 #: Makes the shell move itself into the cgroup named by $0, then run the command.
 _ENTER = 'echo $$ > "$0" && exec "$@"'
 _names = itertools.count()
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_LABEL_CHARS = 64
 
 
 def unified_root() -> Path | None:
@@ -59,11 +62,16 @@ class Cgroup:
 
     @classmethod
     def create(cls, label: str) -> Cgroup | None:
-        """A fresh cgroup under this process's own, or None where that is not allowed."""
+        """A fresh cgroup under this process's own, or None where that is not allowed.
+
+        `label` (a server's name, which may come from the command line) only decorates the
+        folder's name: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``.
+        """
         root = unified_root()
         if root is None:
             return None
-        path = root / f"papaya-bench-{os.getpid()}-{next(_names)}-{label}"
+        tag = _UNSAFE.sub("_", label)[:_LABEL_CHARS]
+        path = root / f"papaya-bench-{os.getpid()}-{next(_names)}-{tag}"
         try:
             path.mkdir()
         except OSError:

@@ -116,7 +116,8 @@ class Wire(Protocol):
 
 
 # The server writes compact JSON with "seq" before "text" (papaya_trio.protocol.native).
-_NATIVE_MESSAGE = re.compile(rb'"type":"message","seq":(\d+),[^\n]*?"text":"bench (\d+)')
+# Numbers are bounded in length, so that a hostile stream cannot make int() refuse them.
+_NATIVE_MESSAGE = re.compile(rb'"type":"message","seq":(\d{1,19}),[^\n]*?"text":"bench (\d{1,9}) ')
 _NATIVE_ERROR = b'"type":"error"'
 _NEWLINE = re.compile(rb"\n")
 
@@ -166,7 +167,7 @@ class NativeWire:
         return data.rfind(b"\n")
 
 
-_PAPAYA_MESSAGE = re.compile(rb"b\d+: bench (\d+) ")
+_PAPAYA_MESSAGE = re.compile(rb"b\d{1,9}: bench (\d{1,9}) ")
 _ANY_LINE_END = re.compile(b"[" + re.escape(papaya.LINE_ENDS) + b"]")
 _JOINED = re.compile(b"b0: " + re.escape(JOIN_TEXT.encode()) + _ANY_LINE_END.pattern)
 

@@ -43,6 +43,8 @@ PROFILES = ("paper", "chat")
 #: Room the chat server gets beyond the largest N (the bench never needs it; a margin
 #: against a client of a previous trial still being counted).
 SERVER_CONNECTION_MARGIN = 64
+#: The most server processes one trial may start with --nodes.
+MAX_NODES = 64
 #: Open files the bench's processes need beside one per connection.
 SPARE_FILES = 256
 
@@ -62,6 +64,13 @@ def _names(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("no mode given")
     return names
+
+
+def _nodes(text: str) -> tuple[int, ...]:
+    counts = _counts(text)
+    if max(counts) > MAX_NODES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_NODES} nodes")
+    return counts
 
 
 def _stores(text: str) -> tuple[str, ...]:
@@ -222,7 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     chat.add_argument(
         "--nodes",
-        type=_counts,
+        type=_nodes,
         default=None,
         metavar="K",
         help="server processes sharing the room through Redis, each pinned to its own CPU,"

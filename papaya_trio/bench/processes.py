@@ -91,7 +91,7 @@ def _tree(pid: int) -> list[psutil.Process]:
 
 class ServerProcesses:
     """The processes of one measured server: in `group`, or below `roots` and the owners of
-    the listening `ports` (see the module docstring)."""
+    the ports given to `find_listeners` (see the module docstring)."""
 
     def __init__(self, roots: Sequence[int], group: Cgroup | None) -> None:
         self.roots = list(roots)

@@ -43,3 +43,13 @@ def test_native_wire_keeps_the_servers_order() -> None:
     assert one.out_of_order == 1
     assert list(wire.take(one, b'{"type":"error","code":"x"}\n', sent=2)) == []
     assert one.errors == 1 and "error" in one.first_error
+
+
+def test_hostile_numbers_are_not_taken() -> None:
+    # Python refuses int() of more than 4,300 digits: such a "number" must simply not match.
+    wire = PapayaWire(messages=4)
+    huge = b"9" * 5000
+    block = b"b1: bench " + huge + b" x\x00b" + huge + b": bench 1 x\x00b2: bench 2 x\x00"
+    assert list(wire.take(client(), block, sent=4)) == [2]
+    native = b'{"type":"message","seq":' + huge + b',"text":"bench 1 x"}\n'
+    assert list(NativeWire().take(client(), native, sent=4)) == []

@@ -55,6 +55,8 @@ def test_bad_counts_are_refused_by_the_parser() -> None:
         parse("--profile=chat", "--store", "sqlite")
     with pytest.raises(SystemExit):
         parse("--profile=chat", "--nodes", "0")
+    with pytest.raises(SystemExit):
+        parse("--profile=chat", "--nodes", "1,65")  # a process each: bounded
 
 
 @pytest.mark.parametrize(

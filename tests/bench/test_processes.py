@@ -17,7 +17,7 @@ import psutil
 import pytest
 import trio
 
-from papaya_trio.bench.cgroup import Cgroup
+from papaya_trio.bench.cgroup import Cgroup, unified_root
 from papaya_trio.bench.deployment import deploy
 from papaya_trio.bench.processes import listening_inodes, socket_owners
 from papaya_trio.bench.sampler import ProcessTreeSampler, interval
@@ -93,6 +93,19 @@ async def test_a_process_that_exits_keeps_its_cpu_in_the_cgroup(tmp_path: Path) 
         assert process.returncode == 0
         assert group.pids() == set()
         assert group.cpu_seconds() >= 0.2
+    finally:
+        assert group.remove()
+
+
+def test_a_hostile_server_name_cannot_place_its_cgroup_elsewhere() -> None:
+    group = Cgroup.create("../../escape/" + "x" * 300)
+    if group is None:
+        pytest.skip("no writable cgroup v2 hierarchy here")
+    try:
+        root = unified_root()
+        assert root is not None and group.path.parent == root
+        assert "/" not in group.path.name and ".._.._escape_" in group.path.name
+        assert len(group.path.name) < 100
     finally:
         assert group.remove()
 
