@@ -4,7 +4,8 @@ The client opens with exactly 128 bytes of key, then writes `user: text\\n` line
 sends a history tail of raw lines, then new messages as the original daemon does: the lines
 pending at a wake-up joined by newlines, with one final NUL, in one write (its client prints
 what a read returns up to the first NUL, so a NUL per message would hide all but the first of
-a burst). There are no replies and no errors: bad lines are dropped.
+a burst). There are no replies and no errors: bad lines are dropped. `encode_client_line` and
+`LINE_ENDS` are the client's side, for the bench's papayaChat-dialect load generator.
 """
 
 from __future__ import annotations
