@@ -15,9 +15,8 @@ where it can, "how much CPU has the server used so far, exited processes include
   CPU is then summed over the live processes, so a process that exited between two
   samples loses the time it used in that interval.
 
-`stop` ends them all: SIGTERM to the topmost processes (the ones whose parent is not the
-server's), a grace period, then SIGKILL to whatever is left, each wait bounded; `close`
-then removes the cgroup.
+`stop` ends them all: SIGTERM to every one of them, a grace period, then SIGKILL to whatever
+is left, each wait bounded; `close` then removes the cgroup.
 """
 
 from __future__ import annotations
@@ -145,17 +144,16 @@ class ServerProcesses:
         return not self._alive()
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM the topmost processes, wait up to `grace` seconds, then SIGKILL the rest.
+        """SIGTERM every process, wait up to `grace` seconds, then SIGKILL the rest.
 
-        Shielded from cancellation: a sweep that is stopped still stops its servers.
+        Every process gets the SIGTERM, as from a signal to a process group: a daemon's
+        per-client children need not depend on their parent passing it on. Shielded from
+        cancellation: a sweep that is stopped still stops its servers.
         """
         with trio.CancelScope(shield=True):
-            alive = self._alive()
-            pids = {p.pid for p in alive}
-            for process in alive:
+            for process in self._alive():
                 try:
-                    if process.ppid() not in pids:
-                        process.send_signal(signal.SIGTERM)
+                    process.send_signal(signal.SIGTERM)
                 except psutil.NoSuchProcess:
                     continue
             if not await self._wait_gone(grace):
