@@ -39,8 +39,11 @@ async def run_room(
 async def test_every_client_receives_every_message(tmp_path: Path, mode: str, dialect: str) -> None:
     result = await run_room(tmp_path, 4, 1.0, rate=40, senders=2, mode=mode, dialect=dialect)
     assert result["dialect"] == dialect
-    assert result["sent"] == 40
-    assert result["delivered"] == 4 * 40
+    # The pacer sends the messages whose slots fall in the 1 s window: all 40, or on a
+    # machine so busy that the last slot passes unseen, one fewer (never short enough to flag).
+    sent = result["sent"]
+    assert sent in (39, 40)
+    assert result["delivered"] == 4 * sent  # every client got every message sent
     assert result["lost"] == 0 and result["out_of_order"] == 0
     assert not result["flagged"], result["flag_reason"]
     p50, p99, worst = (result[k] for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"))
