@@ -56,6 +56,20 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     return open_redis
 
 
+@asynccontextmanager
+async def reading_store(redis: RedisServer) -> AsyncIterator[RedisLog]:
+    """The Redis store with its reader running; a short timeout, so outages show fast."""
+    async with (
+        open_redis_log(
+            redis.url, key="room", clock_ms=counter_clock(), command_timeout=1.0
+        ) as store,
+        trio.open_nursery() as nursery,
+    ):
+        await nursery.start(store.run)
+        yield store
+        nursery.cancel_scope.cancel()
+
+
 async def read_all(store: LogStore, cursor: int = 0) -> list[Record]:
     """Every record after `cursor` up to the head, in the small batches a session uses."""
     found: list[Record] = []
@@ -225,13 +239,7 @@ async def test_a_redis_that_lost_entries_is_refused_rather_than_numbers_reused(
 async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with (
-        open_redis_log(
-            redis_server.url, key="room", clock_ms=counter_clock(), command_timeout=1.0
-        ) as store,
-        trio.open_nursery() as nursery,
-    ):
-        await nursery.start(store.run)
+    async with reading_store(redis_server) as store:
         for i in range(3):
             await store.append("alice", f"m{i}", f"a-{i}")
         # Redis comes back without its data (as after a failover to an empty replica) and
@@ -248,7 +256,6 @@ async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
             await store.read_after(0, 10)
         with pytest.raises(StorageFailed, match="refuses messages"):
             await store.append("alice", "refused", "a-9")
-        nursery.cancel_scope.cancel()
     assert caplog.text.count("log refuses appends until restart") == 1
 
 
@@ -286,21 +293,10 @@ async def test_a_resend_through_another_connection_waits_for_the_original_copy(
     replica.start()
     try:
         replica.wait_replica_synced()
-        async with (
-            open_redis_log(
-                redis_server.url,
-                key="room",
-                clock_ms=counter_clock(),
-                replicas=1,
-                command_timeout=0.6,
-            ) as one,
-            open_redis_log(
-                redis_server.url,
-                key="room",
-                clock_ms=counter_clock(),
-                replicas=1,
-                command_timeout=0.6,
-            ) as two,
+        url, clock = redis_server.url, counter_clock()
+        async with (  # two servers: each its own connection
+            open_redis_log(url, key="room", clock_ms=clock, replicas=1, command_timeout=0.6) as one,
+            open_redis_log(url, key="room", clock_ms=clock, replicas=1, command_timeout=0.6) as two,
         ):
             assert (await two.append("bob", "earlier", "b-1")).seq == 1  # two's last write
             replica.pause()  # still connected to the primary, but copies nothing
@@ -359,13 +355,9 @@ async def test_unreachable_redis_fails_appends_and_delivery_resumes(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with (
-        open_redis_log(
-            redis_server.url, key="room", clock_ms=counter_clock(), command_timeout=1.0
-        ) as store,
+        reading_store(redis_server) as store,
         open_redis_log(redis_server.url, key="room", clock_ms=counter_clock()) as writer,
-        trio.open_nursery() as nursery,
     ):
-        await nursery.start(store.run)
         assert (await store.append("alice", "before", "a-1")).seq == 1
         redis_server.stop()
         for i in range(3):
@@ -378,7 +370,6 @@ async def test_unreachable_redis_fails_appends_and_delivery_resumes(
         assert [r.text for r in await read_all(store)] == ["before", "after"]
         await wait_for_log(caplog, "redis stream readable again")
         assert caplog.text.count("redis stream unreadable") == 1
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_log_that_cannot_be_read_closes_only_that_client(
