@@ -90,9 +90,9 @@ REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)  # TimeoutError is an OS
 
 # KEYS: stream, ids, resends. ARGV: newest seq this process has seen, time_ms, user, text,
 # has_id ("1" or "0"), client id, ids to keep, meta, and the `t` and `user` this process holds
-# for its newest seq ('' if none). Returns {seq, duplicate}. A resend
-# answered from the ids set still writes (INCR resends): WAIT waits for the calling
-# connection's last write, and this one follows the original entry in the replication stream.
+# for its newest seq ('' if none). Returns {seq, duplicate}. A resend answered from the ids
+# set still writes (INCR resends): WAIT waits for the calling connection's last write, and
+# this one follows the original entry in the replication stream.
 APPEND_SCRIPT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local head = 0
