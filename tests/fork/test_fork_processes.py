@@ -14,7 +14,9 @@ from pathlib import Path
 import trio
 
 from papaya_trio.fork import wakeup
-from papaya_trio.records import Record, encode_record
+from papaya_trio.protocol.events import Message
+from papaya_trio.protocol.native import encode_line
+from papaya_trio.records import Record, RecordScanner, encode_record
 from tests.fork.conftest import (
     WAIT_TIMEOUT,
     Clients,
@@ -58,6 +60,37 @@ async def test_message_stored_while_send_is_busy_writing_arrives_without_another
         got = await reader.messages(history + 1)
     assert [m["seq"] for m in got] == list(range(1, history + 2))
     assert got[-1]["text"] == "late"
+    assert server.stop() == 0
+
+
+async def test_messages_stored_while_send_is_busy_arrive_in_order_as_rendered_one_by_one(
+    fork_servers: ServerFactory, clients: Clients, tmp_path: Path
+) -> None:
+    history, live = 2000, 30
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with (data_dir / "chat.log").open("wb") as log_file:
+        for seq in range(1, history + 1):  # 8 MB: SEND is busy writing it for a while
+            log_file.write(encode_record(Record(seq, 0, "old", "h" * 4000)))
+    server = fork_servers.start("--fsync", "never")
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        reader = await clients.connect(server.port, receive_buffer=4096)
+        hello = {"type": "hello", "key": server.key, "user": "reader", "since": 0}
+        await reader.send_all(json.dumps(hello).encode() + b"\n")
+        writer = await clients.native(server, "writer", since=history)
+        for i in range(live):  # each stored (acked) while the reader's SEND is still busy
+            assert await writer.chat(f"live {i} ✓", f"w{i}") == history + 1 + i
+        received = bytearray()
+        while received.count(b"\n") < 1 + history + live:  # the welcome, then every message
+            chunk = await reader.receive_some(1 << 20)
+            assert chunk, "the server closed the stream"
+            received += chunk
+    welcome, _, messages = bytes(received).partition(b"\n")
+    assert json.loads(welcome)["type"] == "welcome"
+    scanner = RecordScanner()
+    records = [item.record for item in scanner.feed((data_dir / "chat.log").read_bytes())]
+    assert [r.seq for r in records] == list(range(1, history + live + 1))
+    assert messages == b"".join(encode_line(Message(record)) for record in records)
     assert server.stop() == 0
 
 
