@@ -16,8 +16,9 @@ one ``send``; the poll set is registered once, and the send is tried before any 
 room, which a client that keeps up has. Each record is decoded once (`LogReader`) and rendered
 by the dialects' own code (`protocol.native.encode_line`, `protocol.papaya.encode_writes`), as
 in trio mode; for the papayaChat dialect a batch is what the original daemon sent at a wake-up:
-the live lines joined, one final NUL. A batch holds at most BATCH_BYTES of log: a client far
-behind (a long history) gets one write per batch, and its lag is checked between them.
+the live lines joined, one final NUL. A batch ends with the chunk that brings it to
+BATCH_BYTES of log: a client far behind (a long history) gets one write per batch, and its lag
+is checked between them.
 
 The log is read in bounded chunks, each under ``LOCK_SH``, and the lock is never held while
 writing to the client, so a client that stops reading blocks nobody but its own SEND.
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 LAG_CHECK_INTERVAL = 0.25
 REPLY_READ_BYTES = 64 * 1024
-BATCH_BYTES = 256 * 1024  # log bytes whose messages go out in one write, at most
+BATCH_BYTES = 256 * 1024  # a batch ends with the chunk of log that reaches this
 PEEK_CHUNKS = 16  # at most this many chunks read per lag check (the lag is then a lower bound)
 
 
