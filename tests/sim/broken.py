@@ -32,6 +32,7 @@ from papaya_trio.protocol.events import (
 )
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 from papaya_trio.records import Record, encode_record
+from papaya_trio.redislog import RedisLog
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.session import FINISH, SEND_BATCH, PapayaTail, Session
@@ -386,3 +387,40 @@ class NoIdleTimeoutSession(Session):
 
     async def _receive(self) -> ClientEvent:
         return await self.peer.receive()
+
+
+# --- 16. shared store (Redis): a store that confirms what it could not store ----------------
+class OptimisticRedisLog(RedisLog):
+    """When the store does not answer, takes the next number for granted and confirms it."""
+
+    async def append(
+        self, user: str, text: str, client_id: str | None = None, **marks: Any
+    ) -> AppendResult:
+        try:
+            return await super().append(user, text, client_id, **marks)
+        except StorageFailed:
+            if self.broken is not None:
+                raise
+            return AppendResult(self.head + 1)
+
+
+# --- 17. shared store: a reader that publishes a head past an entry it has not learned ------
+class HeadJumpingRedisLog(RedisLog):
+    """Moves the head to the newest entry learned, even over one still missing (another
+    host's, or a concurrent append of its own that has not returned yet)."""
+
+    def _learn(self, records: Sequence[Record]) -> None:
+        fresh = sorted((r for r in records if r.seq > self.head), key=lambda r: r.seq)
+        if fresh:
+            self._cache.extend(fresh)
+            self._visible = fresh[-1].seq
+            self.on_visible(self._visible)
+
+
+# --- 18. shared store: WAIT forgotten, so an ack may precede the copy to the replica -------
+class UnreplicatedRedisLog(RedisLog):
+    """Asked for `redis_replicas`, confirms without waiting for any (no WAIT)."""
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self._replicas = 0
