@@ -94,6 +94,35 @@ async def test_messages_stored_while_send_is_busy_arrive_in_order_as_rendered_on
     assert server.stop() == 0
 
 
+async def test_papaya_client_behind_gets_every_line_in_order_in_nul_ended_batches(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    big = ["--max-message-bytes", "50000", "--max-line-bytes", "160000"]
+    server = fork_servers.start("--fsync", "never", *big)
+    sent = 160  # 7.7 MB: more than the kernel buffers hold, so its SEND waits on every batch
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        papaya = await clients.connect(server.port, receive_buffer=4096)
+        await papaya.send_all(server.key.encode() + b"pap: here\n")
+        talker = await clients.native(server, "talker")
+        assert (await talker.messages(1))[0]["text"] == "here"  # papaya's stream has begun
+        for i in range(sent):
+            await talker.chat(f"{i:<8}" + "€" * 16000)
+        papaya.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read it all
+        received = bytearray()
+        last = f"talker: {sent - 1:<8}".encode()
+        while last not in received or not received.endswith(b"\x00"):
+            chunk = await papaya.receive_some(1 << 20)
+            assert chunk, "the server closed the stream"
+            received += chunk
+    scanner = RecordScanner()
+    records = [item.record for item in scanner.feed((server.data_dir / "chat.log").read_bytes())]
+    assert len(records) == sent + 1
+    one_by_one = b"".join(record.raw_line.encode() + b"\n" for record in records)
+    assert bytes(received).replace(b"\x00", b"\n") == one_by_one
+    assert 1 < received.count(b"\x00") < sent  # batches: several messages before each NUL
+    assert server.stop() == 0
+
+
 async def test_client_that_stops_reading_is_dropped_and_slows_nobody(
     fork_servers: ServerFactory, clients: Clients
 ) -> None:
