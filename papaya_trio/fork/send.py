@@ -29,6 +29,8 @@ SEND ends when:
   queued, or RECV died). What is left is written first.
 - a stop signal arrives: it finishes the write in progress (at most REFUSAL_WRITE_TIMEOUT
   more), says ``shutdown`` and ends; likewise if the parent vanishes (its wake pipe closes).
+  Writes the socket takes at once never wait in ``poll()``, so between the batches of a
+  backlog SEND looks at its signal pipe itself.
 - its lag passes ``max_lag``: every LAG_CHECK_INTERVAL while a write waits for the client, or
   while it is still reading a backlog, it counts the log's lines beyond what it has read
   (`logfile.count_lines`, nothing decoded). A write the socket took at once after a read that
@@ -172,6 +174,8 @@ class Sender:
                 self.cursor = records[-1].seq
             if not self._backlog:
                 return
+            # Writes the socket takes at once never poll: look for a stop between batches.
+            self._conn.raise_if_stopped()
 
     def _take_replies(self) -> bytes:
         """Complete reply lines queued by RECV (one bounded read); notes the pipe's end."""

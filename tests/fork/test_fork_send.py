@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from papaya_trio.fork import send, wakeup
-from papaya_trio.fork.connection import Connection
+from papaya_trio.fork.connection import Connection, Stopped
 from papaya_trio.fork.logfile import (
     DurableEnd,
     LogFile,
@@ -71,9 +71,11 @@ class Rig:
 
 @contextmanager
 def sender_rig(tmp_path: Path, *, native: bool, head: int = 0) -> Iterator[Rig]:
-    """A SEND for a client whose stream starts after record `head` (already in the log)."""
+    """A SEND for a client whose stream starts after record `head` (already in the log), in
+    this process: it watches SIGTERM as a SEND does (the handler is restored afterwards)."""
     previous_wakeup_fd = signal.set_wakeup_fd(-1)
-    signals = SignalWatch([])
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    signals = SignalWatch([signal.SIGTERM])
     log = LogFile(tmp_path / "chat.log")
     writer_log = LogFile(tmp_path / "chat.log")
     index = open_index(writer_log)
@@ -106,8 +108,9 @@ def sender_rig(tmp_path: Path, *, native: bool, head: int = 0) -> Iterator[Rig]:
         writer.close()
         writer_log.close()
         log.close()
-        signals.close_in_child()
         signal.set_wakeup_fd(previous_wakeup_fd)
+        signal.signal(signal.SIGTERM, previous_handler)
+        signals.close_in_child()
 
 
 def stored(tmp_path: Path) -> list[Record]:
@@ -181,6 +184,25 @@ def test_a_backlog_goes_out_in_writes_of_about_the_batch_cap_and_replies_come_la
             seqs = [obj["seq"] for obj in objects if obj["type"] == "message"]
             log_bytes = sum(len(encode_record(records[seq - 1])) for seq in seqs)
             assert log_bytes <= 1000 + 512
+
+
+def test_a_stop_signal_is_seen_between_the_batches_of_a_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(send, "BATCH_BYTES", 1000)
+    monkeypatch.setattr("papaya_trio.fork.logfile.READ_CHUNK", 512)
+    with sender_rig(tmp_path, native=True) as rig:
+        for i in range(40):
+            rig.store("alice", f"message {i} " + "x" * 40)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the backlog is being written
+        with pytest.raises(Stopped):
+            rig.sender.wake_up({rig.wake_fd})
+        records = stored(tmp_path)
+        first_batch = rig.conn.writes[0]
+        assert rig.conn.writes == [first_batch] and rig.received() == first_batch
+        sent = [json.loads(line)["seq"] for line in first_batch.splitlines()]
+        assert sent == list(range(1, rig.sender.cursor + 1)) and rig.sender.cursor < 40
+        assert first_batch == b"".join(encode_line(Message(r)) for r in records[: len(sent)])
 
 
 def test_the_lag_is_counted_in_lines_up_to_the_durable_end_without_a_torn_tail(
