@@ -18,8 +18,11 @@ from papaya_trio.protocol.events import Message
 from papaya_trio.protocol.native import encode_line
 from papaya_trio.records import Record, RecordScanner, encode_record
 from tests.fork.conftest import (
+    BIG_COUNT,
+    BIG_MESSAGES,
     WAIT_TIMEOUT,
     Clients,
+    big_text,
     children_of,
     processes_using,
     wait_until,
@@ -97,16 +100,15 @@ async def test_messages_stored_while_send_is_busy_arrive_in_order_as_rendered_on
 async def test_papaya_client_behind_gets_every_line_in_order_in_nul_ended_batches(
     fork_servers: ServerFactory, clients: Clients
 ) -> None:
-    big = ["--max-message-bytes", "50000", "--max-line-bytes", "160000"]
-    server = fork_servers.start("--fsync", "never", *big)
-    sent = 160  # 7.7 MB: more than the kernel buffers hold, so its SEND waits on every batch
+    server = fork_servers.start(*BIG_MESSAGES)
+    sent = BIG_COUNT  # its SEND waits for the client at every batch
     with trio.fail_after(WAIT_TIMEOUT * 2):
         papaya = await clients.connect(server.port, receive_buffer=4096)
         await papaya.send_all(server.key.encode() + b"pap: here\n")
         talker = await clients.native(server, "talker")
         assert (await talker.messages(1))[0]["text"] == "here"  # papaya's stream has begun
         for i in range(sent):
-            await talker.chat(f"{i:<8}" + "€" * 16000)
+            await talker.chat(big_text(i))
         papaya.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read it all
         received = bytearray()
         last = f"talker: {sent - 1:<8}".encode()
@@ -126,14 +128,13 @@ async def test_papaya_client_behind_gets_every_line_in_order_in_nul_ended_batche
 async def test_client_that_stops_reading_is_dropped_and_slows_nobody(
     fork_servers: ServerFactory, clients: Clients
 ) -> None:
-    big = ["--max-message-bytes", "50000", "--max-line-bytes", "160000"]
-    server = fork_servers.start("--max-lag", "20", "--fsync", "never", *big)
-    sent = 160  # 8 MB: more than the kernel buffers (up to 4 MB) hold for `stuck`
+    server = fork_servers.start("--max-lag", "20", *BIG_MESSAGES)
+    sent = BIG_COUNT
     with trio.fail_after(WAIT_TIMEOUT * 2):
         stuck = await clients.native(server, "stuck", receive_buffer=4096)
         talker = await clients.native(server, "talker")
         for i in range(sent):  # every one confirmed although `stuck` reads nothing
-            await talker.chat(f"{i:<8}" + "€" * 16000)  # 48 kB, few characters
+            await talker.chat(big_text(i))
         await wait_until(lambda: "fell more than 20 messages behind" in server.log, "the drop")
         stuck.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # read it fast
         received = bytearray()

@@ -162,14 +162,25 @@ def test_papaya_batch_is_the_history_lines_then_the_live_lines_ending_in_one_nul
         assert rig.received() == b"frank: later\x00"
 
 
-def test_a_backlog_goes_out_in_writes_of_about_the_batch_cap_and_replies_come_last(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of about 1,000 bytes of log, read in chunks of 512."""
     monkeypatch.setattr(send, "BATCH_BYTES", 1000)
     monkeypatch.setattr("papaya_trio.fork.logfile.READ_CHUNK", 512)
+
+
+def store_backlog(rig: Rig) -> None:
+    """About 4,000 bytes of log: four small batches or more."""
+    for i in range(40):
+        rig.store("alice", f"message {i} " + "x" * 40)
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_a_backlog_goes_out_in_writes_of_about_the_batch_cap_and_replies_come_last(
+    tmp_path: Path,
+) -> None:
     with sender_rig(tmp_path, native=True) as rig:
-        for i in range(40):  # about 4,000 bytes of log: four batches or more
-            rig.store("alice", f"message {i} " + "x" * 40)
+        store_backlog(rig)
         ack = encode_line(Ack("a-1", 40))
         os.write(rig.queue_reply_fd, ack)
         rig.sender.wake_up({rig.wake_fd, rig.reply_fd})
@@ -186,14 +197,10 @@ def test_a_backlog_goes_out_in_writes_of_about_the_batch_cap_and_replies_come_la
             assert log_bytes <= 1000 + 512
 
 
-def test_a_stop_signal_is_seen_between_the_batches_of_a_backlog(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(send, "BATCH_BYTES", 1000)
-    monkeypatch.setattr("papaya_trio.fork.logfile.READ_CHUNK", 512)
+@pytest.mark.usefixtures("small_batches")
+def test_a_stop_signal_is_seen_between_the_batches_of_a_backlog(tmp_path: Path) -> None:
     with sender_rig(tmp_path, native=True) as rig:
-        for i in range(40):
-            rig.store("alice", f"message {i} " + "x" * 40)
+        store_backlog(rig)
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while the backlog is being written
         with pytest.raises(Stopped):
             rig.sender.wake_up({rig.wake_fd})
