@@ -195,7 +195,9 @@ def test_hosts_that_saw_entries_the_store_lost_refuse_rather_than_diverge(
     world.trace.write(tmp_path / "trace.jsonl")
     events = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
     refusals = [e for e in events if "log refuses appends until restart" in e.get("message", "")]
-    assert refusals and all("is not the one this server has seen" in e["message"] for e in refusals)
+    # Either of the reader's two findings ("no longer holds entry N" or "entry N ... is not the
+    # one"), whichever this seed's schedule meets first.
+    assert refusals and all("this server has seen" in e["message"] for e in refusals)
     assert any(e["kind"] == "operator_restart" for e in events)
 
 
