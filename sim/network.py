@@ -59,7 +59,7 @@ class Pipe:
     def __init__(
         self, rng: random.Random, latency: float, bandwidth: float, capacity: int, max_chunk: int
     ) -> None:
-        self._rng = rng
+        self._randbelow: Callable[[int], int] = rng._randbelow  # type: ignore[attr-defined]
         self._latency = latency
         self._bandwidth = bandwidth
         self.capacity = capacity
@@ -76,7 +76,8 @@ class Pipe:
 
     def wake(self) -> None:
         """Let waiting readers and writers look again."""
-        self._changed.unpark_all()
+        if self._changed:  # most of the time nobody waits
+            self._changed.unpark_all()
 
     async def send(self, data: bytes) -> None:
         view = memoryview(data)
@@ -118,13 +119,21 @@ class Pipe:
                 await self._changed.park()
 
     def _take(self, max_bytes: int) -> bytes:
-        want = min(self._rng.randint(1, self._max_chunk), max_bytes)
-        now = trio.current_time()
+        # `1 + _randbelow(n)` is what `randint(1, n)` computes, without its argument checks.
+        want = min(1 + self._randbelow(self._max_chunk), max_bytes)
         segments = self._segments
-        pieces: list[bytes] = []
-        size = 0
+        data = segments[0][1]
+        start = self._head_taken
         # The first segment is consumed in place (`_head_taken`), never copied for the rest:
         # a link of tiny chunks would otherwise copy a segment once per read.
+        if start + want < len(data):  # the read ends inside the first segment
+            self._head_taken = start + want
+            self._buffered -= want
+            self.wake()
+            return data[start : start + want]
+        now = trio.current_time()
+        pieces: list[bytes] = []
+        size = 0
         while segments and size < want and segments[0][0] <= now:
             data = segments[0][1]
             start = self._head_taken

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
-import trio.testing
 
 from sim.actors import (
     GarbageClient,
@@ -32,6 +31,7 @@ from sim.actors import (
     silent_actor,
     slow_actor,
 )
+from sim.clock import JumpClock
 from sim.entropy import seeded_websocket_entropy
 from sim.instrument import TaskCounter
 from sim.invariants import LIVELOCK, LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
@@ -288,7 +288,7 @@ def run_seed(
         world.fail(LIVELOCK, f"{steps} scheduler steps within simulated second {second}")
 
     counter = TaskCounter(runaway)
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = JumpClock()
     scope = trio.CancelScope()
     world = World(seed, chosen, components or Components(), clock, counter, scope.cancel)
 
@@ -302,7 +302,10 @@ def run_seed(
 
     started = time.perf_counter()
     try:
-        with seeded_scheduling(seed), seeded_websocket_entropy(world.rng("wsproto")):
+        with (
+            seeded_scheduling(seed, counter.pace) as counter.order,
+            seeded_websocket_entropy(world.rng("wsproto")),
+        ):
             trio.run(main, clock=clock, instruments=[counter])
     except Exception as exc:  # a crash of the server or of the harness is a failure too
         world.trace.record("exception", error=format_exception(exc))

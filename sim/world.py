@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import trio
-import trio.testing
 
 from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
@@ -112,7 +111,7 @@ class World:
         seed: int,
         profile: Profile,
         components: Components,
-        clock: trio.testing.MockClock,
+        clock: trio.abc.Clock,
         counter: TaskCounter,
         cancel_run: Callable[[], None],
     ) -> None:
