@@ -96,10 +96,16 @@ def read_log(data: bytes) -> list[Record]:
     before. Reading stops at the first line
     that is torn or corrupt (what follows it is not the log the server may serve)."""
     records: list[Record] = []
-    start = 0
+    read_more(data, records, 0)
+    return records
+
+
+def read_more(data: bytes | bytearray, records: list[Record], start: int) -> int:
+    """Append to `records` (the log's records before offset `start`) the intact ones from
+    `start` on, as `read_log` reads them; return the offset where reading stopped. For a log
+    that has only grown since `start` was returned, the records are `read_log`'s."""
     while (end := data.find(b"\n", start)) != -1:
         crc, space, body = data[start:end].partition(b" ")
-        start = end + 1
         if not space or crc != b"%08x" % zlib.crc32(body):
             break
         try:
@@ -125,7 +131,8 @@ def read_log(data: bytes) -> list[Record]:
                 verified=obj.get("v") == 1,
             )
         )
-    return records
+        start = end + 1
+    return start
 
 
 def papaya_line(record: Record) -> str:
