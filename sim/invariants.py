@@ -53,6 +53,8 @@ PRESENCE = "presence-converges"
 HISTORY_PAGES = "history-pages-match-log"
 ADMITTED = "members-admitted"
 IDLE_DROPPED = "idle-dropped"
+TOLD_WHY = "dropped-client-told-why"
+PROMPT_KEPT = "prompt-reader-kept"
 
 # docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
 # lines, no more of them than fit in the last 1050 bytes".

@@ -113,6 +113,8 @@ async def _director(world: World, ops: list[Op] | None) -> None:
             async with trio.open_nursery() as chaos:
                 chaos.start_soon(world.network.run_faults)
                 chaos.start_soon(world.network.run_fd_exhaustion, world.rng("descriptors"))
+                if profile.network.partition_every:  # a task more would change the schedule
+                    chaos.start_soon(world.network.run_partitions, world.rng("partitions"))
                 chaos.start_soon(_clock_jumps, world)
                 chaos.start_soon(_restarts, world, nursery)
                 chaos.start_soon(_quiet_windows, world)
