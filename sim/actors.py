@@ -239,7 +239,7 @@ class NativeClient:
     def _on_error(self, conn: Connection, obj: dict[str, object]) -> None:
         code = obj.get("code")
         conn.errors += 1
-        if code == "storage_failed":
+        if code == "storage_failed" and not obj.get("fatal"):
             client_id = obj.get("id")
             assert isinstance(client_id, str)
             conn.unanswered.discard(client_id)
@@ -250,7 +250,9 @@ class NativeClient:
             conn.end = code
             if conn.link.healthy:
                 self.world.fail(PROMPT_KEPT, f"{self.user}: idle_timeout, yet it pings")
-        elif code in ("lagging", "shutdown", "name_taken"):
+        elif code in ("lagging", "shutdown", "name_taken", "storage_failed"):
+            # A fatal storage_failed: the log could not be read (a shared store that is
+            # down); the client reconnects with `since` and loses nothing.
             # name_taken: the server has not yet seen this client's previous connection drop;
             # the connection ends and the client reconnects after its backoff.
             conn.end = str(code)
@@ -385,7 +387,9 @@ class NativeClient:
         if conn.end == "eof" and conn.reader is not None and not conn.leaving:
             self._check_told(conn)
         # Still "open": the client stopped reading (it hung up), the server did not end it.
-        if not conn.notice_owed or conn.end in ("shutdown", "open") or conn.leaving:
+        # "storage_failed": the server told it why it closed first (a shared store down).
+        ended = ("shutdown", "open", "storage_failed")
+        if not conn.notice_owed or conn.end in ended or conn.leaving:
             return
         if conn.link.healthy and not conn.link.up.broken:
             self.world.fail(

@@ -121,20 +121,24 @@ def read_more(data: bytes | bytearray, records: list[Record], start: int) -> int
             break
         if not isinstance(text, str) or seq != len(records) + 1:
             break
-        dialect = obj.get("d")
-        records.append(
-            Record(
-                seq,
-                t,
-                user,
-                text,
-                action=obj.get("a") == 1,
-                dialect=dialect if isinstance(dialect, str) else None,
-                verified=obj.get("v") == 1,
-            )
-        )
+        records.append(marked_record(seq, t, user, text, obj))
         start = end + 1
     return start
+
+
+def marked_record(seq: int, t: int, user: str, text: str, marks: dict[str, object]) -> Record:
+    """A record with the optional marks of docs/log-format.md read from `marks`: `a` (1: an
+    action), `d` (the dialect, a string), `v` (1: a verified name); anything else is unmarked."""
+    dialect = marks.get("d")
+    return Record(
+        seq,
+        t,
+        user,
+        text,
+        action=marks.get("a") == 1,
+        dialect=dialect if isinstance(dialect, str) else None,
+        verified=marks.get("v") == 1,
+    )
 
 
 def papaya_line(record: Record) -> str:
@@ -164,6 +168,8 @@ class Oracle:
         fail: Callable[[str, str], None],
         history: int,
         durable_after: float | None,
+        *,
+        shown_durable: bool = True,
     ) -> None:
         self._trace = trace
         self.fail = fail
@@ -172,6 +178,9 @@ class Oracle:
         # 0 under `fsync = always`, the interval and its fsyncs under "interval", never (None)
         # under "never". A graceful stop loses nothing under any policy.
         self._durable_after = durable_after
+        # False: only what was confirmed must survive, not what was merely shown (a store
+        # that replicates before it confirms but shows before it replicates: WAIT).
+        self._shown_durable = shown_durable
         self._seen_at: dict[int, float] = {}  # this epoch's seqs: first shown or confirmed
         self._cut: tuple[float, bool] | None = None  # this epoch's power cut, and whether an
         # fsync had failed before it (after which the log promises nothing more)
@@ -232,7 +241,10 @@ class Oracle:
     # --- epochs ---------------------------------------------------------------------------
     def end_epoch(self, written: bytes) -> None:
         """The server stops; `written` is every byte it wrote (synced or not)."""
-        log = read_log(written)
+        self.end_epoch_records(read_log(written))
+
+    def end_epoch_records(self, log: list[Record]) -> None:
+        """The epoch ends with the log holding `log` (read by the oracle's own reader)."""
         for record in log:
             self._check_sent(record.user, record.text, "the log")
         texts: dict[str, int] = {}
@@ -250,6 +262,15 @@ class Oracle:
         for view in self._papaya:
             self._check_papaya(view, log)
         self._papaya.clear()
+
+    def unconfirmed_in(self, log: list[Record]) -> str | None:
+        """At the end of a run: what this epoch's clients were shown or confirmed that `log`
+        does not hold at that number (None: all of it is there)."""
+        for text, seq in self._by_text.items():
+            if seq > len(log) or log[seq - 1].text != text:
+                stored = log[seq - 1] if seq <= len(log) else "nothing"
+                return f"{text!r} was shown or confirmed as seq {seq}, the log holds {stored}"
+        return None
 
     def _check_papaya(self, view: PapayaView, log: list[Record]) -> None:
         lines = [papaya_line(r) for r in log]
@@ -292,7 +313,7 @@ class Oracle:
         """The server (re)started on a log holding `recovered`."""
         for seq, seen in self._by_seq.items():
             lost = seq > len(recovered) or recovered[seq - 1] != seen
-            if lost and self._must_survive(seq):
+            if lost and self._shown_durable and self._must_survive(seq):
                 self.fail(DURABLE, f"seq {seq} ({seen.text!r}) was shown, then lost")
                 return
         for (user, client_id), seq in self._acked.items():

@@ -26,7 +26,7 @@ import trio
 from papaya_trio.records import Record
 from sim.invariants import HISTORY_PAGES, PRESENCE
 from sim.wire import record_from
-from sim.world import WS_PING_INTERVAL, WS_PING_TIMEOUT, World
+from sim.world import WS_PING_INTERVAL, WS_PING_TIMEOUT, Client, World
 
 HISTORY_LIMIT_CAP = 200  # docs/protocol.md: "more than 200 is taken as 200"
 # Once every client has settled, member lists must agree with the world within this (a
@@ -136,22 +136,25 @@ def expected_members(world: World) -> Counter[str | None]:
     return held
 
 
-async def presence_converges(world: World) -> None:
-    """After settling: every healthy connected client's member list equals the world's."""
+async def presence_converges(
+    world: World, expected_for: Callable[[Client], Counter[str | None]] | None = None
+) -> None:
+    """After settling: every healthy connected client's member list equals the world's (or,
+    with `expected_for`, what it says that client must list)."""
     deadline = trio.current_time() + CONVERGE_BOUND
     while True:
-        expected = expected_members(world)
+        everyone = expected_members(world)
         wrong = [
-            (client.user, counts)
+            (client.user, counts, expected)
             for client in world.clients
             if client.settles and (counts := client.member_counts()) is not None
-            if counts != expected
+            if counts != (expected := everyone if expected_for is None else expected_for(client))
         ]
         if not wrong:
-            world.trace.record("members", online=sum(expected.values()))
+            world.trace.record("members", online=sum(everyone.values()))
             return
         if trio.current_time() >= deadline:
-            user, counts = wrong[0]
+            user, counts, expected = wrong[0]
             world.fail(
                 PRESENCE,
                 f"{user} lists {dict(counts)}, but connected are {dict(expected)} "

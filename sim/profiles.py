@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from papaya_trio.chatlog import FsyncPolicy
 from sim.disk import DiskFaults
 from sim.network import NetworkFaults
+from sim.simredis import Durability, SharedStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ class Profile:
     max_handshakes: int = 1024  # the server's admission settings
     pressure_auth_timeout: float = 2.0
     idle_timeout: float = 300.0  # the server's; papaya_trio.room.RoomSettings
+    hosts: int = 1  # server processes in the world (more than one needs a shared store)
+    shared_store: SharedStore | None = None  # None: each server's log file on the disk
 
 
 PROFILES: dict[str, Profile] = {
@@ -152,6 +155,23 @@ PROFILES: dict[str, Profile] = {
         idle_timeout=4.0,
         network=NetworkFaults(backlog=128),
     ),
+    # Three server hosts on one shared stream store: a simulated Redis (sim/simredis.py) under
+    # the real RedisLog, with latency, outages, and crashes that may lose a tail; the store's
+    # durability takes turns by seed (sim/sharedstore.py). Clients reconnect to any host.
+    "shared-store": Profile(
+        "shared-store",
+        chatters=4,
+        lurkers=2,
+        papaya_clients=1,
+        ws_clients=2,
+        send_every=0.3,
+        reconnect_every=6.0,
+        crash_every=15.0,  # per host
+        shutdown_every=20.0,  # per host
+        hosts=3,
+        network=NetworkFaults(stall_every=10.0, reset_every=8.0),
+        shared_store=SharedStore(outage_every=12.0),
+    ),
     # Partitions that heal: now and then some clients and the server, both alive, cannot
     # talk for up to 12 s (bytes in flight wait, connects go unanswered), then resume.
     # Members ping (a partition longer than idle_timeout ends their sessions, as one longer
@@ -237,6 +257,12 @@ def profile_for(name: str, seed: int) -> Profile:
         profile = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown profile {name!r}; choose from {', '.join(NAMES)}") from None
+    if profile.shared_store is not None:
+        # The store's durability takes turns, with the server's matching fsync setting.
+        durability = list(Durability)[seed % len(Durability)]
+        fsync = FsyncPolicy.INTERVAL if durability is Durability.EVERYSEC else FsyncPolicy.ALWAYS
+        store = replace(profile.shared_store, durability=durability)
+        return replace(profile, fsync=fsync, shared_store=store)
     if name == "shutdown":
         # A graceful stop must sync what is written under every policy: seeds take turns.
         return replace(profile, fsync=list(FsyncPolicy)[seed % len(FsyncPolicy)])

@@ -12,13 +12,15 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import trio
 
+from papaya_trio.server import ChatServer
 from sim.actors import (
     GarbageClient,
     NativeClient,
@@ -126,7 +128,8 @@ async def _director(world: World, ops: list[Op] | None) -> None:
                 chaos.cancel_scope.cancel()
             await _settle(world, nursery)
             world.finishing.set()
-        await _check_left(world)
+        assert host.server is not None
+        await check_left(world, [host.server])
         await host.shutdown()
         nursery.cancel_scope.cancel()
 
@@ -260,18 +263,17 @@ async def _settle(world: World, nursery: trio.Nursery) -> None:
     )
 
 
-async def _check_left(world: World) -> None:
-    """Every client has left; the server must end all their sessions and tasks."""
-    server = world.host.server
-    assert server is not None
+async def check_left(world: World, servers: list[ChatServer]) -> None:
+    """Every client has left; the servers must end all their sessions and tasks."""
     with trio.move_on_after(LEAVE_BOUND):
         # Polled: the server offers no public event for "no connections" (simulated time).
-        while server.connections:  # noqa: ASYNC110
+        while any(server.connections for server in servers):  # noqa: ASYNC110
             await trio.sleep(0.05)
     left = world.counter.server_tasks()
     session_tasks = {n: c for n, c in left.items() if any(p in n for p in SESSION_TASKS)}
-    if server.connections or session_tasks:
-        world.fail(TASKS_GONE, f"{server.connections} connections, tasks {session_tasks}")
+    connections = sum(server.connections for server in servers)
+    if connections or session_tasks:
+        world.fail(TASKS_GONE, f"{connections} connections, tasks {session_tasks}")
 
 
 def run_seed(
@@ -292,13 +294,23 @@ def run_seed(
     counter = TaskCounter(runaway)
     clock = JumpClock()
     scope = trio.CancelScope()
-    world = World(seed, chosen, components or Components(), clock, counter, scope.cancel)
+    parts = components or Components()
+    if chosen.shared_store is not None:
+        # Several hosts on one stream store; that module builds on this one.
+        from sim import sharedstore
+
+        shared = sharedstore.SharedWorld(seed, chosen, parts, clock, counter, scope.cancel)
+        world: World = shared
+        direct: Callable[[], Awaitable[None]] = partial(sharedstore.direct, shared)
+    else:
+        world = World(seed, chosen, parts, clock, counter, scope.cancel)
+        direct = partial(_director, world, ops)
 
     async def main() -> None:
         with scope, _server_log_into(world):
             limit = chosen.duration + chosen.settle_bound + RUN_SLACK
             with trio.move_on_after(limit) as overrun:
-                await _director(world, ops)
+                await direct()
             if overrun.cancelled_caught:
                 world.fail(RUN_ENDS, f"the run did not end within {limit:.0f} simulated seconds")
 

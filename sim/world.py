@@ -5,6 +5,8 @@ builds the real `Room` and `ChatServer` and serves on the simulated listener. `c
 power cut: the disk drops what was not synced, every connection is reset and the server's
 cancel scope is cancelled, so no code of the dead server runs again. `shutdown` is the real
 graceful shutdown, timed against its deadline. Each life is an epoch of the oracle.
+`sim.sharedstore.StoreHost` is the same host on a shared stream store instead of the disk
+(its own ports, its own `_open` and `_background`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import trio
 
 from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
+from papaya_trio.logstore import LogStore
 from papaya_trio.records import Record
+from papaya_trio.redislog import RedisLog
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.session import Session
@@ -63,6 +67,7 @@ class Components:
     """The server parts the run uses; tests swap in deliberately broken subclasses."""
 
     log_class: type[ChatLog] = ChatLog
+    store_class: type[RedisLog] = RedisLog  # the shared-store profile's store
     room_class: type[Room] = Room
     session_class: type[Session] = Session
     server_class: type[ChatServer] = ChatServer
@@ -213,6 +218,7 @@ class ServerHost:
         self._served = 0.0  # when the last `serve` returned
         self._sync_failures = 0  # the disk's count of failed fsyncs when this life began
         self.lives = 0
+        self.ports = (TCP_PORT, HTTP_PORT)  # where it listens (TCP dialects, HTTP)
 
     @property
     def up(self) -> bool:
@@ -226,6 +232,28 @@ class ServerHost:
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Open the log from the disk (recovering it) and serve; returns once accepting."""
+        world, profile = self._world, self._world.profile
+        log = await self._open()
+        components = self._components
+        self.room = components.room_class(
+            log, KEY, world.settings, session_class=components.session_class
+        )
+        self.server = components.server_class(
+            self.room,
+            shutdown_deadline=profile.shutdown_deadline,
+            web=world.web,
+            admission=AdmissionSettings(
+                max_connections=64,
+                max_handshakes=profile.max_handshakes,
+                pressure_auth_timeout=profile.pressure_auth_timeout,
+            ),
+        )
+        self._exited = trio.Event()
+        self._scope = await nursery.start(self._serve, log, self.server)
+        self.lives += 1
+
+    async def _open(self) -> LogStore:
+        """Open the file log on the simulated disk, recovering it; a new epoch begins."""
         world, profile = self._world, self._world.profile
         while True:
             try:
@@ -245,27 +273,16 @@ class ServerHost:
         world.oracle.begin_epoch(read_log(bytes(world.disk.data)))
         self._sync_failures = world.disk.sync_failures
         world.trace.record("start", records=recovery.records, cut=recovery.truncated_bytes)
-        components = self._components
-        self.room = components.room_class(
-            log, KEY, world.settings, session_class=components.session_class
-        )
-        self.server = components.server_class(
-            self.room,
-            shutdown_deadline=profile.shutdown_deadline,
-            web=world.web,
-            admission=AdmissionSettings(
-                max_connections=64,
-                max_handshakes=profile.max_handshakes,
-                pressure_auth_timeout=profile.pressure_auth_timeout,
-            ),
-        )
-        self._exited = trio.Event()
-        self._scope = await nursery.start(self._serve, log, self.server)
-        self.lives += 1
+        return log
+
+    def _background(self, log: LogStore, nursery: trio.Nursery) -> None:
+        """Start the log's own work next to the server: the file log's interval fsync."""
+        if isinstance(log, ChatLog) and log.fsync is FsyncPolicy.INTERVAL:
+            nursery.start_soon(log.run_interval_sync, self._world.profile.fsync_interval)
 
     async def _serve(
         self,
-        log: ChatLog,
+        log: LogStore,
         server: ChatServer,
         *,
         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
@@ -273,12 +290,10 @@ class ServerHost:
         try:
             with trio.CancelScope() as scope:
                 async with trio.open_nursery() as nursery:
-                    if log.fsync is FsyncPolicy.INTERVAL:
-                        interval = self._world.profile.fsync_interval
-                        nursery.start_soon(log.run_interval_sync, interval)
+                    self._background(log, nursery)
                     async with trio.open_nursery() as serving:
                         network = self._world.network
-                        tcp, http = network.listen(TCP_PORT), network.listen(HTTP_PORT)
+                        tcp, http = (network.listen(port) for port in self.ports)
                         await serving.start(server.serve, [tcp], [http])
                         task_status.started(scope)
                     self._served = trio.current_time()
@@ -305,10 +320,23 @@ class ServerHost:
 
     async def shutdown(self) -> None:
         """The real graceful shutdown; fails the run if it overruns its deadline."""
-        assert self.server is not None and self._scope is not None, "no server to stop"
         assert self.room is not None
         world, log, disk = self._world, self.room.log, self._world.disk
-        for client in world.clients:
+        await self._graceful(world.clients)
+        # Whatever the fsync policy, a graceful stop syncs everything written
+        # (docs/log-format.md), unless an fsync failed and the log refused to go on.
+        if log.broken is None and disk.synced < len(disk.data):
+            unsynced = len(disk.data) - disk.synced
+            world.fail(DURABLE, f"graceful shutdown left {unsynced} bytes not synced")
+        world.oracle.end_epoch(bytes(world.disk.data))
+        self.room = None
+
+    async def _graceful(self, clients: list[Client]) -> None:
+        """Stop the server gracefully (its `clients` are owed the shutdown notice) and check
+        it met its deadline."""
+        assert self.server is not None and self._scope is not None, "no server to stop"
+        world = self._world
+        for client in clients:
             client.expect_notice(self.head)
         started = trio.current_time()
         self.server.shutdown()
@@ -317,10 +345,3 @@ class ServerHost:
         world.trace.record("shutdown", seconds=round(took, 6))
         if took > world.profile.shutdown_deadline + SHUTDOWN_SLACK:
             world.fail(SHUTDOWN_DEADLINE, f"graceful shutdown took {took:.3f}s")
-        # Whatever the fsync policy, a graceful stop syncs everything written
-        # (docs/log-format.md), unless an fsync failed and the log refused to go on.
-        if log.broken is None and disk.synced < len(disk.data):
-            unsynced = len(disk.data) - disk.synced
-            world.fail(DURABLE, f"graceful shutdown left {unsynced} bytes not synced")
-        world.oracle.end_epoch(bytes(world.disk.data))
-        self.room = None

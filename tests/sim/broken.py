@@ -33,6 +33,7 @@ from papaya_trio.protocol.events import (
 )
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
 from papaya_trio.records import Record, encode_record
+from papaya_trio.redislog import RedisLog
 from papaya_trio.room import Room, RoomSettings
 from papaya_trio.server import ChatServer
 from papaya_trio.session import FINISH, SEND_BATCH, PapayaTail, Session
@@ -389,6 +390,44 @@ class NoIdleTimeoutSession(Session):
         return await self.peer.receive()
 
 
+# --- 16. shared store (Redis): a store that confirms what it could not store ----------------
+class OptimisticRedisLog(RedisLog):
+    """When the store does not answer, takes the next number for granted and confirms it."""
+
+    async def append(
+        self, user: str, text: str, client_id: str | None = None, **marks: Any
+    ) -> AppendResult:
+        try:
+            return await super().append(user, text, client_id, **marks)
+        except StorageFailed:
+            if self.broken is not None:
+                raise
+            return AppendResult(self.head + 1)
+
+
+# --- 17. shared store: a reader that publishes a head past an entry it has not learned ------
+class HeadJumpingRedisLog(RedisLog):
+    """Moves the head to the newest entry learned, even over one still missing (another
+    host's, or a concurrent append of its own that has not returned yet)."""
+
+    def _learn(self, records: Sequence[Record]) -> None:
+        fresh = sorted((r for r in records if r.seq > self.head), key=lambda r: r.seq)
+        if fresh:
+            self._cache.extend(fresh)
+            self._visible = fresh[-1].seq
+            self.on_visible(self._visible)
+
+
+# --- 18. shared store: WAIT forgotten, so an ack may precede the copy to the replica -------
+class UnreplicatedRedisLog(RedisLog):
+    """Asked for `redis_replicas`, confirms without waiting for any (no WAIT)."""
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        super().__init__(*args, **options)
+        self._replicas = 0
+
+
+# --- 19. a session that gives up a stalled write and goes on (partitions) ------------------------
 class GivesUpStalledWriteSession(Session):
     """Gives up a write stuck for a second and goes on as if its bytes had gone out (a
     write timeout that neither drops the client nor writes again): across a partition the
@@ -399,6 +438,7 @@ class GivesUpStalledWriteSession(Session):
             await super()._write(events)
 
 
+# --- 20. a session closed from outside without the fatal error -----------------------------------
 class UntoldCloseSession(Session):
     """Closed from outside (shutdown, lagging, a storage failure), ends without writing the
     fatal error that says why."""
@@ -409,6 +449,7 @@ class UntoldCloseSession(Session):
         await super()._write(events)
 
 
+# --- 21. an idle timeout counted from the hello --------------------------------------------------
 class IdleSinceHelloSession(Session):
     """Counts the idle timeout from the hello instead of from the last event received: a
     member that pings is dropped as idle all the same."""
@@ -424,6 +465,7 @@ class IdleSinceHelloSession(Session):
         return Violation("idle_timeout", f"nothing received for {timeout:g} s", fatal=True)
 
 
+# --- 22. a lag bound at a tenth of max_lag -------------------------------------------------------
 class TenthLagRoom(Room):
     """Drops a client as lagging at a tenth of `max_lag` behind."""
 

@@ -177,6 +177,24 @@ CASES = {
         frozenset({IDLE_DROPPED}),
         1,
     ),
+    "shared store confirms a message it could not store": Case(
+        "shared-store",
+        Components(store_class=broken.OptimisticRedisLog),
+        frozenset({HISTORY, NO_DUPLICATES}),
+        3,
+    ),
+    "host publishes a head past an entry it has not learned": Case(
+        "shared-store",
+        Components(store_class=broken.HeadJumpingRedisLog),
+        frozenset({GAP_FREE}),
+        2,
+    ),
+    "shared store confirms before WAIT (replica-wait seeds)": Case(
+        "shared-store",
+        Components(store_class=broken.UnreplicatedRedisLog),
+        frozenset({DURABLE}),
+        2,
+    ),
 }
 
 
