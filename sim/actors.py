@@ -384,7 +384,7 @@ class NativeClient:
         have got the notice)."""
         self.world.trace.record("closed", who=self.user, link=conn.link.number, end=conn.end)
         conn.ended.set()
-        if conn.end == "eof" and conn.reader is not None and not conn.leaving:
+        if conn.end == "eof" and conn.reader is not None and conn.welcomed.is_set():
             self._check_told(conn)
         # Still "open": the client stopped reading (it hung up), the server did not end it.
         # "storage_failed": the server told it why it closed first (a shared store down).
@@ -397,9 +397,12 @@ class NativeClient:
             )
 
     def _check_told(self, conn: Connection) -> None:
-        """The server ended a TCP connection the client did not end, and no fatal error said
-        why: only a write cut off mid-way (a client dropped while a write to it was stuck, so
-        nothing more could follow) excuses that."""
+        """The server ended a TCP connection it had welcomed, and no fatal error said why:
+        only the client's own leaving or a write cut off mid-way (a client dropped while a
+        write to it was stuck, so nothing more could follow) excuses that. (A connection
+        refused at accept is closed before anything is read, by design: not covered.)"""
+        if conn.leaving:
+            return
         if not conn.link.down.writer_gave_up:
             self.world.fail(
                 TOLD_WHY,
