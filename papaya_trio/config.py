@@ -297,7 +297,12 @@ OPTIONS: tuple[Option, ...] = (
         "redis://127.0.0.1:6379/0",
         "the Redis for store = redis: redis://, rediss:// (TLS) or unix:///path/to/socket",
     ),
-    Option("redis_key", str, "papaya", "prefix of the room's Redis keys (KEY:log, KEY:ids)"),
+    Option(
+        "redis_key",
+        str,
+        "papaya",
+        "prefix of the room's Redis keys (KEY:log, KEY:ids, KEY:resends)",
+    ),
     Option(
         "workers",
         int,

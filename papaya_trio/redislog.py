@@ -5,7 +5,8 @@ Theory of operation
 Layout (docs/redis-store.md): the stream `<key>:log` holds one entry per message, its entry id
 `<seq>-0` and its fields `t`, `user`, `text` and, for messages sent with one, `id`; the sorted
 set `<key>:ids` maps each (user, id) to its sequence number, trimmed to the newest
-DEDUPE_ENTRIES, as the file store remembers them.
+DEDUPE_ENTRIES, as the file store remembers them; `<key>:resends` counts resends answered
+from it (written only so that WAIT covers them, below).
 
 **Appends are one Lua script.** It reads the stream's last entry id, answers a resend with the
 stored number, else XADDs the message with id `<last + 1>-0` and records its (user, id). Redis
@@ -13,9 +14,11 @@ runs a script alone and all at once, so two processes (or two tasks) can neither
 number nor skip one, and a resend can never slip in between the check and the XADD: dense
 numbers and "stored once" hold across every process sharing the stream. XADD with an explicit
 id also refuses to go backwards, which the script checks first anyway: it gets the newest
-number this process has seen and fails if the stream now ends before it (a Redis that lost
-acknowledged entries, say after a failover to a replica that did not have them). The store
-then refuses appends until restart, rather than hand out those numbers a second time.
+number this process has seen, with that entry's `t` and `user`, and fails (PAPAYA_LOST) if the
+stream now ends before it or holds another entry there (a Redis that lost entries, say after a
+failover to a replica that did not have them, and other processes numbered new messages
+since). The store then refuses appends and reads until restart, rather than hand out those
+numbers a second time or serve a history that is gone.
 
 **Durability.** Redis replies to a script after its writes are in the AOF, and with
 `appendfsync always` only after they are fsynced; Redis also holds back every other client's
@@ -24,7 +27,11 @@ Redis runs with `appendonly yes` and `appendfsync always`, and an acknowledged m
 the Redis host's disk, and nobody saw a message that a crash could take back. With
 `redis_replicas = R` it also sends WAIT R on the same connection and reports `storage_failed`
 unless R replicas have the entry within half of `redis_timeout` (the entry is then stored on the
-primary; the sender's resend with the same id is answered with its number, stored once).
+primary; the sender's resend with the same id is answered with its number, stored once). WAIT
+waits for the connection's own last write, so a resend answered from the ids set also writes
+(INCR `<key>:resends`): that write follows the original entry in the one replication stream,
+so WAIT confirms the resend only once the replicas have the original too, whichever process
+(connection) stored it.
 With `"interval"` and `"never"` the store does not check Redis's persistence settings.
 
 **Reading.** Every process runs one reader (`run`): a loop of XREAD BLOCK after its head,
@@ -42,7 +49,14 @@ twice. A read that Redis cannot serve closes that client's session with a fatal
 `storage_failed`; it reconnects with `since` and loses nothing. The reader retries with
 exponential backoff on trio time (RETRY_MIN to RETRY_MAX), logs the outage once when it
 starts and once when it ends, and carries on from its last position, so live delivery resumes
-with nothing lost or repeated.
+with nothing lost or repeated. After every read, and after a read error before the next one,
+it checks (XRANGE) that the stream still holds the head's entry exactly as this process
+learned it, before learning what it read (the client library replaces a lost connection
+silently between commands, so a failover need not show as an error); on a mismatch the log
+fails as on PAPAYA_LOST and the reader learns nothing more. Until the check passes, where
+Redis can lose what clients were shown (`redis_replicas`, or fsync other than "always"),
+`read_after` refuses rather than serve the cache, which may hold entries Redis lost; with
+`appendfsync always` and no replicas nothing shown can be lost, so the cache is served.
 """
 
 from __future__ import annotations
@@ -74,8 +88,11 @@ BLOCK_MAX_MS = 5000  # longest XREAD BLOCK; always below redis_timeout
 
 REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)  # TimeoutError is an OSError
 
-# KEYS: stream, ids. ARGV: newest seq this process has seen, time_ms, user, text,
-# has_id ("1" or "0"), client id, ids to keep. Returns {seq, duplicate}.
+# KEYS: stream, ids, resends. ARGV: newest seq this process has seen, time_ms, user, text,
+# has_id ("1" or "0"), client id, ids to keep, meta, and the `t` and `user` this process holds
+# for its newest seq ('' if none). Returns {seq, duplicate}. A resend answered from the ids
+# set still writes (INCR resends): WAIT waits for the calling connection's last write, and
+# this one follows the original entry in the replication stream.
 APPEND_SCRIPT = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local head = 0
@@ -84,11 +101,25 @@ if head < tonumber(ARGV[1]) then
   return redis.error_reply('PAPAYA_LOST the stream ends at ' .. head ..
     ' but this server has seen entry ' .. ARGV[1])
 end
+if ARGV[9] ~= '' then
+  local held = redis.call('XRANGE', KEYS[1], ARGV[1] .. '-0', ARGV[1] .. '-0')
+  local fields = {}
+  if #held > 0 then
+    for i = 1, #held[1][2], 2 do fields[held[1][2][i]] = held[1][2][i + 1] end
+  end
+  if fields['t'] ~= ARGV[9] or fields['user'] ~= ARGV[10] then
+    return redis.error_reply('PAPAYA_LOST entry ' .. ARGV[1] ..
+      ' in the stream is not the one this server has seen')
+  end
+end
 local member = nil
 if ARGV[5] == '1' then
   member = string.len(ARGV[3]) .. ':' .. ARGV[3] .. ARGV[6]
   local seen = redis.call('ZSCORE', KEYS[2], member)
-  if seen then return {tonumber(seen), 1} end
+  if seen then
+    redis.call('INCR', KEYS[3])
+    return {tonumber(seen), 1}
+  end
 end
 local seq = head + 1
 local id = string.format('%d-0', seq)
@@ -165,6 +196,7 @@ class RedisLog:
         self._client = client
         self.stream = f"{key}:log"
         self.ids = f"{key}:ids"
+        self.resends = f"{key}:resends"
         self._clock_ms = clock_ms
         self.fsync = fsync
         self._replicas = replicas
@@ -178,6 +210,11 @@ class RedisLog:
         self._pending: dict[int, Record] = {}  # records learned before their predecessors
         self._broken: str | None = None
         self._down: str | None = None  # why the reader cannot reach Redis, while it cannot
+        # After a read error, until the head's entry is found unchanged: the cache may hold
+        # entries Redis lost, so it is not served where Redis can lose what was shown (a
+        # failover to a replica, or a crash without appendfsync always; module docstring).
+        self._unchecked = False
+        self._shown_may_be_lost = replicas > 0 or fsync is not FsyncPolicy.ALWAYS
         self.on_visible: Callable[[int], None] = lambda head: None
 
     @property
@@ -217,6 +254,8 @@ class RedisLog:
         draft = Record(0, time_ms, user, text, client_id, action, dialect, verified)
         args = [self._visible, time_ms, user, text, "0" if client_id is None else "1"]
         args += [client_id or "", self._dedupe_entries, record_meta(draft)]
+        held = self._held()
+        args += ["", ""] if held is None else [held.time_ms, held.user]
         reply = await self._call(self._append_script, args)
         seq, duplicate = int(reply[0]), bool(reply[1])
         if not duplicate:
@@ -237,12 +276,13 @@ class RedisLog:
 
     async def _call(self, script: Any, args: list[Any]) -> Any:
         """Run a write script, with WAIT for replicas when asked; map failures."""
+        keys = [self.stream, self.ids, self.resends]  # the import script uses the first two
         try:
             if self._replicas:
                 timeout_ms = math.ceil(self._timeout * 500)  # WAIT must end before the reply is due
                 with self._client.ensure_replication(self._replicas, timeout_ms):
-                    return await script(keys=[self.stream, self.ids], args=args)
-            return await script(keys=[self.stream, self.ids], args=args)
+                    return await script(keys=keys, args=args)
+            return await script(keys=keys, args=args)
         except coredis.exceptions.ResponseError as exc:
             if str(exc).startswith("PAPAYA_LOST"):
                 self._fail(str(exc).removeprefix("PAPAYA_LOST "))
@@ -253,9 +293,31 @@ class RedisLog:
             raise StorageFailed(f"redis is unavailable: {exc}") from exc
 
     def _fail(self, why: str) -> None:
+        """Redis no longer holds what this process has seen: refuse appends and reads (and
+        stop learning) until restart, rather than continue a history that is gone."""
         if self._broken is None:
             logger.critical("log refuses appends until restart: %s", why)
             self._broken = why
+            self._pending.clear()
+
+    def _held(self) -> Record | None:
+        """The record at the head as this process learned it (None before the first)."""
+        if self._cache and self._cache[-1].seq == self._visible:
+            return self._cache[-1]
+        return None
+
+    async def _check_head(self) -> None:
+        """Fail the log if the stream no longer holds the head's entry as this process
+        learned it (Redis lost entries, and may have renumbered others)."""
+        held = self._held()
+        if held is None:
+            return
+        at = f"{held.seq}-0"
+        entries = await self._client.xrange(self.stream, at, at, count=1)
+        if not entries:
+            self._fail(f"the stream no longer holds entry {held.seq}, which this server has seen")
+        elif _record(entries[0]) != held:
+            self._fail(f"entry {held.seq} in the stream is not the one this server has seen")
 
     # --- learning what is in the stream -----------------------------------------------------
     def _learn(self, records: Sequence[Record]) -> None:
@@ -287,13 +349,24 @@ class RedisLog:
         block_ms = max(1, min(BLOCK_MAX_MS, int(self._timeout * 500)))
         retry = RETRY_MIN
         while True:
+            if self._broken is not None:
+                await trio.sleep_forever()  # what follows in the stream is not our history
             try:
+                if self._unchecked:
+                    await self._check_head()
+                    self._unchecked = False
+                    if self._broken is not None:
+                        continue
                 reply = await self._client.xread(
                     {self.stream: f"{self._visible}-0"}, count=READ_BATCH, block=block_ms
                 )
                 entries = reply.get(self.stream.encode(), ()) if reply else ()
                 records = [_record(entry) for entry in entries]
+                # The client library replaces a lost connection silently between commands, so
+                # a failover may not show as an error: check after every read, before learning.
+                await self._check_head()
             except (*REDIS_ERRORS, StorageFailed) as exc:
+                self._unchecked = True
                 if self._down is None:
                     self._down = str(exc) or type(exc).__name__
                     logger.error("redis stream unreadable, retrying: %s", self._down)
@@ -304,11 +377,16 @@ class RedisLog:
                 logger.warning("redis stream readable again; delivery resumes after %d", self.head)
                 self._down = None
             retry = RETRY_MIN
-            self._learn(records)
+            if self._broken is None:
+                self._learn(records)
 
     # --- reading ----------------------------------------------------------------------------
     async def read_after(self, cursor: int, limit: int) -> list[Record]:
         """Up to `limit` records after `cursor` (not past the head), oldest first."""
+        if self._broken is not None:
+            raise StorageFailed(f"the log is unusable until restart: {self._broken}")
+        if self._unchecked and self._shown_may_be_lost:
+            raise StorageFailed(f"redis is unavailable: {self._down}")
         last = min(self._visible, cursor + limit)
         if last <= cursor:
             return []

@@ -251,10 +251,11 @@ class SharedWorld(World):
         self.oracle.power_cut(False)
         self.oracle.end_epoch_records(read_stream(before.get(STREAM, [])))
         self.oracle.begin_epoch(self.logged())
-        # A host that had learned a lost entry would go on serving it (its cache), and
-        # RedisLog notices the loss only when it next appends, if the stream has not grown
-        # past its head by then. The simulation restarts every host at once instead (see
-        # sim/README.md: not modelled), as the file store's power cut does.
+        # A host that had learned a lost entry finds out itself (its reader checks its head's
+        # entry after the outage) and refuses until the operator restarts it; but a message
+        # read before the loss may reach its client after it, which the oracle would count
+        # against the new epoch. So by default every host restarts at once, as the file
+        # store's power cut does (restart_hosts_on_loss=False leaves them running).
         for host in self.hosts if self.store.faults.restart_hosts_on_loss else []:
             if host.up:
                 self.trace.record("crash", host=host.index, why="store lost entries")

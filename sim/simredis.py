@@ -7,7 +7,7 @@ append and import scripts), `ensure_replication` (WAIT), `xread` (BLOCK), `xrang
 `xrevrange` and `config_get`. `SimRedisClient` is a fake at exactly that seam, so everything
 above it is the real store: its Lua scripts, its reader loop and backoff, its cache, its
 error handling. The scripts run in a real Lua 5.1 (lupa; Redis embeds Lua 5.1) with a
-`redis.call` that implements the five commands they use on `SimRedis`'s data, so a bug in a
+`redis.call` that implements the seven commands they use on `SimRedis`'s data, so a bug in a
 script is a bug here too.
 
 `SimRedis` is one Redis primary with one replica. The writes of one script call are one
@@ -78,7 +78,7 @@ class SharedStore:
     outage_for: tuple[float, float] = (0.05, 4.0)
     crash_share: float = 0.5  # share of outages that crash the Redis host (else: a partition)
     # Restart every server host when a store crash loses entries (sim/sharedstore.py says why);
-    # False shows what a host that had learned lost entries goes on serving.
+    # False leaves them to find the loss themselves and refuse until the operator restarts them.
     restart_hosts_on_loss: bool = True
 
 
@@ -127,6 +127,7 @@ class SimRedis:
         self.durable = 0  # journal entries in the append-only file
         self.streams: dict[bytes, list[tuple[EntryId, list[bytes]]]] = {}
         self.zsets: dict[bytes, dict[bytes, float]] = {}
+        self.counters: dict[bytes, int] = {}  # string keys holding integers (INCR)
         self.lock = trio.Lock()  # Redis runs one command at a time
         self.changed = trio.Event()  # set (and replaced) when data changes or an outage begins
         self.generation = 0  # counts outages: a connection opened before one is cut
@@ -194,6 +195,9 @@ class SimRedis:
             for member in doomed:
                 del zset[member]
             return bool(doomed)
+        if command == b"INCR":
+            self.counters[key] = self.counters.get(key, 0) + 1
+            return True  # INCR always changes its key, so it always counts for WAIT
         return False
 
     def _write(self, write: Write) -> None:
@@ -215,7 +219,7 @@ class SimRedis:
     def _rebuild(self, keep: int) -> None:
         """Keep the first `keep` journal entries (what the surviving copy holds)."""
         del self.journal[keep:]
-        self.streams, self.zsets = {}, {}
+        self.streams, self.zsets, self.counters = {}, {}, {}
         for batch in self.journal:
             for write in batch:
                 self._apply(write)
@@ -272,6 +276,9 @@ class SimRedis:
         if command == b"XREVRANGE" and len(args) == 5 and args[3].upper() == b"COUNT":
             found = self.xrange(args[0], args[2], args[1], int(args[4]), reverse=True)
             return table([table([_id(i), table(f)]) for i, f in found])
+        if command == b"XRANGE" and len(args) == 3:
+            found = self.xrange(args[0], args[1], args[2], None)
+            return table([table([_id(i), table(f)]) for i, f in found])
         if command == b"ZSCORE" and len(args) == 2:
             score = self.zsets.get(args[0], {}).get(args[1])
             return False if score is None else b"%d" % score
@@ -282,6 +289,9 @@ class SimRedis:
             before = len(self.zsets.get(args[0], {}))
             self._write((command, *args))
             return abs(len(self.zsets.get(args[0], {})) - before)
+        if command == b"INCR" and len(args) == 1:
+            self._write((command, *args))
+            return self.counters[args[0]]
         raise coredis.exceptions.ResponseError(
             f"ERR the simulated redis has no {command.decode()!r} with {len(args)} arguments"
         )

@@ -95,6 +95,16 @@ class RedisServer:
                 reply += chunk
             return reply
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its connections but does nothing (a stalled replica)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL: what a crash or a power cut does to the process."""
         if self.process is not None and self.process.poll() is None:

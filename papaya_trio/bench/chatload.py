@@ -1,31 +1,31 @@
-"""The chat load generator: N native clients in one room, a paced total message rate.
+"""The chat load generator: N clients in one room, a paced total message rate.
 
-Every client opens a TCP connection, says hello (native dialect, docs/protocol.md) with the
-room's key and waits for its welcome; once all N are in, the generator prints
-``{"event": "ready"}``. Then one pacer sends `rate` messages per second in total, on a fixed
-schedule, from the first `senders` clients in turn; message k's text is ``bench k`` padded to
-`message_bytes`, and its send time is kept in an array indexed by k. Every client (senders
-included: the server echoes to everybody) reads its stream and, for every ``message`` line
-whose text is one of ours, records the delivery latency (receipt time minus send time, one
-monotonic clock, one process) in a bounded histogram.
+Every client opens a TCP connection and joins in its dialect (`chatwire`: the native JSON
+lines, or the papayaChat dialect of the original C daemon); the first client joins before
+the others. With several ports (several server processes sharing one room), client i
+connects to port i mod K, so the clients are spread evenly. Once all N are in and nothing
+has arrived for `QUIET` seconds (what the joins set off, such as presence events, is over),
+the generator prints ``{"event": "ready"}``. Then one pacer sends `rate` messages per second in
+total, on a fixed schedule, from the first `senders` clients in turn; message k's text is
+``bench k`` padded to `message_bytes`, and its send time is kept in an array indexed by k.
+Every client (senders included: the server echoes to everybody) reads its stream and, for
+every message of ours it receives for the first time, records the delivery latency (receipt
+time minus send time, one monotonic clock, one process) in a bounded histogram.
 
 After the sending window the generator waits up to `drain` seconds for the last deliveries,
-then counts: a message sent is *lost* for every client that did not receive it. Sequence
-numbers must grow strictly at each client, so a count equal to the number sent means every
-client got every message exactly once. It reports what it achieved (rate, deliveries, lost,
-latency percentiles, errors, its own CPU) as one JSON line, and flags a run it cannot vouch
-for: a loss, an error from the server, a client the server dropped, a rate short of the
-request, or a generator that used most of a core.
+then counts: a message sent is *lost* for every client that did not receive it, and one
+received twice (or, in the native dialect, out of the server's order) is counted apart. It
+reports what it achieved (rate, deliveries, lost, latency percentiles, errors, its own CPU)
+as one JSON line, and flags a run it cannot vouch for: a loss, an error from the server, a
+client the server dropped, a rate short of the request, or a generator that used most of a
+core.
 
-With ``--rate 0`` the clients only say hello and stay idle: the idle-connections measurement.
+With ``--rate 0`` the clients only join and stay idle: the idle-connections measurement.
 
-The hello, the welcome and the sends go through the shared client module
-(`papaya_trio.protocol.client`); the received stream is scanned with one regular expression
-instead of decoding every object, so that the generator's CPU stays far below the server's.
-
-Bounds: at most `MAX_CONNECTIONS` clients, `loadgen.MAX_DURATION` seconds, `MAX_MESSAGES` messages;
-at most `CONNECT_CONCURRENCY` connections being opened at once; partial lines are bounded by
-`MAX_LINE`. Loopback by default. Run:
+Bounds: at most `MAX_CONNECTIONS` clients, `loadgen.MAX_DURATION` seconds, `MAX_MESSAGES`
+messages (and in the papayaChat dialect, whose clients keep a bit per message,
+`MAX_PAPAYA_BITS` bits in all); at most `CONNECT_CONCURRENCY` connections being opened at
+once; partial lines are bounded by `chatwire.MAX_LINE`. Loopback by default. Run:
 ``python -m papaya_trio.bench.chatload --port P --key-file D/key --connections 8 --rate 20``.
 """
 
@@ -35,7 +35,6 @@ import argparse
 import array
 import json
 import math
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -44,41 +43,46 @@ from pathlib import Path
 
 import trio
 
+from papaya_trio.bench.chatwire import (
+    DIALECTS,
+    MAX_LINE,
+    RECEIVE_BYTES,
+    TEXT_PREFIX,
+    Client,
+    LoadError,
+    NativeWire,
+    PapayaWire,
+    Wire,
+)
 from papaya_trio.bench.loadgen import check_bounds
 from papaya_trio.bench.stats import LatencyHistogram
 from papaya_trio.bench.system import raise_open_file_limit
-from papaya_trio.protocol import client as protocol
 
 MAX_CONNECTIONS = 20_000
 MAX_MESSAGES = 1_000_000
+#: Bits of received-message maps a papayaChat-dialect run may keep (32 MiB).
+MAX_PAPAYA_BITS = 1 << 28
 CONNECT_CONCURRENCY = 64
-#: The longest line the generator buffers (the server's default max line is 16 KiB).
-MAX_LINE = 64 * 1024
-RECEIVE_BYTES = 64 * 1024
 DEFAULT_RATE = 20.0
 DEFAULT_SENDERS = 8
 DEFAULT_MESSAGE_BYTES = 64
 DEFAULT_DRAIN = 5.0
+DEFAULT_DIALECT = "native"
 #: A run is flagged when it sent less than (1 - tolerance) of the requested messages.
 DEFAULT_TOLERANCE = 0.05
 CPU_SATURATION = 0.9
+#: Seconds without a byte received after which the room counts as settled after the joins.
+QUIET = 0.5
+SETTLE_LIMIT = 120.0
 #: File descriptors the generator needs besides one per client.
 SPARE_FILES = 64
-TEXT_PREFIX = "bench "
-# The server writes compact JSON with "seq" before "text" (papaya_trio.protocol.native).
-_MESSAGE = re.compile(rb'"type":"message","seq":(\d+),[^\n]*?"text":"bench (\d+)')
-_ERROR = b'"type":"error"'
-
-
-class LoadError(Exception):
-    """The generator could not set up its clients."""
 
 
 @dataclass(frozen=True)
 class ChatLoadSpec:
     """The room's workload: where, how many clients, how many of them send, how fast."""
 
-    port: int
+    ports: tuple[int, ...]
     key: str
     connections: int
     duration: float
@@ -88,9 +92,12 @@ class ChatLoadSpec:
     drain: float = DEFAULT_DRAIN
     host: str = "127.0.0.1"
     tolerance: float = DEFAULT_TOLERANCE
+    dialect: str = DEFAULT_DIALECT
 
     def __post_init__(self) -> None:
         check_bounds(self.connections, self.duration, MAX_CONNECTIONS)
+        if not self.ports or not all(0 < port < 65536 for port in self.ports):
+            raise ValueError("at least one port, each in 1..65535")
         if self.rate < 0 or self.rate * self.duration > MAX_MESSAGES:
             raise ValueError(f"rate must be >= 0 and send at most {MAX_MESSAGES} messages")
         if self.senders < 1:
@@ -99,25 +106,21 @@ class ChatLoadSpec:
             raise ValueError("message_bytes must be between 14 and 4096")
         if self.drain < 0:
             raise ValueError("drain can't be negative")
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}")
+        if self.dialect == "papaya" and self.messages * self.connections > MAX_PAPAYA_BITS:
+            raise ValueError(
+                f"messages x connections must be at most {MAX_PAPAYA_BITS} in the papaya dialect"
+            )
 
     @property
     def messages(self) -> int:
         """How many messages the schedule holds."""
         return math.floor(self.rate * self.duration)
 
-
-class Client:
-    """One connection: its stream, and what it has received."""
-
-    def __init__(self, index: int, stream: trio.SocketStream, head: int) -> None:
-        self.index = index
-        self.stream = stream
-        self.head = head  # the newest message before we joined: older ones are history
-        self.last_seq = head
-        self.out_of_order = 0
-        self.errors = 0
-        self.first_error = ""
-        self.closed_by_server = False
+    def wire(self) -> Wire:
+        """The dialect's wire."""
+        return PapayaWire(self.messages) if self.dialect == "papaya" else NativeWire()
 
 
 class ChatLoad:
@@ -125,6 +128,7 @@ class ChatLoad:
 
     def __init__(self, spec: ChatLoadSpec) -> None:
         self.spec = spec
+        self.wire = spec.wire()
         self.clients: list[Client] = []
         self.sent_at = array.array("d", bytes(8 * max(1, spec.messages)))
         self.sent = 0
@@ -135,51 +139,35 @@ class ChatLoad:
         self._expected: int | None = None
         self._all_delivered = trio.Event()
         self.send_failures = 0
+        #: When any client last received anything (see `_settle`).
+        self.last_receipt = -math.inf
 
     # --- setting up ---------------------------------------------------------------------
     async def _join(self, index: int, limiter: trio.CapacityLimiter) -> None:
-        """Connect client `index` and wait for its welcome; a failure is noted, not raised."""
+        """Connect client `index` and let it join; a failure is noted, not raised."""
+        port = self.spec.ports[index % len(self.spec.ports)]
         async with limiter:
             try:
-                stream = await trio.open_tcp_stream(self.spec.host, self.spec.port)
+                stream = await trio.open_tcp_stream(self.spec.host, port)
             except OSError as exc:
                 self.join_failures.append(f"client {index}: cannot connect: {exc}")
                 return
             try:
-                head, rest = await self._welcome(index, stream)
+                head, rest = await self.wire.join(stream, index, self.spec.key, index == 0)
             except (OSError, trio.BrokenResourceError, LoadError) as exc:
                 await trio.aclose_forcefully(stream)
                 self.join_failures.append(str(exc) or type(exc).__name__)
                 return
-        client = Client(index, stream, head)
-        self.clients.append(client)
-        # History (none in a fresh room) may follow the welcome in the same read.
-        self._take(client, rest, trio.current_time())
-
-    async def _welcome(self, index: int, stream: trio.SocketStream) -> tuple[int, bytes]:
-        """Say hello; return the welcome's head and whatever followed it in the same read."""
-        await stream.send_all(protocol.encode(protocol.hello(self.spec.key, f"b{index}", None)))
-        line = bytearray()
-        while b"\n" not in line:
-            chunk = await stream.receive_some(RECEIVE_BYTES)
-            if not chunk or len(line) > MAX_LINE:
-                raise LoadError(f"client {index}: no welcome: {bytes(line[:200])!r}")
-            line += chunk
-        first, _, rest = bytes(line).partition(b"\n")
-        try:
-            protocol.check_first_line(first)
-            welcome = protocol.parse_event(protocol.parse_json(first))
-        except protocol.RemoteProtocolError as exc:
-            raise LoadError(f"client {index}: {exc}: {first[:200]!r}") from None
-        if isinstance(welcome, protocol.Welcome):
-            return welcome.head, rest
-        raise LoadError(f"client {index}: refused: {first[:200]!r}")
+        self.clients.append(Client(index, stream, head, rest))
 
     async def _join_all(self) -> None:
         limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
-        async with trio.open_nursery() as nursery:
-            for index in range(self.spec.connections):
-                nursery.start_soon(self._join, index, limiter)
+        # The first client joins alone: in the papayaChat dialect it opens the room.
+        await self._join(0, limiter)
+        if not self.join_failures:
+            async with trio.open_nursery() as nursery:
+                for index in range(1, self.spec.connections):
+                    nursery.start_soon(self._join, index, limiter)
         self.clients.sort(key=lambda c: c.index)
         if self.join_failures:
             for client in self.clients:
@@ -190,29 +178,23 @@ class ChatLoad:
     # --- receiving ----------------------------------------------------------------------
     def _take(self, client: Client, block: bytes, now: float) -> None:
         """Account for the complete lines in `block`, read at `now`."""
-        for match in _MESSAGE.finditer(block):
-            seq = int(match[1])
-            if seq <= client.last_seq:
-                client.out_of_order += 1
-                continue
-            client.last_seq = seq
-            if seq <= client.head:
-                continue
-            number = int(match[2])
-            if number < self.sent:
-                self.delivered += 1
-                self.histogram.add(now - self.sent_at[number])
+        for number in self.wire.take(client, block, self.sent):
+            self.delivered += 1
+            self.histogram.add(now - self.sent_at[number])
         if self._expected is not None and self.delivered >= self._expected:
             self._all_delivered.set()
-        if _ERROR in block:
-            client.errors += block.count(_ERROR)
-            if not client.first_error:
-                start = block.index(_ERROR)
-                client.first_error = block[max(0, start - 1) : start + 200].decode(errors="replace")
 
     async def _read(self, client: Client) -> None:
-        pending = bytearray()
+        pending = client.pending
         while True:
+            end = self.wire.last_line_end(pending)
+            if end >= 0:
+                self._take(client, bytes(pending[: end + 1]), trio.current_time())
+                del pending[: end + 1]
+            elif len(pending) > MAX_LINE:
+                client.errors += 1
+                client.first_error = f"a line longer than {MAX_LINE} bytes"
+                return
             try:
                 chunk = await client.stream.receive_some(RECEIVE_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -220,23 +202,10 @@ class ChatLoad:
             if not chunk:
                 client.closed_by_server = True
                 return
-            now = trio.current_time()
+            self.last_receipt = trio.current_time()
             pending += chunk
-            end = pending.rfind(b"\n")
-            if end < 0:
-                if len(pending) > MAX_LINE:
-                    client.errors += 1
-                    client.first_error = f"a line longer than {MAX_LINE} bytes"
-                    return
-                continue
-            self._take(client, bytes(pending[: end + 1]), now)
-            del pending[: end + 1]
 
     # --- sending ------------------------------------------------------------------------
-    def _line(self, number: int) -> bytes:
-        text = f"{TEXT_PREFIX}{number} ".ljust(self.spec.message_bytes, "x")
-        return protocol.encode(protocol.send(text, f"k{number}"))
-
     async def _pace(self, start: float) -> None:
         """Send message k at ``start + k / rate`` from sender k mod S, until the window ends."""
         if not self.spec.messages:
@@ -248,13 +217,27 @@ class ChatLoad:
             await trio.sleep_until(start + number / self.spec.rate)
             if trio.current_time() >= end:
                 return
-            line = self._line(number)
+            sender = senders[number % len(senders)]
+            line = self.wire.line(sender.index, number, self.spec.message_bytes)
             self.sent_at[number] = trio.current_time()
             self.sent = number + 1
             try:
-                await senders[number % len(senders)].stream.send_all(line)
+                await sender.stream.send_all(line)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.send_failures += 1  # the server dropped the sender: its reader says so
+
+    async def _settle(self) -> None:
+        """Wait until nothing has arrived for `QUIET` seconds (at most `SETTLE_LIMIT`).
+
+        What the joins set off is over by then: in trio mode every native join is announced
+        to every member already in (presence), N**2 / 2 deliveries that would otherwise
+        still be flowing while the server is measured.
+        """
+        step = QUIET / 5
+        for _ in range(math.ceil(SETTLE_LIMIT / step)):
+            if trio.current_time() >= self.last_receipt + QUIET:
+                return
+            await trio.sleep(step)
 
     async def _drain(self) -> None:
         """Wait up to `drain` seconds for every client to have every message sent."""
@@ -272,12 +255,14 @@ class ChatLoad:
         await self._join_all()
         try:
             connect_seconds = trio.current_time() - joined_at
-            on_ready()
-            cpu_before = time.process_time()
-            start = trio.current_time()
             async with trio.open_nursery() as nursery:
                 for client in self.clients:
                     nursery.start_soon(self._read, client)
+                self.last_receipt = trio.current_time()
+                await self._settle()
+                on_ready()
+                cpu_before = time.process_time()
+                start = trio.current_time()
                 await self._pace(start)
                 send_seconds = trio.current_time() - start
                 await self._drain()
@@ -320,6 +305,8 @@ class ChatLoad:
             "connections": len(self.clients),
             "senders": min(spec.senders, len(self.clients)),
             "message_bytes": spec.message_bytes,
+            "dialect": spec.dialect,
+            "ports": len(spec.ports),
             "requested_rate": spec.rate,
             "sent": self.sent,
             "achieved_rate": self.sent / spec.duration,
@@ -343,6 +330,13 @@ class ChatLoad:
         }
 
 
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of ports: {text!r}") from None
+
+
 def _say_ready() -> None:
     print(json.dumps({"event": "ready"}), flush=True)
 
@@ -351,7 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: 0 with a result line (flagged or not), 1 if the clients could not join."""
     parser = argparse.ArgumentParser(description="chat-room load generator for the bench")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--port", type=_ports, required=True, help="a port, or several, comma-separated"
+    )
     parser.add_argument("--key-file", type=Path, required=True, help="the room's key file")
     parser.add_argument("--connections", type=int, default=2)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
@@ -359,10 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=DEFAULT_SENDERS)
     parser.add_argument("--message-bytes", type=int, default=DEFAULT_MESSAGE_BYTES)
     parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN)
+    parser.add_argument("--dialect", choices=DIALECTS, default=DEFAULT_DIALECT)
     ns = parser.parse_args(argv)
     try:
         spec = ChatLoadSpec(
-            port=ns.port,
+            ports=ns.port,
             key=ns.key_file.read_text().strip(),
             connections=ns.connections,
             duration=ns.duration,
@@ -371,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             message_bytes=ns.message_bytes,
             drain=ns.drain,
             host=ns.host,
+            dialect=ns.dialect,
         )
         raise_open_file_limit(spec.connections + SPARE_FILES)
     except (ValueError, OSError) as exc:

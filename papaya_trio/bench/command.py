@@ -7,6 +7,9 @@ The CLI wires it with ``add_arguments(subparser)`` and ``run(args)``. Profiles:
 - ``chat``: the real server (``papaya-trio serve``) in trio and fork mode, N clients in one
   room, ``--rate`` messages per second in total from ``--senders`` of them, each fanned out
   to every client. ``--rate 0`` holds N idle connections (the memory-per-connection check).
+  ``--dialect papaya`` loads it in the papayaChat dialect instead (so the original daemon can
+  be measured with ``--external``); ``--store redis`` and ``--nodes K`` run it on the Redis
+  store, as K server processes sharing one Redis that each trial starts.
 
 Both run the same sweep (`runner`) with their own `Workload`, table and figure. The
 modules that need the bench's optional dependencies (psutil, matplotlib) are imported when
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from papaya_trio.bench import chatload, servers, workloads
+from papaya_trio.bench import chatload, chatwire, servers, workloads
 from papaya_trio.bench.loadgen import DEFAULT_RATE_BITS, DEFAULT_TICK
 from papaya_trio.bench.steadiness import HOST_CV
 from papaya_trio.bench.system import IDLE_POLL, IDLE_SYSTEM, idle_polling, raise_open_file_limit
@@ -40,6 +43,8 @@ PROFILES = ("paper", "chat")
 #: Room the chat server gets beyond the largest N (the bench never needs it; a margin
 #: against a client of a previous trial still being counted).
 SERVER_CONNECTION_MARGIN = 64
+#: The most server processes one trial may start with --nodes.
+MAX_NODES = 64
 #: Open files the bench's processes need beside one per connection.
 SPARE_FILES = 256
 
@@ -59,6 +64,46 @@ def _names(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError("no mode given")
     return names
+
+
+def _nodes(text: str) -> tuple[int, ...]:
+    counts = _counts(text)
+    if max(counts) > MAX_NODES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_NODES} nodes")
+    return counts
+
+
+def _stores(text: str) -> tuple[str, ...]:
+    stores = _names(text)
+    if unknown := set(stores) - set(servers.STORES):
+        raise argparse.ArgumentTypeError(
+            f"unknown store {sorted(unknown)[0]!r}; choose from {', '.join(servers.STORES)}"
+        )
+    return stores
+
+
+def _chat_specs(args: argparse.Namespace, limit: int) -> list[servers.ServerSpec]:
+    """Every (mode, store, nodes) the options name that can run: fork mode only on the file
+    store, several nodes only on Redis. ValueError when none can."""
+    nodes = args.nodes or (1,)
+    stores = args.store or (("file",) if nodes == (1,) else ("redis",))
+    modes = args.modes or servers.CHAT_MODES
+    specs = []
+    for mode in modes:
+        if mode not in servers.CHAT_MODES:
+            raise ValueError(
+                f"unknown server mode {mode!r}; choose from {', '.join(servers.CHAT_MODES)}"
+            )
+        for store in stores:
+            for count in nodes:
+                try:
+                    specs.append(servers.chat_spec(mode, args.fsync, limit, store, count))
+                except ValueError:
+                    continue  # e.g. fork mode with --store file,redis: it runs on the file only
+    if not specs:
+        # Say why with the first combination's own complaint.
+        servers.chat_spec(modes[0], args.fsync, limit, stores[0], nodes[0])
+    return specs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME=COMMAND",
         help="also measure COMMAND, a server listening on the port given as {port}"
-        " ({data_dir}: a fresh folder per trial, holding the chat room's key file)",
+        " ({data_dir}: a fresh folder per trial, holding the chat room's key file); CPU and"
+        " memory count every process it starts, a daemon that detaches included",
     )
     parser.add_argument(
         "--interval", type=float, default=workloads.DEFAULT_INTERVAL, help="sampling period, s"
@@ -169,10 +215,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="text length of each message (default: 64)",
     )
     chat.add_argument(
+        "--dialect",
+        choices=chatwire.DIALECTS,
+        default=chatload.DEFAULT_DIALECT,
+        help="what the clients speak: native (JSON lines) or papaya (the papayaChat dialect:"
+        " 128-byte key, 'user: text' lines; works with the original daemon) (default: native)",
+    )
+    chat.add_argument(
+        "--store",
+        type=_stores,
+        default=None,
+        help="the server's log store, comma-separated to compare: file, redis (a Redis the"
+        " bench starts for each trial, on its own CPU where there is one; trio mode only)"
+        " (default: file; redis with --nodes above 1)",
+    )
+    chat.add_argument(
+        "--nodes",
+        type=_nodes,
+        default=None,
+        metavar="K",
+        help="server processes sharing the room through Redis, each pinned to its own CPU,"
+        " the clients spread evenly over them; comma-separated to compare (default: 1)",
+    )
+    chat.add_argument(
         "--fsync",
         choices=[policy.value for policy in FsyncPolicy],
         default=FsyncPolicy.NEVER.value,
-        help="the server's fsync policy (default: never, so the disk is not measured)",
+        help="the server's fsync policy, and Redis's appendfsync with it (always, everysec,"
+        " no) (default: never, so the disk is not measured)",
     )
 
 
@@ -180,15 +250,15 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
     """The sweep the options describe; ValueError for a bad combination."""
     workload: Workload
     if args.profile == "chat":
-        modes = args.modes or servers.CHAT_MODES
         counts = args.connections or workloads.CHAT_CONNECTIONS
-        limit = max(counts) + SERVER_CONNECTION_MARGIN
-        specs = [servers.chat_spec(mode, args.fsync, limit) for mode in modes]
-        workload = ChatWorkload(args.rate, args.senders, args.message_bytes)
+        specs = _chat_specs(args, max(counts) + SERVER_CONNECTION_MARGIN)
+        workload = ChatWorkload(args.rate, args.senders, args.message_bytes, dialect=args.dialect)
         duration = args.duration or workloads.CHAT_DURATION
         # The server and the generator inherit this process's limit.
         raise_open_file_limit(max(counts) + SPARE_FILES)
     else:
+        if args.store or args.nodes or args.dialect != chatload.DEFAULT_DIALECT:
+            raise ValueError("--store, --nodes and --dialect belong to the chat profile")
         modes = args.modes or servers.DEFAULT_PAPER_MODES
         counts = args.connections or workloads.PAPER_CONNECTIONS
         specs = [servers.sink_spec(mode, args.recv_size) for mode in modes]
@@ -309,6 +379,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if profile == "chat":
         title += f", {args.rate:g} msg/s, fsync {args.fsync}"
+        if args.dialect != chatload.DEFAULT_DIALECT:
+            title += f", {args.dialect} dialect"
     figure(points, stem.with_suffix(".png"), title)
     print(f"wrote {stem}.json, {stem}.csv and {stem}.png", file=sys.stderr)
     return 0 if not result.failures else 1

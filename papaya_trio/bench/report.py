@@ -10,7 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from papaya_trio.bench.paper import PUBLISHED
-from papaya_trio.bench.runner import Point, SweepResult
+from papaya_trio.bench.runner import LOAD_AVERAGE, Point, SweepResult
 from papaya_trio.bench.steadiness import HOST_CV
 
 KIB = 1024
@@ -93,18 +93,28 @@ CHAT_COLUMNS = (
     "RSS KiB/conn",
     "load CPU %",
     "host Cv",
+    "load avg",
 )
+
+
+REDIS_CPU = "redis_cpu_percent"
+REDIS_PER_DELIVERY = "redis_us_per_delivery"
+#: Columns added when some server ran on Redis: Redis's own CPU, apart from the nodes'.
+REDIS_COLUMNS = ("redis CPU %", "redis us/delivery")
 
 
 def format_chat_table(points: Sequence[Point]) -> str:
     """The chat profile: one row per (connections, mode), then the highest N sustained.
 
     Latency is from the send to the receipt at each client; "lost" counts deliveries
-    (messages x clients) that never arrived; memory is the growth of the server's process
-    tree per connection from before the clients connected.
+    (messages x clients) that never arrived; memory is the growth of the server's processes
+    per connection from before the clients connected. CPU is every node's together; where
+    servers ran on Redis, Redis's CPU follows in columns of its own.
     """
-    rows = [list(CHAT_COLUMNS)]
+    redis = any(REDIS_CPU in point.figures for point in points)
+    rows = [list(CHAT_COLUMNS) + (list(REDIS_COLUMNS) if redis else [])]
     for point in sorted(points, key=lambda p: p.connections):
+        extra = [_figure(point, REDIS_CPU, 2), _figure(point, REDIS_PER_DELIVERY, 1)]
         rows.append(
             [
                 str(point.connections),
@@ -121,6 +131,8 @@ def format_chat_table(points: Sequence[Point]) -> str:
                 f"{point.rss_per_connection_bytes / KIB:.1f}",
                 _figure(point, "load_cpu_percent", 1),
                 _figure(point, HOST_CV, 3),
+                _figure(point, LOAD_AVERAGE, 1),
+                *(extra if redis else []),
             ]
         )
     sustained = highest_sustained(points)

@@ -5,15 +5,17 @@ its result means. For each connection count N and each repeat, the modes run one
 other, in an order rotated by the repeat number, so a machine that drifts (thermal, other
 jobs) affects all modes alike. One trial, in a fresh temporary folder:
 
-1. let the workload prepare the room folder, then start the server in its own process
-   group, pinned to the server CPU, its stderr in ``server.log``; take a baseline memory
+1. let the workload prepare the room folder, then start the server (`deployment`: one
+   process, or K nodes and their Redis), each in a cgroup of its own where the system
+   allows, pinned to the server CPU (node i to its own CPU); take a baseline memory
    reading once it listens;
-2. start the load generator (another process) pinned to the remaining CPUs, and wait for
-   its "ready" line (all N connections open);
-3. let `warmup` seconds pass (forks, first-touch memory), then take a snapshot every
-   `interval` seconds for `duration` seconds (memory in the last one only: reading it for
-   thousands of forked processes takes longer than an interval);
-4. read the generator's result and stop the server's process group.
+2. start the load generator (another process) pinned to the remaining CPUs (`Placement`),
+   with the port of every node, and wait for its "ready" line (all N connections open);
+3. let `warmup` seconds pass (forks, first-touch memory), then take a snapshot of the
+   server's processes (and of Redis's, apart) every `interval` seconds for `duration`
+   seconds (memory in the last one only: reading it for thousands of forked processes
+   takes longer than an interval);
+4. read the generator's result and stop every process the server started.
 
 Everything waits under a deadline, so a server that never announces its port or a
 generator that hangs ends the trial with an error instead of the sweep hanging. A trial
@@ -31,59 +33,71 @@ import dataclasses
 import itertools
 import json
 import os
-import re
-import signal
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import trio
 
 from papaya_trio.bench import stats
+from papaya_trio.bench.deployment import STARTUP_TIMEOUT, BenchError, deploy
 from papaya_trio.bench.sampler import Interval, ProcessTreeSampler, Snapshot, interval
-from papaya_trio.bench.servers import ServerSpec, free_port
+from papaya_trio.bench.servers import ServerSpec
 from papaya_trio.bench.steadiness import HOST_CV, HostCheck, check_host
 from papaya_trio.bench.workloads import Reducer, SweepConfig, Workload, ready_timeout
 
-#: Longest wait for a server to listen, or for the generator to connect or finish.
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
+#: The machine's 1-minute load average at the end of each trial, among its figures.
+LOAD_AVERAGE = "load_average"
 #: A trial is flagged when other work used more than this on the server's CPU.
 BACKGROUND_LIMIT = 5.0
 _MAX_LINE = 1 << 20
-#: How often the server's log is read while waiting for its port announcement.
-_ANNOUNCEMENT_POLL = 0.02
-#: How much of the server's log an error message quotes.
-_LOG_TAIL = 2000
-SERVER_LOG = "server.log"
-
-
-class BenchError(Exception):
-    """A trial could not be run (a server did not start, the generator failed...)."""
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Which CPUs the server and the load generator (with the runner) may use."""
+    """Which CPUs the server's nodes, Redis and the load generator (with the runner) use."""
 
     server_cpus: frozenset[int]
     load_cpus: frozenset[int]
+    #: Node i's CPUs (one node, the server, unless the spec has several).
+    node_cpus: tuple[frozenset[int], ...] = ()
+    redis_cpus: frozenset[int] = frozenset()
 
     @property
     def pinned(self) -> bool:
-        """Whether server and load run on separate CPUs."""
-        return not self.server_cpus & self.load_cpus
+        """Whether the server's CPUs run nothing else the bench started."""
+        return not self.server_cpus & (self.load_cpus | self.redis_cpus)
 
     @classmethod
-    def choose(cls, available: Sequence[int], pin: bool = True) -> Placement:
-        """The server on the first CPU, the rest for the load; no pinning on one CPU."""
+    def choose(
+        cls, available: Sequence[int], pin: bool = True, nodes: int = 1, redis: bool = False
+    ) -> Placement:
+        """Node i on CPU i, then Redis on a CPU of its own if two are left (else with the
+        load), the rest for the load; whatever finds no CPU of its own shares them all, and
+        nothing is pinned on one CPU or without `pin`."""
         cpus = sorted(available)
-        if pin and len(cpus) >= 2:
-            return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
-        return cls(frozenset(cpus), frozenset(cpus))
+        every = frozenset(cpus)
+        if not pin or len(cpus) < 2:
+            return cls(every, every, (every,) * nodes, every if redis else frozenset())
+        node_cpus = tuple(frozenset({cpus[i % len(cpus)]}) for i in range(nodes))
+        rest = cpus[nodes:]
+        load = frozenset(rest) if rest else every
+        redis_cpus = load if redis else frozenset()
+        if redis and len(rest) >= 2:
+            redis_cpus, load = frozenset(rest[:1]), frozenset(rest[1:])
+        return cls(frozenset().union(*node_cpus), load, node_cpus, redis_cpus)
+
+    def to_json(self) -> dict[str, object]:
+        """The CPUs of each part, as lists."""
+        return {
+            "server_cpus": sorted(self.server_cpus),
+            "load_cpus": sorted(self.load_cpus),
+            "node_cpus": [sorted(cpus) for cpus in self.node_cpus],
+            "redis_cpus": sorted(self.redis_cpus),
+        }
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,8 @@ class Trial:
     figures: dict[str, float]
     flagged: bool
     flag_reason: str
+    #: Where the nodes, Redis and the load ran (see `Placement.to_json`).
+    placement: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,7 +161,7 @@ class SweepResult:
 
     profile: str
     config: dict[str, object]
-    placement: dict[str, list[int]]
+    placement: dict[str, object]
     reducers: Mapping[str, Reducer]
     trials: list[Trial] = field(default_factory=list)
     #: Trials that could not be run: mode, connections, repeat and reason.
@@ -217,6 +233,9 @@ class TrialRun:
     intervals: Sequence[Interval]
     #: The generator's JSON result (without its "event" key).
     load: dict[str, object]
+    #: The sampling intervals of the nodes' Redis, if they had one.
+    redis_intervals: Sequence[Interval] = ()
+    placement: Placement | None = None
 
 
 def summarise(run: TrialRun, workload: Workload) -> Trial:
@@ -225,8 +244,14 @@ def summarise(run: TrialRun, workload: Workload) -> Trial:
     cpu = stats.mean(samples)
     background = stats.mean([i.background_percent for i in run.intervals])
     reasons = [str(run.load.get("flag_reason"))] if run.load.get("flagged") else []
-    if background > BACKGROUND_LIMIT:
+    # Where the load or Redis share the server's CPUs by design, their work is "background"
+    # too: it is recorded, but it flags nothing.
+    exclusive = run.placement is None or run.placement.pinned
+    if background > BACKGROUND_LIMIT and exclusive:
         reasons.append(f"other work used {background:.1f}% of the server CPU")
+    redis_cpu = (
+        stats.mean([i.cpu_percent for i in run.redis_intervals]) if run.redis_intervals else None
+    )
     last = run.intervals[-1]
     base_rss = sum(r.rss_bytes for r in run.baseline.processes.values())
     base_pss = sum(r.pss_bytes for r in run.baseline.processes.values())
@@ -246,9 +271,10 @@ def summarise(run: TrialRun, workload: Workload) -> Trial:
         processes=last.processes,
         background_percent=background,
         load=run.load,
-        figures=workload.figures(run.load, cpu),
+        figures=workload.figures(run.load, cpu, redis_cpu),
         flagged=bool(reasons),
         flag_reason="; ".join(reasons),
+        placement=run.placement.to_json() if run.placement else {},
     )
 
 
@@ -265,92 +291,6 @@ async def _read_line(stream: trio.abc.ReceiveStream, deadline: float) -> str:
     return line.decode(errors="replace")
 
 
-def _log_tail(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")[-_LOG_TAIL:]
-    except OSError:
-        return ""
-
-
-async def _wait_announced(
-    process: trio.Process, pattern: str, log_path: Path, deadline: float
-) -> int:
-    """The port the server announces in its log; BenchError if it exits or takes too long."""
-    # The log is a file, not a pipe: a server that logs every connection never blocks on it.
-    announcement = re.compile(pattern)
-    while trio.current_time() < deadline and process.returncode is None:
-        if match := announcement.search(_log_tail(log_path)):
-            return int(match.group(1))
-        await trio.sleep(_ANNOUNCEMENT_POLL)
-    raise BenchError(f"the server did not start listening: {_log_tail(log_path)!r}")
-
-
-async def _wait_connectable(port: int, deadline: float) -> None:
-    # Polling is the only readiness signal an arbitrary external server gives us.
-    while trio.current_time() < deadline:
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            await trio.sleep(0.05)
-            continue
-        await stream.aclose()
-        return
-    raise BenchError(f"nothing listens on port {port} after {STARTUP_TIMEOUT:.0f} s")
-
-
-def _signal_group(process: trio.Process, signum: int) -> None:
-    # The server is a session leader (start_new_session), so its pid is its group id; the
-    # group holds the server and any children it forked, and nothing else.
-    try:
-        os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        return
-
-
-async def _stop(process: trio.Process, stop: Callable[[], None], kill: Callable[[], None]) -> None:
-    """Ask a process to stop, give it STOP_TIMEOUT, then kill it; shielded from cancellation."""
-    stop()
-    with trio.move_on_after(STOP_TIMEOUT) as scope:
-        scope.shield = True
-        await process.wait()
-    if scope.cancelled_caught:
-        kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
-
-
-@asynccontextmanager
-async def running_server(
-    spec: ServerSpec, cpus: frozenset[int], workdir: Path
-) -> AsyncIterator[tuple[int, int]]:
-    """Start `spec` pinned to `cpus`, its room in ``workdir/data`` and its log in
-    ``workdir/server.log``; yield (pid, port); stop its whole process group."""
-    port = 0 if spec.announcement else free_port()
-    log_path = workdir / SERVER_LOG
-    with log_path.open("wb") as log:
-        process = await trio.lowlevel.open_process(
-            spec.argv(port, workdir / "data"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
-        os.sched_setaffinity(process.pid, cpus)
-        deadline = trio.current_time() + STARTUP_TIMEOUT
-        if spec.announcement:
-            port = await _wait_announced(process, spec.announcement, log_path, deadline)
-        else:
-            await _wait_connectable(port, deadline)
-        yield process.pid, port
-    finally:
-        await _stop(
-            process,
-            lambda: _signal_group(process, signal.SIGTERM),
-            lambda: _signal_group(process, signal.SIGKILL),
-        )
-
-
 async def run_trial(
     spec: ServerSpec,
     connections: int,
@@ -362,53 +302,96 @@ async def run_trial(
     with tempfile.TemporaryDirectory(prefix="papaya-bench-") as tmp:
         workdir = Path(tmp)
         config.workload.prepare(workdir / "data")
-        async with running_server(spec, placement.server_cpus, workdir) as (pid, port):
-            sampler = ProcessTreeSampler(pid, placement.server_cpus)
-            baseline = sampler.snapshot(trio.current_time(), memory=True)
+        async with deploy(spec, placement.node_cpus, placement.redis_cpus, workdir) as deployment:
+            samplers = [ProcessTreeSampler(deployment.server, placement.server_cpus)]
+            if deployment.redis is not None:
+                samplers.append(ProcessTreeSampler(deployment.redis, placement.redis_cpus))
+            baseline = samplers[0].snapshot(trio.current_time(), memory=True)
             argv = config.workload.generator_argv(
-                port, connections, config.load_seconds, workdir / "data"
+                deployment.ports, connections, config.load_seconds, workdir / "data"
             )
             load = await trio.lowlevel.open_process(
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE
             )
             try:
                 os.sched_setaffinity(load.pid, placement.load_cpus)
-                snapshots, result = await _sample_during_load(load, sampler, connections, config)
+                with _runner_on(placement.load_cpus):
+                    series, result = await _sample_during_load(load, samplers, connections, config)
             finally:
-                await _stop(load, lambda: None, load.kill)
+                await _stop(load)
                 if load.stdout is not None:
                     await load.stdout.aclose()
-    intervals = [interval(a, b) for a, b in itertools.pairwise(snapshots)]
-    run = TrialRun(spec, connections, repeat, baseline, intervals, result)
+    server, *redis = [[interval(a, b) for a, b in itertools.pairwise(s)] for s in series]
+    run = TrialRun(
+        spec,
+        connections,
+        repeat,
+        baseline,
+        server,
+        result,
+        redis_intervals=redis[0] if redis else (),
+        placement=placement,
+    )
     return summarise(run, config.workload)
 
 
+@contextmanager
+def _runner_on(cpus: frozenset[int]) -> Iterator[None]:
+    """Keep the runner's thread on `cpus` meanwhile, off the server's CPU.
+
+    Only around the sampling: a worker thread that trio starts while the runner is pinned
+    (``open_process`` runs ``Popen`` in one) inherits the pinning and keeps it when it goes
+    back to trio's thread cache.
+    """
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+async def _stop(process: trio.Process) -> None:
+    """Kill the generator if it is still running; shielded from cancellation."""
+    with trio.CancelScope(shield=True):
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
 async def _sample_during_load(
-    load: trio.Process, sampler: ProcessTreeSampler, connections: int, config: SweepConfig
-) -> tuple[list[Snapshot], dict[str, object]]:
-    """Wait for the generator's clients, sample the server, read the generator's result."""
+    load: trio.Process,
+    samplers: Sequence[ProcessTreeSampler],
+    connections: int,
+    config: SweepConfig,
+) -> tuple[list[list[Snapshot]], dict[str, object]]:
+    """Wait for the generator's clients, sample the servers, read the generator's result."""
     assert load.stdout is not None
     ready = await _read_line(load.stdout, trio.current_time() + ready_timeout(connections))
     event = json.loads(ready or "{}")
     if event.get("event") != "ready":
         raise BenchError(f"load generator did not start: {event.get('reason', ready)!r}")
-    snapshots = await _sample(sampler, trio.current_time() + config.warmup, config)
+    series = await _sample(samplers, trio.current_time() + config.warmup, config)
     done = trio.current_time() + config.load_seconds + config.workload.drain + STARTUP_TIMEOUT
     line = await _read_line(load.stdout, done)
     result = json.loads(line or "{}")
     if result.pop("event", None) != "result":
         raise BenchError(f"load generator gave no result: {line!r}")
-    return snapshots, result
+    return series, result
 
 
-async def _sample(sampler: ProcessTreeSampler, start: float, config: SweepConfig) -> list[Snapshot]:
+async def _sample(
+    samplers: Sequence[ProcessTreeSampler], start: float, config: SweepConfig
+) -> list[list[Snapshot]]:
+    """Snapshots of each sampler every interval; memory in the last ones only."""
     count = round(config.duration / config.interval) + 1
-    snapshots = []
+    series: list[list[Snapshot]] = [[] for _ in samplers]
     for k in range(count):
         await trio.sleep_until(start + k * config.interval)
         last = k == count - 1
-        snapshots.append(sampler.snapshot(trio.current_time(), memory=last))
-    return snapshots
+        for sampler, snapshots in zip(samplers, series, strict=True):
+            snapshots.append(sampler.snapshot(trio.current_time(), memory=last))
+    return series
 
 
 def trial_order(config: SweepConfig) -> list[tuple[int, int, ServerSpec]]:
@@ -434,12 +417,18 @@ async def run_sweep(
     on_finish: Callable[[str, Trial], None] | None = None,
     on_fail: Callable[[str, str], None] | None = None,
 ) -> SweepResult:
-    """Run every trial of `config`; the runner itself moves to the load CPUs meanwhile.
+    """Run every trial of `config`; the runner itself moves to the load CPUs while it samples.
 
     A trial that fails (BenchError) is recorded in `failures`, and its mode is skipped for
     the rest of the sweep (larger N).
     """
-    placement = Placement.choose(sorted(os.sched_getaffinity(0)), pin=config.pin)
+    available = sorted(os.sched_getaffinity(0))
+    placement = Placement.choose(
+        available,
+        pin=config.pin,
+        nodes=max(s.nodes for s in config.servers),
+        redis=any(s.redis_appendfsync for s in config.servers),
+    )
     workload = config.workload
     settings = asdict(config)  # the workload, a dataclass too, becomes a dict here
     result = SweepResult(
@@ -449,42 +438,40 @@ async def run_sweep(
             "workload": {"profile": workload.profile, **settings["workload"]},
             "servers": [{"name": s.name, "command": list(s.command)} for s in config.servers],
         },
-        placement={
-            "server_cpus": sorted(placement.server_cpus),
-            "load_cpus": sorted(placement.load_cpus),
-        },
-        reducers={**workload.reducers, HOST_CV: stats.mean},
+        placement=placement.to_json(),
+        reducers={**workload.reducers, HOST_CV: stats.mean, LOAD_AVERAGE: stats.mean},
     )
     failed: set[str] = set()
     host: HostCheck | None = None
-    own_cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, placement.load_cpus)
-    try:
-        for connections, repeat, spec in trial_order(config):
-            if spec.name in failed:
-                continue
-            label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
-            if config.host_check and not _checks(host, connections, repeat):
-                host = await check_host(
-                    placement.server_cpus, config.host_check, config.interval, connections, repeat
-                )
-                result.host_checks.append(host)
-            if on_start:
-                on_start(label)
-            try:
-                trial = await run_trial(spec, connections, repeat, config, placement)
-            except BenchError as exc:
-                failed.add(spec.name)
-                failure = {"mode": spec.name, "connections": connections, "repeat": repeat}
-                result.failures.append({**failure, "reason": str(exc)})
-                if on_fail:
-                    on_fail(label, str(exc))
-                continue
-            if host is not None:
-                trial = dataclasses.replace(trial, figures={**trial.figures, HOST_CV: host.cv})
-            result.trials.append(trial)
-            if on_finish:
-                on_finish(label, trial)
-    finally:
-        os.sched_setaffinity(0, own_cpus)
+    for connections, repeat, spec in trial_order(config):
+        if spec.name in failed:
+            continue
+        label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
+        if config.host_check and not _checks(host, connections, repeat):
+            host = await check_host(
+                placement.server_cpus, config.host_check, config.interval, connections, repeat
+            )
+            result.host_checks.append(host)
+        if on_start:
+            on_start(label)
+        own = Placement.choose(
+            available, config.pin, spec.nodes, redis=spec.redis_appendfsync is not None
+        )
+        try:
+            trial = await run_trial(spec, connections, repeat, config, own)
+        except BenchError as exc:
+            failed.add(spec.name)
+            failure = {"mode": spec.name, "connections": connections, "repeat": repeat}
+            result.failures.append({**failure, "reason": str(exc)})
+            if on_fail:
+                on_fail(label, str(exc))
+            continue
+        # How busy the whole machine was: it may be shared with other jobs.
+        figures = {**trial.figures, LOAD_AVERAGE: os.getloadavg()[0]}
+        if host is not None:
+            figures[HOST_CV] = host.cv
+        trial = dataclasses.replace(trial, figures=figures)
+        result.trials.append(trial)
+        if on_finish:
+            on_finish(label, trial)
     return result

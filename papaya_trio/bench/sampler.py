@@ -1,11 +1,14 @@
 """Samples a server's whole process tree: CPU time, context switches and memory.
 
-CPU time is read from ``/proc/PID/task/TID/schedstat`` (nanoseconds of run time per
-thread) where the kernel has it, because the clock-tick figures of ``/proc/PID/stat``
-(10 ms granularity) would add up to 2 percentage points of quantisation noise to a 500 ms
-sample and inflate Cv at low loads. Processes are found with psutil on every snapshot, so
-children forked during the run are counted; a process that appears between two snapshots
-counts with all its CPU time, which it necessarily spent within that interval.
+The processes are the server's as `processes.ServerProcesses` finds them (its cgroup, or
+its tree and the owners of its listening ports). Where the server runs in a cgroup, its CPU
+is the cgroup's own counter, which includes processes that exited between two snapshots.
+Otherwise CPU time is read per process from ``/proc/PID/task/TID/schedstat`` (nanoseconds
+of run time per thread) where the kernel has it, because the clock-tick figures of
+``/proc/PID/stat`` (10 ms granularity) would add up to 2 percentage points of quantisation
+noise to a 500 ms sample and inflate Cv at low loads. Processes are found on every
+snapshot, so children forked during the run are counted; a process that appears between
+two snapshots counts with all its CPU time, which it necessarily spent within that interval.
 
 Each snapshot also reads the busy time of the CPUs the server is pinned to (from
 ``/proc/stat``), so a report can show how much *other* work shared those CPUs: this machine
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from papaya_trio.bench.processes import ServerProcesses
 
 _PROC = Path("/proc")
 _USER_HZ = os.sysconf("SC_CLK_TCK")
@@ -44,6 +49,8 @@ class Snapshot:
     processes: dict[int, ProcessReading]
     #: Cumulative busy seconds of the CPUs the server runs on (all processes).
     cpus_busy_seconds: float
+    #: Cumulative CPU seconds of the whole server, exited processes included, where known.
+    group_cpu_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,10 +121,10 @@ def _read(process: psutil.Process, memory: bool) -> ProcessReading | None:
 
 
 class ProcessTreeSampler:
-    """Takes snapshots of the process tree rooted at `root_pid`."""
+    """Takes snapshots of a server's processes; `cpus` are the CPUs it is pinned to."""
 
-    def __init__(self, root_pid: int, cpus: Iterable[int]) -> None:
-        self._root = psutil.Process(root_pid)
+    def __init__(self, processes: ServerProcesses, cpus: Iterable[int]) -> None:
+        self._processes = processes
         self._cpus = frozenset(cpus)
 
     def snapshot(self, now: float, memory: bool = True) -> Snapshot:
@@ -125,17 +132,16 @@ class ProcessTreeSampler:
 
         Memory (RSS and PSS, from smaps) is read only with `memory`; otherwise it is 0.
         """
-        try:
-            tree = [self._root, *self._root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            tree = []
         readings: dict[int, ProcessReading] = {}
-        for process in tree:
+        for process in self._processes.processes():
             reading = _read(process, memory)
             if reading is not None:
                 readings[process.pid] = reading
         return Snapshot(
-            time=now, processes=readings, cpus_busy_seconds=cpus_busy_seconds(self._cpus)
+            time=now,
+            processes=readings,
+            cpus_busy_seconds=cpus_busy_seconds(self._cpus),
+            group_cpu_seconds=self._processes.cpu_seconds(),
         )
 
 
@@ -154,6 +160,8 @@ def interval(before: Snapshot, after: Snapshot) -> Interval:
         cpu += now.cpu_seconds - then.cpu_seconds
         voluntary += now.voluntary_switches - then.voluntary_switches
         involuntary += now.involuntary_switches - then.involuntary_switches
+    if before.group_cpu_seconds is not None and after.group_cpu_seconds is not None:
+        cpu = after.group_cpu_seconds - before.group_cpu_seconds
     busy = after.cpus_busy_seconds - before.cpus_busy_seconds
     return Interval(
         seconds=seconds,

@@ -8,7 +8,10 @@ ready once it accepts a connection. ``{data_dir}`` in a command is replaced by a
 for each trial (the chat profile's room: its key is already there, in ``{data_dir}/key``).
 
 The ``paper`` profile uses the sinks; the ``chat`` profile runs the real server, in trio and
-in fork mode.
+in fork mode, on the file store, or in trio mode on the Redis store as one or several
+*nodes* (server processes) sharing one Redis that the trial starts (``{redis_url}`` in the
+command). Modes are named after what runs: ``trio`` and ``fork`` (one process, file store),
+``trio-redis`` (one node, Redis store), ``trio-redis-x2`` (two nodes).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ SINK_MODES: dict[str, tuple[str, ...]] = {
 DEFAULT_PAPER_MODES = ("trio", "trio-batched", "fork")
 #: The real server's modes (``papaya-trio serve --mode``), for the chat profile.
 CHAT_MODES = ("trio", "fork")
+STORES = ("file", "redis")
+#: Redis's appendfsync for each of the server's fsync policies.
+REDIS_APPENDFSYNC = {"always": "always", "interval": "everysec", "never": "no"}
 #: How the sinks and the real server announce their port on stderr.
 SINK_ANNOUNCEMENT = re.escape(ANNOUNCEMENT_PREFIX) + r"(\d+)"
 SERVE_ANNOUNCEMENT = r"listening tcp 127\.0\.0\.1:(\d+)"
@@ -41,20 +47,26 @@ SERVE_ANNOUNCEMENT = r"listening tcp 127\.0\.0\.1:(\d+)"
 class ServerSpec:
     """How to start one mode's server.
 
-    `command` is an argv template: ``{port}`` and ``{data_dir}`` in each argument are
-    replaced. `announcement`, when set, is a regular expression whose first group is the
-    port, found in the server's stderr (it binds port 0 itself); otherwise the server is
-    given a free port and is ready once it accepts a connection.
+    `command` is an argv template: ``{port}``, ``{data_dir}`` and ``{redis_url}`` in each
+    argument are replaced. `announcement`, when set, is a regular expression whose first
+    group is the port, found in the server's stderr (it binds port 0 itself); otherwise the
+    server is given a free port and is ready once it accepts a connection. `nodes` copies
+    of the command run at once; `redis_appendfsync`, when set, starts a Redis for them
+    first, with that ``appendfsync``.
     """
 
     name: str
     command: tuple[str, ...]
     announcement: str | None
+    nodes: int = 1
+    redis_appendfsync: str | None = None
 
-    def argv(self, port: int, data_dir: Path) -> list[str]:
-        """The command line to run, for the given port and room folder."""
+    def argv(self, port: int, data_dir: Path, redis_url: str | None = None) -> list[str]:
+        """The command line to run, for the given port, room folder and Redis."""
         return [
-            part.replace("{port}", str(port)).replace("{data_dir}", str(data_dir))
+            part.replace("{port}", str(port))
+            .replace("{data_dir}", str(data_dir))
+            .replace("{redis_url}", redis_url or "")
             for part in self.command
         ]
 
@@ -71,10 +83,26 @@ def sink_spec(mode: str, recv_size: int | None = None) -> ServerSpec:
     )
 
 
-def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
-    """``papaya-trio serve`` in `mode` on loopback, with a fresh room per trial."""
+def chat_name(mode: str, store: str, nodes: int) -> str:
+    """The name of a chat server setup: ``trio``, ``trio-redis``, ``trio-redis-x2``..."""
+    name = mode if store == "file" else f"{mode}-{store}"
+    return name if nodes == 1 else f"{name}-x{nodes}"
+
+
+def chat_spec(
+    mode: str, fsync: str, max_connections: int, store: str = "file", nodes: int = 1
+) -> ServerSpec:
+    """``papaya-trio serve`` in `mode` on loopback, with a fresh room per trial; on the Redis
+    store, `nodes` processes share the trial's Redis (each with ports of its own)."""
     if mode not in CHAT_MODES:
         raise ValueError(f"unknown server mode {mode!r}; choose from {', '.join(CHAT_MODES)}")
+    if store not in STORES:
+        raise ValueError(f"unknown store {store!r}; choose from {', '.join(STORES)}")
+    if store == "redis" and mode != "trio":
+        raise ValueError(f"{mode} mode keeps its log in a file: the Redis store needs trio mode")
+    if nodes < 1 or (nodes > 1 and store != "redis"):
+        raise ValueError("several nodes share a room through Redis: they need --store redis")
+    on_redis = ("--store", "redis", "--redis-url", "{redis_url}") if store == "redis" else ()
     # Every generated client comes from 127.0.0.1, senders go as fast as the sweep asks and
     # receivers stay silent: trio mode's per-address caps, rate limits and idle timeout would
     # measure themselves, not the server (fork mode has none of them).
@@ -83,7 +111,7 @@ def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
         *("--rate-messages", "0", "--rate-bytes", "0", "--idle-timeout", "0"),
     )
     return ServerSpec(
-        name=mode,
+        name=chat_name(mode, store, nodes),
         command=(
             *(sys.executable, "-m", "papaya_trio", "serve", "--mode", mode),
             *("--data-dir", "{data_dir}", "--listen", "127.0.0.1"),
@@ -92,8 +120,11 @@ def chat_spec(mode: str, fsync: str, max_connections: int) -> ServerSpec:
             *(("--http-port", "0") if mode != "fork" else ()),
             *("--max-connections", str(max_connections)),
             *(limits_off if mode == "trio" else ()),
+            *on_redis,
         ),
         announcement=SERVE_ANNOUNCEMENT,
+        nodes=nodes,
+        redis_appendfsync=REDIS_APPENDFSYNC[fsync] if store == "redis" else None,
     )
 
 

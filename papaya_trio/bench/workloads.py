@@ -44,6 +44,11 @@ DEFAULT_HOST_CHECK = 5.0
 READY_TIMEOUT = 30.0
 #: Extra joining time per connection (fork mode forks two processes per client).
 READY_PER_CONNECTION = 0.02
+#: Extra joining time per pair of connections: trio mode announces every native join to
+#: every member already in (presence), so N joins cost about N**2 / 2 deliveries.
+READY_PER_PAIR = 1e-4
+#: The longest wait for the clients to join, whatever N.
+READY_LIMIT = 600.0
 #: The chat profile calls a point sustained when its p99 delivery latency is within this.
 SUSTAINED_P99_MS = 1000.0
 
@@ -63,17 +68,23 @@ class Workload(Protocol):
         """Set up the trial's room folder before the server starts."""
 
     def generator_argv(
-        self, port: int, connections: int, seconds: float, data_dir: Path
+        self, ports: Sequence[int], connections: int, seconds: float, data_dir: Path
     ) -> list[str]:
-        """The generator's command line: `connections` clients loading for `seconds`."""
+        """The generator's command line: `connections` clients of the server's `ports` (one
+        per node) loading for `seconds`."""
 
-    def figures(self, load: Mapping[str, object], cpu_percent: float) -> dict[str, float]:
-        """The profile's figures of one trial."""
+    def figures(
+        self, load: Mapping[str, object], cpu_percent: float, redis_cpu_percent: float | None
+    ) -> dict[str, float]:
+        """The profile's figures of one trial; `redis_cpu_percent` is that of the nodes'
+        Redis, when they share one."""
 
 
 def ready_timeout(connections: int) -> float:
-    """How long a generator may take to open `connections` connections."""
-    return READY_TIMEOUT + READY_PER_CONNECTION * connections
+    """How long a generator may take to open `connections` connections and let the room
+    settle (`chatload.SETTLE_LIMIT`)."""
+    allowance = READY_PER_CONNECTION * connections + READY_PER_PAIR * connections**2
+    return min(READY_LIMIT, READY_TIMEOUT + allowance) + chatload.SETTLE_LIMIT
 
 
 def number(value: object) -> float:
@@ -115,9 +126,10 @@ class PaperWorkload:
         """The sinks keep no state."""
 
     def generator_argv(
-        self, port: int, connections: int, seconds: float, data_dir: Path
+        self, ports: Sequence[int], connections: int, seconds: float, data_dir: Path
     ) -> list[str]:
-        """`loadgen` at this workload's rate and tick."""
+        """`loadgen` at this workload's rate and tick (the sinks run as one node)."""
+        (port,) = ports
         return [
             sys.executable,
             "-m",
@@ -129,7 +141,9 @@ class PaperWorkload:
             f"--tick={self.tick}",
         ]
 
-    def figures(self, load: Mapping[str, object], cpu_percent: float) -> dict[str, float]:
+    def figures(
+        self, load: Mapping[str, object], cpu_percent: float, redis_cpu_percent: float | None
+    ) -> dict[str, float]:
         """The generator's own CPU and the rate it achieved per connection."""
         return {
             "load_cpu_percent": number(load.get("cpu_percent")),
@@ -139,7 +153,8 @@ class PaperWorkload:
 
 @dataclass(frozen=True)
 class ChatWorkload:
-    """A chat room: `rate` messages per second in total from `senders` clients, to all."""
+    """A chat room: `rate` messages per second in total from `senders` clients, to all, in
+    the native dialect or the papayaChat one (`dialect`)."""
 
     profile: ClassVar[str] = "chat"
     max_connections: ClassVar[int] = chatload.MAX_CONNECTIONS
@@ -148,6 +163,8 @@ class ChatWorkload:
         "achieved_rate": stats.mean,
         "deliveries_per_second": stats.mean,
         "cpu_us_per_delivery": stats.mean,
+        "redis_cpu_percent": stats.mean,
+        "redis_us_per_delivery": stats.mean,
         "latency_p50_ms": stats.mean,
         "latency_p99_ms": stats.mean,
         "latency_max_ms": _maximum,
@@ -159,6 +176,7 @@ class ChatWorkload:
     senders: int = chatload.DEFAULT_SENDERS
     message_bytes: int = chatload.DEFAULT_MESSAGE_BYTES
     drain_seconds: float = chatload.DEFAULT_DRAIN
+    dialect: str = chatload.DEFAULT_DIALECT
 
     @property
     def drain(self) -> float:
@@ -171,14 +189,15 @@ class ChatWorkload:
         write_key(data_dir / "key", generate_key())
 
     def generator_argv(
-        self, port: int, connections: int, seconds: float, data_dir: Path
+        self, ports: Sequence[int], connections: int, seconds: float, data_dir: Path
     ) -> list[str]:
-        """`chatload` with this workload's rate, senders and message size."""
+        """`chatload` with this workload's rate, senders, message size and dialect, its
+        clients spread over the nodes' ports."""
         return [
             sys.executable,
             "-m",
             "papaya_trio.bench.chatload",
-            f"--port={port}",
+            f"--port={','.join(map(str, ports))}",
             f"--key-file={data_dir / 'key'}",
             f"--connections={connections}",
             f"--duration={seconds}",
@@ -186,10 +205,14 @@ class ChatWorkload:
             f"--senders={self.senders}",
             f"--message-bytes={self.message_bytes}",
             f"--drain={self.drain_seconds}",
+            f"--dialect={self.dialect}",
         ]
 
-    def figures(self, load: Mapping[str, object], cpu_percent: float) -> dict[str, float]:
-        """Delivery rate, latency, losses, and the server CPU spent per delivered message.
+    def figures(
+        self, load: Mapping[str, object], cpu_percent: float, redis_cpu_percent: float | None
+    ) -> dict[str, float]:
+        """Delivery rate, latency, losses, and the server CPU spent per delivered message
+        (all nodes together), with Redis's apart.
 
         Latency figures are absent when nothing was delivered (an idle room).
         """
@@ -207,6 +230,10 @@ class ChatWorkload:
         }
         if deliveries:
             result["cpu_us_per_delivery"] = 1e4 * cpu_percent / deliveries
+        if redis_cpu_percent is not None:
+            result["redis_cpu_percent"] = redis_cpu_percent
+            if deliveries:
+                result["redis_us_per_delivery"] = 1e4 * redis_cpu_percent / deliveries
         for name in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms"):
             if isinstance(value := load.get(name), int | float):
                 result[name] = float(value)

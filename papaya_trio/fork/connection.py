@@ -52,12 +52,23 @@ class Connection:
 
         If `stoppable`, raises Stopped as soon as a stop signal has arrived (before waiting, too).
         """
+        poller = self._poller(readable)
+        for fd in writable:
+            poller.register(fd, select.POLLOUT | select.POLLHUP | select.POLLERR)
+        return self._poll(poller, timeout, stoppable=stoppable)
+
+    def watch(self, readable: Iterable[int]) -> Watch:
+        """A poll set for a loop that waits for the same descriptors (and signals) each time."""
+        return Watch(self, self._poller(readable))
+
+    def _poller(self, readable: Iterable[int]) -> select.poll:
         poller = select.poll()
         poller.register(self.signals.fileno(), select.POLLIN)
         for fd in readable:
             poller.register(fd, READ_EVENTS)
-        for fd in writable:
-            poller.register(fd, select.POLLOUT | select.POLLHUP | select.POLLERR)
+        return poller
+
+    def _poll(self, poller: select.poll, timeout: float | None, *, stoppable: bool) -> set[int]:
         if stoppable and self.signals.stop_requested:
             raise Stopped
         ready = {fd for fd, _ in poller.poll(None if timeout is None else max(0, timeout) * 1000)}
@@ -95,17 +106,20 @@ class Connection:
             if ready:
                 return ready
 
-    def send_some(self, data: memoryview, timeout: float, *, stoppable: bool = True) -> int:
-        """Write what the socket takes now (waiting at most `timeout`); 0 if nothing was."""
-        ready = self.wait(writable=[self.sock.fileno()], timeout=timeout, stoppable=stoppable)
-        if not ready:
-            return 0
+    def send_now(self, data: memoryview) -> int:
+        """Write what the socket takes without waiting (0 if nothing): a client that keeps up
+        has room, so its writes need no `poll()` first."""
         try:
             return self.sock.send(data, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
         except BlockingIOError:
             return 0
         except OSError as exc:
             raise PeerGone(str(exc)) from exc
+
+    def send_some(self, data: memoryview, timeout: float, *, stoppable: bool = True) -> int:
+        """Write what the socket takes now (waiting at most `timeout`); 0 if nothing was."""
+        ready = self.wait(writable=[self.sock.fileno()], timeout=timeout, stoppable=stoppable)
+        return self.send_now(data) if ready else 0
 
     def send_all(self, data: bytes, deadline: float) -> None:
         """Write all of `data` by `deadline` (even after a stop signal: used for goodbyes);
@@ -116,6 +130,18 @@ class Connection:
             if timeout <= 0:
                 raise Expired
             view = view[self.send_some(view, timeout, stoppable=False) :]
+
+
+class Watch:
+    """`Connection.watch`: the poll set is registered once, not at every wait."""
+
+    def __init__(self, conn: Connection, poller: select.poll) -> None:
+        self._conn = conn
+        self._poller = poller
+
+    def wait(self) -> set[int]:
+        """Like `Connection.wait` without a timeout: the ready descriptors; Stopped on a stop."""
+        return self._conn._poll(self._poller, None, stoppable=True)
 
 
 def read_event(

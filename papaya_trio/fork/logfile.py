@@ -60,8 +60,7 @@ import logging
 import mmap
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -100,14 +99,9 @@ class LogFile:
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
-    @contextmanager
-    def locked(self, operation: int) -> Iterator[None]:
+    def locked(self, operation: int) -> _Flock:
         """Hold `flock(operation)` (LOCK_SH or LOCK_EX) for the `with` block."""
-        fcntl.flock(self.fd, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return _Flock(self.fd, operation)
 
     def size(self) -> int:
         """The file's current length."""
@@ -118,12 +112,29 @@ class LogFile:
         os.close(self.fd)
 
 
+class _Flock:
+    """`LogFile.locked`: a plain object rather than a generator, as SEND takes it per wake-up."""
+
+    __slots__ = ("_fd", "_operation")
+
+    def __init__(self, fd: int, operation: int) -> None:
+        self._fd = fd
+        self._operation = operation
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, self._operation)
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class LogReader:
     """Complete records from `offset` on, one bounded chunk per call; the caller holds a lock."""
 
     def __init__(self, log: LogFile, offset: int = 0, after_seq: int = 0) -> None:
         self._log = log
         self._scanner = RecordScanner(offset, after_seq)
+        self.at_end = False  # the last read reached the end of the file or the limit
 
     @property
     def offset(self) -> int:
@@ -140,18 +151,22 @@ class LogReader:
         see `DurableEnd`); [] at the end of the file or at the limit.
 
         Raises LogDamaged if a line is not the next record. Bytes after the last newline at the
-        end of the file (a torn record) are left unread.
+        end of the file (a torn record) are left unread. Afterwards `at_end` says whether this
+        read reached the end of the file or the limit: if so, under the caller's lock there was
+        nothing more to read, and a further call could only find records appended since.
         """
         room = None if limit is None else limit - self.offset
+        self.at_end = True
         if room is not None and room <= 0:
             return []
         size = READ_CHUNK if room is None else min(READ_CHUNK, room)
         while True:
             data = os.pread(self._log.fd, size, self.offset)
+            self.at_end = len(data) < size or size == room
             end = data.rfind(b"\n")
             if end != -1:
                 break
-            if len(data) < size or size == room:
+            if self.at_end:
                 return []
             if size >= MAX_CHUNK:
                 raise LogDamaged(f"log line at byte {self.offset} is longer than {MAX_CHUNK}")
@@ -163,6 +178,29 @@ class LogReader:
                 f"log record at byte {self._scanner.bad_offset} is damaged: {self._scanner.problem}"
             )
         return found
+
+
+def count_lines(log: LogFile, offset: int, limit: int | None, chunks: int) -> tuple[int, int]:
+    """How many complete lines follow byte `offset`, and where the last of them ends: at most
+    `chunks` chunks read, each under LOCK_SH, none past byte `limit`.
+
+    Every record is one line (its JSON holds no raw newline), so this counts records without
+    decoding them: how far a reader is behind, not what it will read (a damaged line counts
+    too; the reader finds it). A line longer than a chunk ends the count (a lower bound).
+    """
+    lines = 0
+    for _ in range(chunks):
+        size = READ_CHUNK if limit is None else min(READ_CHUNK, limit - offset)
+        if size <= 0:
+            break
+        with log.locked(fcntl.LOCK_SH):
+            data = os.pread(log.fd, size, offset)
+        end = data.rfind(b"\n") + 1
+        lines += data.count(b"\n", 0, end)
+        offset += end
+        if len(data) < size or end == 0:
+            break
+    return lines, offset
 
 
 class LogIndex:

@@ -4,7 +4,8 @@ The client opens with exactly 128 bytes of key, then writes `user: text\\n` line
 sends a history tail of raw lines, then new messages as the original daemon does: the lines
 pending at a wake-up joined by newlines, with one final NUL, in one write (its client prints
 what a read returns up to the first NUL, so a NUL per message would hide all but the first of
-a burst). There are no replies and no errors: bad lines are dropped.
+a burst). There are no replies and no errors: bad lines are dropped. `encode_client_line` and
+`LINE_ENDS` are the client's side, for the bench's papayaChat-dialect load generator.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from papaya_trio.records import Record
 
 HISTORY_LINES: Final = 7
 HISTORY_BYTES: Final = 1050
+#: What ends a line the server sends: a newline (history, and within a burst) or a NUL.
+LINE_ENDS: Final = b"\n\x00"
 
 
 class PapayaDecoder(LineDecoder):
@@ -69,6 +72,11 @@ def parse_line(line: bytes, max_message_bytes: int) -> SendText | Violation:
     if problem := text_problem(text, max_message_bytes, allow_empty=True):
         return Violation("dropped", problem[1])
     return SendText(text, user=user)
+
+
+def encode_client_line(user: str, text: str) -> bytes:
+    """A client's line as the original client writes it: ``user: text`` and a newline."""
+    return f"{user}: {text}\n".encode()
 
 
 def encode_live(records: Sequence[Record]) -> bytes:

@@ -10,11 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 from papaya_trio.bench import command
+from papaya_trio.bench.cgroup import unified_root
 from papaya_trio.bench.workloads import ChatWorkload, PaperWorkload
 from papaya_trio.cli import build_parser
 
@@ -49,6 +51,35 @@ def test_chat_defaults_run_the_real_server_without_fsync() -> None:
 def test_bad_counts_are_refused_by_the_parser() -> None:
     with pytest.raises(SystemExit):
         parse("--connections", "0")
+    with pytest.raises(SystemExit):
+        parse("--profile=chat", "--store", "sqlite")
+    with pytest.raises(SystemExit):
+        parse("--profile=chat", "--nodes", "0")
+    with pytest.raises(SystemExit):
+        parse("--profile=chat", "--nodes", "1,65")  # a process each: bounded
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (["--nodes=2"], ["trio-redis-x2"]),  # several nodes: Redis, trio mode
+        (["--store=redis"], ["trio-redis"]),  # fork mode keeps a file: left out
+        (["--store=file,redis", "--modes=trio"], ["trio", "trio-redis"]),
+        (["--nodes=1,2"], ["trio-redis", "trio-redis-x2"]),
+        (["--store=file,redis", "--nodes=1,3"], ["trio", "trio-redis", "trio-redis-x3", "fork"]),
+    ],
+)
+def test_stores_and_nodes_name_the_setups_that_can_run(
+    options: list[str], names: list[str]
+) -> None:
+    config = command._sweep_config(parse("--profile=chat", "--fsync=always", *options))
+    assert [s.name for s in config.servers] == names
+    for spec in config.servers:
+        argv = spec.argv(0, Path("/room"), "redis://127.0.0.1:7/0")
+        on_redis = "redis" in spec.name
+        assert ("redis://127.0.0.1:7/0" in argv) == on_redis
+        assert spec.redis_appendfsync == ("always" if on_redis else None)
+        assert spec.nodes == (int(spec.name[-1]) if "-x" in spec.name else 1)
 
 
 @pytest.mark.parametrize(
@@ -58,6 +89,10 @@ def test_bad_counts_are_refused_by_the_parser() -> None:
         ["--profile=chat", "--modes", "trio-naive"],
         ["--connections", "5000"],  # beyond the paper generator's bound
         ["--host-check", "0.7"],  # not two 0.5 s sampling intervals
+        ["--profile=chat", "--nodes=2", "--store=file"],  # nodes share a room through Redis
+        ["--profile=chat", "--modes=fork", "--store=redis"],  # fork mode keeps a file
+        ["--nodes=2"],  # the paper's sinks are one process
+        ["--dialect=papaya"],  # the sinks speak no dialect
     ],
 )
 def test_bad_combinations_exit_with_2(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,9 +145,8 @@ def test_short_real_paper_sweep_writes_json_csv_and_png(
     assert len(png) > 10_000
 
 
-def test_short_real_chat_sweep_loses_nothing_and_writes_json_csv_and_png(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def chat_sweep(tmp_path: Path, *options: str) -> dict[str, Any]:
+    """A short chat sweep of 3 clients; its JSON."""
     args = parse(
         "--profile=chat",
         "--connections=3",
@@ -120,25 +154,38 @@ def test_short_real_chat_sweep_loses_nothing_and_writes_json_csv_and_png(
         "--warmup=0.5",
         "--rate=20",
         "--senders=2",
+        "--cpu-idle=system",
+        "--host-check=0",
         f"--output-dir={tmp_path}",
+        *options,
     )
     assert command.run(args) == 0
-    out = capsys.readouterr().out
-    assert "p99 ms" in out and "highest N sustained" in out
-
-    data = json.loads((tmp_path / "bench-chat.json").read_text())
-    assert data["config"]["workload"]["profile"] == "chat"
+    data: dict[str, Any] = json.loads((tmp_path / "bench-chat.json").read_text())
     assert data["failures"] == []
+    for trial in data["trials"]:
+        load = trial["load"]
+        assert load["delivered"] == 3 * load["sent"] > 0  # every client got every message
+        assert load["lost"] == 0 and load["errors"] == 0 and load["out_of_order"] == 0
+        assert trial["figures"]["cpu_us_per_delivery"] > 0
+        assert trial["figures"]["load_average"] >= 0  # how busy the machine was
+    return data
+
+
+def test_short_real_chat_sweep_loses_nothing_and_writes_json_csv_and_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = chat_sweep(tmp_path)
+    out = capsys.readouterr().out
+    assert "p99 ms" in out and "highest N sustained" in out and "load avg" in out
+    assert "redis" not in out  # no Redis columns without Redis
+    assert data["config"]["workload"]["profile"] == "chat"
     assert sorted(p["mode"] for p in data["points"]) == ["fork", "trio"]
     for trial in data["trials"]:
         load = trial["load"]
         assert load["connections"] == 3
         assert load["sent"] >= 0.95 * 20 * load["duration"]
-        assert load["delivered"] == 3 * load["sent"]  # every client got every message
-        assert load["lost"] == 0 and load["errors"] == 0
         assert trial["figures"]["lost"] == 0
         assert 0 < trial["figures"]["latency_p50_ms"] <= trial["figures"]["latency_max_ms"]
-        assert trial["figures"]["cpu_us_per_delivery"] > 0
 
     rows = list(csv.DictReader((tmp_path / "bench-chat.csv").read_text().splitlines()))
     assert sorted(r["mode"] for r in rows) == ["fork", "trio"]
@@ -185,3 +232,36 @@ def test_a_stop_signal_stops_the_sweep_and_its_servers(
     assert f"{signum.name}: stopped" in err.decode() and "Traceback" not in err.decode()
     assert not any(server.is_running() for server in servers)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+    if (cgroups := unified_root()) is not None:  # and no cgroup left behind
+        assert not list(cgroups.glob(f"papaya-bench-{bench.pid}-*"))
+
+
+def test_one_and_two_nodes_on_redis_measure_nodes_and_redis_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = chat_sweep(tmp_path, "--nodes=1,2")
+    out = capsys.readouterr().out
+    assert "trio-redis-x2" in out and "redis CPU %" in out and "redis us/delivery" in out
+    by_mode = {trial["mode"]: trial for trial in data["trials"]}
+    assert sorted(by_mode) == ["trio-redis", "trio-redis-x2"]
+    for mode, nodes in (("trio-redis", 1), ("trio-redis-x2", 2)):
+        trial = by_mode[mode]
+        assert trial["load"]["ports"] == nodes
+        assert len(trial["placement"]["node_cpus"]) == nodes
+        assert trial["figures"]["redis_cpu_percent"] > 0
+        assert trial["figures"]["redis_us_per_delivery"] > 0
+
+
+def test_papaya_dialect_measures_both_modes_and_a_daemonized_server(tmp_path: Path) -> None:
+    here = Path(__file__).parent
+    daemon = (
+        f"daemon={sys.executable} {here / 'daemonize.py'} {sys.executable} -m papaya_trio serve"
+        " --data-dir {data_dir} --listen 127.0.0.1 --tcp-port {port} --http-port 0"
+        " --fsync never --max-connections-per-ip 0 --rate-messages 0"
+    )
+    data = chat_sweep(tmp_path, "--dialect=papaya", f"--external={daemon}")
+    assert data["config"]["workload"]["dialect"] == "papaya"
+    assert sorted(t["mode"] for t in data["trials"]) == ["daemon", "fork", "trio"]
+    for trial in data["trials"]:
+        assert trial["load"]["dialect"] == "papaya"
+        assert trial["processes"] >= 1 and trial["rss_bytes"] > 0

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from papaya_trio.bench.deployment import running_server
 from papaya_trio.bench.loadgen import LoadSpec, run_load
-from papaya_trio.bench.runner import running_server
 from papaya_trio.bench.servers import sink_spec
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from papaya_trio.bench.processes import ServerProcesses
 from papaya_trio.bench.sampler import (
     ProcessReading,
     ProcessTreeSampler,
@@ -44,9 +45,18 @@ def test_interval_rejects_snapshots_out_of_order() -> None:
 
 
 def test_a_real_snapshot_of_this_process() -> None:
-    sampler = ProcessTreeSampler(os.getpid(), os.sched_getaffinity(0))
+    sampler = ProcessTreeSampler(ServerProcesses([os.getpid()], None), os.sched_getaffinity(0))
     snapshot = sampler.snapshot(0.0)
     mine = snapshot.processes[os.getpid()]
     assert mine.cpu_seconds > 0
     assert mine.rss_bytes > 0
     assert cpus_busy_seconds(os.sched_getaffinity(0)) > 0
+    assert snapshot.group_cpu_seconds is None  # no cgroup: the CPU is summed per process
+
+
+def test_a_group_counter_replaces_the_per_process_sum() -> None:
+    # A process that exited between the snapshots is gone from `processes` but its CPU is
+    # in the cgroup's counter, which the interval uses.
+    before = Snapshot(0.0, {1: reading(1.0), 2: reading(0.5)}, 0.0, group_cpu_seconds=3.0)
+    after = Snapshot(0.5, {1: reading(1.1)}, 0.5, group_cpu_seconds=3.25)
+    assert interval(before, after).cpu_percent == pytest.approx(50.0)

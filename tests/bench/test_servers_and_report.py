@@ -71,6 +71,22 @@ def test_placement_separates_server_and_load_when_it_can() -> None:
     assert not one.pinned
 
 
+def test_placement_gives_each_node_a_cpu_and_redis_its_own_where_there_is_one() -> None:
+    one_node = runner.Placement.choose([0, 1], nodes=1, redis=True)
+    assert one_node.node_cpus == (frozenset({0}),)
+    assert one_node.redis_cpus == one_node.load_cpus == frozenset({1})  # no third CPU
+    assert one_node.pinned
+    two_nodes = runner.Placement.choose([0, 1], nodes=2, redis=True)
+    assert two_nodes.node_cpus == (frozenset({0}), frozenset({1}))
+    assert two_nodes.load_cpus == two_nodes.redis_cpus == frozenset({0, 1})  # they share
+    assert not two_nodes.pinned
+    four = runner.Placement.choose([0, 1, 2, 3], nodes=2, redis=True)
+    assert (four.redis_cpus, four.load_cpus) == (frozenset({2}), frozenset({3}))
+    assert four.server_cpus == frozenset({0, 1}) and four.pinned
+    unpinned = runner.Placement.choose([0, 1], pin=False, nodes=2, redis=True)
+    assert unpinned.node_cpus == (frozenset({0, 1}),) * 2
+
+
 def point(
     mode: str, n: int, cpu: float, cv: float, figures: dict[str, float] | None = None
 ) -> runner.Point:

@@ -14,6 +14,14 @@ from tests.memory_world import LineClient
 from tests.real_server import RunningServer, ServerFactory
 
 WAIT_TIMEOUT = 15.0
+#: Options for messages of 48 kB, so that a few MB fill the kernel's socket buffers.
+BIG_MESSAGES = ("--fsync", "never", "--max-message-bytes", "50000", "--max-line-bytes", "160000")
+BIG_COUNT = 160  # 7.7 MB of them: more than the kernel buffers (up to 4 MB) hold for a client
+
+
+def big_text(i: int) -> str:
+    """Message i of the big ones: 48 kB of UTF-8 in few characters, numbered at the start."""
+    return f"{i:<8}" + "€" * 16000
 
 
 @pytest.fixture

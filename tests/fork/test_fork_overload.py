@@ -25,7 +25,15 @@ import pytest
 import trio
 
 from papaya_trio.fork.overload import MAX_REFUSALS
-from tests.fork.conftest import WAIT_TIMEOUT, Clients, children_of, wait_until
+from tests.fork.conftest import (
+    BIG_COUNT,
+    BIG_MESSAGES,
+    WAIT_TIMEOUT,
+    Clients,
+    big_text,
+    children_of,
+    wait_until,
+)
 from tests.memory_world import LineClient
 from tests.real_server import RunningServer, ServerFactory
 
@@ -205,19 +213,18 @@ async def test_fork_failing_turns_connections_away_and_the_parent_keeps_serving(
 async def test_restart_succeeds_at_once_after_the_parent_is_killed(
     fork_servers: ServerFactory, clients: Clients
 ) -> None:
-    big = ["--max-message-bytes", "50000", "--max-line-bytes", "160000"]
-    first = fork_servers.start("--fsync", "never", *big)
-    sent = 160  # 8 MB: stuck's SEND stays in the middle of a write (kernel buffers: <= 4 MB)
+    first = fork_servers.start(*BIG_MESSAGES)
+    sent = BIG_COUNT  # stuck's SEND stays in the middle of a write
     with trio.fail_after(WAIT_TIMEOUT * 2):
         alice = await clients.native(first, "alice")
         await clients.native(first, "stuck", receive_buffer=4096)  # reads nothing
         for i in range(sent):
-            await alice.chat(f"{i:<8}" + "€" * 16000)
+            await alice.chat(big_text(i))
         orphans = [child.pid for child in children_of(first)]
         assert len(orphans) == 4
         first.process.kill()
         first.process.wait()
-        second = fork_servers.start(*big, data_dir=first.data_dir)  # raises if refused
+        second = fork_servers.start(*BIG_MESSAGES, data_dir=first.data_dir)  # raises if refused
         await wait_until(lambda: not any(alive(pid) for pid in orphans), "orphans gone")
         while (obj := await alice.receive()) is not None:  # the dead server's client is closed
             assert obj["type"] == "message" or obj["code"] == "shutdown", obj

@@ -14,10 +14,15 @@ from pathlib import Path
 import trio
 
 from papaya_trio.fork import wakeup
-from papaya_trio.records import Record, encode_record
+from papaya_trio.protocol.events import Message
+from papaya_trio.protocol.native import encode_line
+from papaya_trio.records import Record, RecordScanner, encode_record
 from tests.fork.conftest import (
+    BIG_COUNT,
+    BIG_MESSAGES,
     WAIT_TIMEOUT,
     Clients,
+    big_text,
     children_of,
     processes_using,
     wait_until,
@@ -61,17 +66,75 @@ async def test_message_stored_while_send_is_busy_writing_arrives_without_another
     assert server.stop() == 0
 
 
+async def test_messages_stored_while_send_is_busy_arrive_in_order_as_rendered_one_by_one(
+    fork_servers: ServerFactory, clients: Clients, tmp_path: Path
+) -> None:
+    history, live = 2000, 30
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with (data_dir / "chat.log").open("wb") as log_file:
+        for seq in range(1, history + 1):  # 8 MB: SEND is busy writing it for a while
+            log_file.write(encode_record(Record(seq, 0, "old", "h" * 4000)))
+    server = fork_servers.start("--fsync", "never")
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        reader = await clients.connect(server.port, receive_buffer=4096)
+        hello = {"type": "hello", "key": server.key, "user": "reader", "since": 0}
+        await reader.send_all(json.dumps(hello).encode() + b"\n")
+        writer = await clients.native(server, "writer", since=history)
+        for i in range(live):  # each stored (acked) while the reader's SEND is still busy
+            assert await writer.chat(f"live {i} ✓", f"w{i}") == history + 1 + i
+        received = bytearray()
+        while received.count(b"\n") < 1 + history + live:  # the welcome, then every message
+            chunk = await reader.receive_some(1 << 20)
+            assert chunk, "the server closed the stream"
+            received += chunk
+    welcome, _, messages = bytes(received).partition(b"\n")
+    assert json.loads(welcome)["type"] == "welcome"
+    scanner = RecordScanner()
+    records = [item.record for item in scanner.feed((data_dir / "chat.log").read_bytes())]
+    assert [r.seq for r in records] == list(range(1, history + live + 1))
+    assert messages == b"".join(encode_line(Message(record)) for record in records)
+    assert server.stop() == 0
+
+
+async def test_papaya_client_behind_gets_every_line_in_order_in_nul_ended_batches(
+    fork_servers: ServerFactory, clients: Clients
+) -> None:
+    server = fork_servers.start(*BIG_MESSAGES)
+    sent = BIG_COUNT  # its SEND waits for the client at every batch
+    with trio.fail_after(WAIT_TIMEOUT * 2):
+        papaya = await clients.connect(server.port, receive_buffer=4096)
+        await papaya.send_all(server.key.encode() + b"pap: here\n")
+        talker = await clients.native(server, "talker")
+        assert (await talker.messages(1))[0]["text"] == "here"  # papaya's stream has begun
+        for i in range(sent):
+            await talker.chat(big_text(i))
+        papaya.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # now read it all
+        received = bytearray()
+        last = f"talker: {sent - 1:<8}".encode()
+        while last not in received or not received.endswith(b"\x00"):
+            chunk = await papaya.receive_some(1 << 20)
+            assert chunk, "the server closed the stream"
+            received += chunk
+    scanner = RecordScanner()
+    records = [item.record for item in scanner.feed((server.data_dir / "chat.log").read_bytes())]
+    assert len(records) == sent + 1
+    one_by_one = b"".join(record.raw_line.encode() + b"\n" for record in records)
+    assert bytes(received).replace(b"\x00", b"\n") == one_by_one
+    assert 1 < received.count(b"\x00") < sent  # batches: several messages before each NUL
+    assert server.stop() == 0
+
+
 async def test_client_that_stops_reading_is_dropped_and_slows_nobody(
     fork_servers: ServerFactory, clients: Clients
 ) -> None:
-    big = ["--max-message-bytes", "50000", "--max-line-bytes", "160000"]
-    server = fork_servers.start("--max-lag", "20", "--fsync", "never", *big)
-    sent = 160  # 8 MB: more than the kernel buffers (up to 4 MB) hold for `stuck`
+    server = fork_servers.start("--max-lag", "20", *BIG_MESSAGES)
+    sent = BIG_COUNT
     with trio.fail_after(WAIT_TIMEOUT * 2):
         stuck = await clients.native(server, "stuck", receive_buffer=4096)
         talker = await clients.native(server, "talker")
         for i in range(sent):  # every one confirmed although `stuck` reads nothing
-            await talker.chat(f"{i:<8}" + "€" * 16000)  # 48 kB, few characters
+            await talker.chat(big_text(i))
         await wait_until(lambda: "fell more than 20 messages behind" in server.log, "the drop")
         stuck.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # read it fast
         received = bytearray()

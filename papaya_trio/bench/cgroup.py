@@ -1,0 +1,125 @@
+"""A cgroup v2 per measured server: every process its command starts, however it detaches.
+
+A server that daemonizes (forks, calls ``setsid``, forks again and lets its parent exit)
+leaves the process tree and the process group the bench started: sampling the tree of the
+pid the bench knows would miss it, and stopping that process group would leave it running.
+A cgroup holds it anyway: a process stays in its parent's cgroup across ``fork``, ``setsid``
+and ``exec``, and only a process with write access to another cgroup's ``cgroup.procs``
+leaves it. So each measured server is started inside a fresh cgroup of its own:
+
+- the command is wrapped in ``sh -c 'echo $$ > …/cgroup.procs && exec "$@"'``: the shell
+  moves itself into the cgroup and then becomes the command, so the command's very first
+  instruction already runs inside it (no fork can slip out before the move);
+- ``cpu.stat``'s ``usage_usec`` is the CPU time of every process that ever ran in the
+  cgroup, the ones that exited included (cgroup v2 keeps it whether or not the cpu
+  controller is enabled), with the scheduler's precision;
+- ``cgroup.procs`` lists its live processes (for memory and context switches);
+- stopping: ``cgroup.kill`` (Linux 5.14) kills every process in it at once, else each is
+  sent SIGKILL; the empty cgroup is then removed.
+
+It needs a writable cgroup v2 hierarchy (root, or a delegated subtree): `Cgroup.create`
+returns None where there is none, and the bench falls back to the listening port's owner
+(`processes`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+from pathlib import Path
+
+_MOUNTS = Path("/proc/self/mounts")
+_OWN_CGROUP = Path("/proc/self/cgroup")
+#: Makes the shell move itself into the cgroup named by $0, then run the command.
+_ENTER = 'echo $$ > "$0" && exec "$@"'
+_names = itertools.count()
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_LABEL_CHARS = 64
+
+
+def unified_root() -> Path | None:
+    """Where this process's cgroup v2 folder is, if the unified hierarchy is mounted."""
+    try:
+        mounts = _MOUNTS.read_text().splitlines()
+        own = _OWN_CGROUP.read_text().splitlines()
+    except OSError:
+        return None
+    mount = next((line.split()[1] for line in mounts if line.split()[2:3] == ["cgroup2"]), None)
+    # In cgroup v2 (and in the unified part of a hybrid setup) the line is "0::/path".
+    path = next((line[3:] for line in own if line.startswith("0::")), None)
+    if mount is None or path is None:
+        return None
+    return Path(mount) / path.lstrip("/")
+
+
+class Cgroup:
+    """One cgroup v2 folder, made for one server and removed after it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, label: str) -> Cgroup | None:
+        """A fresh cgroup under this process's own, or None where that is not allowed.
+
+        `label` (a server's name, which may come from the command line) only decorates the
+        folder's name: anything but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``.
+        """
+        root = unified_root()
+        if root is None:
+            return None
+        tag = _UNSAFE.sub("_", label)[:_LABEL_CHARS]
+        path = root / f"papaya-bench-{os.getpid()}-{next(_names)}-{tag}"
+        try:
+            path.mkdir()
+        except OSError:
+            return None
+        if not (path / "cpu.stat").exists():  # a kernel too old to account CPU here
+            path.rmdir()
+            return None
+        return cls(path)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """`argv`, run so that it starts inside this cgroup."""
+        return ["/bin/sh", "-c", _ENTER, str(self.path / "cgroup.procs"), *argv]
+
+    def pids(self) -> set[int]:
+        """The live processes in the cgroup."""
+        try:
+            text = (self.path / "cgroup.procs").read_text()
+        except OSError:
+            return set()
+        return {int(word) for word in text.split()}
+
+    def cpu_seconds(self) -> float:
+        """CPU time used in the cgroup so far, by live and exited processes alike."""
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "usage_usec":
+                return int(value) / 1e6
+        raise OSError(f"no usage_usec in {self.path / 'cpu.stat'}")
+
+    def kill(self) -> None:
+        """SIGKILL to every process in the cgroup."""
+        try:
+            (self.path / "cgroup.kill").write_text("1")
+            return
+        except OSError:
+            pass  # before Linux 5.14: one by one
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
+    def remove(self) -> bool:
+        """Remove the cgroup; False while a process is still in it."""
+        try:
+            self.path.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
