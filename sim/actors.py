@@ -26,8 +26,10 @@ from sim.invariants import (
     ADMITTED,
     ANNOUNCED,
     IDLE_DROPPED,
+    PROMPT_KEPT,
     REPLIES,
     SLOW_BOUND,
+    TOLD_WHY,
     NativeView,
     PapayaView,
     papaya_line,
@@ -67,6 +69,7 @@ class Connection:
     errors: int = 0
     leaving: bool = False  # the client began to leave (or sent what ends the connection)
     notice_owed: bool = False  # see `NativeClient.expect_notice`
+    shutdown_began: bool = False  # a graceful shutdown began while it was open
     members: MemberList | None = None  # set by `NativeClient.hello`
     page: dict[str, object] | None = None  # the last history reply
     paged: trio.Event = field(default_factory=trio.Event)  # set when `page` arrives
@@ -181,7 +184,12 @@ class NativeClient:
         assert conn.reader is not None
         try:
             while (frame := await conn.reader.next()) is not None:
-                self._dispatch(conn, json.loads(frame[0]))
+                try:
+                    obj = json.loads(frame[0])
+                except ValueError:
+                    self.world.fail(REPLIES, f"{self.user}: a line that is not JSON: {frame[0]!r}")
+                    return
+                self._dispatch(conn, obj)
             conn.end = "eof" if conn.end == "open" else conn.end
         except GONE:
             conn.end = "reset"
@@ -236,17 +244,43 @@ class NativeClient:
             assert isinstance(client_id, str)
             conn.unanswered.discard(client_id)
             self._retry.add(client_id)
+        elif code == "idle_timeout":
+            # Members ping at least every idle_timeout / 4, unless a stall or a partition
+            # held the pings back.
+            conn.end = code
+            if conn.link.healthy:
+                self.world.fail(PROMPT_KEPT, f"{self.user}: idle_timeout, yet it pings")
         elif code in ("lagging", "shutdown", "name_taken", "storage_failed"):
             # A fatal storage_failed: the log could not be read (a shared store that is
             # down); the client reconnects with `since` and loses nothing.
             # name_taken: the server has not yet seen this client's previous connection drop;
             # the connection ends and the client reconnects after its backoff.
             conn.end = str(code)
+            if code == "lagging":
+                self.check_prompt(conn, "dropped as lagging")
         elif not self._garbage_expected(code):
             self.world.fail(REPLIES, f"{self.user}: unexpected error {obj}")
 
     def _garbage_expected(self, code: object) -> bool:
         return False
+
+    def check_prompt(self, conn: Connection, what: str) -> None:
+        """The server dropped `conn` for lagging (`what` says how): in a profile whose links
+        carry the load (one with a latency bound), a client that reads promptly on a link
+        that no fault touched must never be."""
+        world = self.world
+        if (
+            world.profile.latency_bound is not None
+            and not self.slow
+            and not conn.leaving
+            and conn.link.healthy
+            and conn.epoch == world.oracle.epoch
+        ):
+            world.fail(
+                PROMPT_KEPT,
+                f"{self.user}@link{conn.link.number} reads promptly on a healthy link, yet was "
+                f"{what} (welcomed at {conn.welcomed_at:.3f}s, seen {conn.view.last})",
+            )
 
     def _check_latency(self, conn: Connection, seq: int, time_ms: int) -> None:
         bound = self.world.profile.latency_bound
@@ -334,6 +368,7 @@ class NativeClient:
         conn = self.conn
         if conn is None:
             return
+        conn.shutdown_began = True
         conn.notice_owed = (
             not self.slow
             and conn.welcomed.is_set()
@@ -349,6 +384,8 @@ class NativeClient:
         have got the notice)."""
         self.world.trace.record("closed", who=self.user, link=conn.link.number, end=conn.end)
         conn.ended.set()
+        if conn.end == "eof" and conn.reader is not None and conn.welcomed.is_set():
+            self._check_told(conn)
         # Still "open": the client stopped reading (it hung up), the server did not end it.
         # "storage_failed": the server told it why it closed first (a shared store down).
         ended = ("shutdown", "open", "storage_failed")
@@ -358,6 +395,22 @@ class NativeClient:
             self.world.fail(
                 ANNOUNCED, f"{self.user}: connection ended ({conn.end}) without the shutdown notice"
             )
+
+    def _check_told(self, conn: Connection) -> None:
+        """The server ended a TCP connection it had welcomed, and no fatal error said why:
+        only the client's own leaving or a write cut off mid-way (a client dropped while a
+        write to it was stuck, so nothing more could follow) excuses that. (A connection
+        refused at accept is closed before anything is read, by design: not covered.)"""
+        if conn.leaving:
+            return
+        if not conn.link.down.writer_gave_up:
+            self.world.fail(
+                TOLD_WHY,
+                f"{self.user}@link{conn.link.number}: the server closed the connection without "
+                "a fatal error saying why",
+            )
+        elif not conn.shutdown_began:
+            self.check_prompt(conn, "dropped mid-write")
 
     async def leave(self, conn: Connection, style: str) -> None:
         """End the connection in one of LEAVE_STYLES."""

@@ -49,6 +49,7 @@ class SimDisk:
         self.synced = 0
         self.generation = 0  # bumped by each power cut; older handles are dead
         self.version = 0  # bumped by every change of `data`
+        self.rewrites = 0  # bumped by every change of `data` other than an append
         self.sync_failures = 0
         self._late = False  # the last fsync saw bytes written while it ran
         self._kill: trio.Event | None = None  # armed by `wait_commit_window`
@@ -94,6 +95,7 @@ class SimDisk:
         self._late = False
         self.generation += 1
         self.version += 1
+        self.rewrites += 1
         self.trace.record("power_cut", lost=unsynced - kept, kept=kept)
 
 
@@ -138,6 +140,7 @@ class SimStorage:
         del disk.data[size:]
         disk.synced = min(disk.synced, size)
         disk.version += 1
+        disk.rewrites += 1
 
     async def sync(self) -> None:
         # An fsync makes durable what was written when it began; bytes written while it runs

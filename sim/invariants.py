@@ -53,6 +53,8 @@ PRESENCE = "presence-converges"
 HISTORY_PAGES = "history-pages-match-log"
 ADMITTED = "members-admitted"
 IDLE_DROPPED = "idle-dropped"
+TOLD_WHY = "dropped-client-told-why"
+PROMPT_KEPT = "prompt-reader-kept"
 
 # docs/protocol.md, papayaChat dialect: "at most the last 7 messages, as raw `user: text\n`
 # lines, no more of them than fit in the last 1050 bytes".
@@ -96,10 +98,16 @@ def read_log(data: bytes) -> list[Record]:
     before. Reading stops at the first line
     that is torn or corrupt (what follows it is not the log the server may serve)."""
     records: list[Record] = []
-    start = 0
+    read_more(data, records, 0)
+    return records
+
+
+def read_more(data: bytes | bytearray, records: list[Record], start: int) -> int:
+    """Append to `records` (the log's records before offset `start`) the intact ones from
+    `start` on, as `read_log` reads them; return the offset where reading stopped. For a log
+    that has only grown since `start` was returned, the records are `read_log`'s."""
     while (end := data.find(b"\n", start)) != -1:
         crc, space, body = data[start:end].partition(b" ")
-        start = end + 1
         if not space or crc != b"%08x" % zlib.crc32(body):
             break
         try:
@@ -114,7 +122,8 @@ def read_log(data: bytes) -> list[Record]:
         if not isinstance(text, str) or seq != len(records) + 1:
             break
         records.append(marked_record(seq, t, user, text, obj))
-    return records
+        start = end + 1
+    return start
 
 
 def marked_record(seq: int, t: int, user: str, text: str, marks: dict[str, object]) -> Record:

@@ -37,6 +37,7 @@ from papaya_trio.fanout import DirectWriter
 from sim.trace import Trace
 
 RECEIVE_DEFAULT = 65536
+CONNECT_TIMEOUT = 3.0  # simulated seconds a connect waits across a partition
 TCP_PORT, HTTP_PORT = "tcp", "http"  # the server's two listeners (both TCP dialects; HTTP+WS)
 S = TypeVar("S", bound=trio.abc.Stream)
 
@@ -55,6 +56,11 @@ class NetworkFaults:
     backlog: int = 16
     fd_exhaustion_every: float = 0.0  # mean simulated seconds between runs out of descriptors
     fd_exhaustion_for: tuple[float, float] = (0.1, 2.0)
+    # Partitions: now and then a share of the clients cannot reach the server for a while
+    # (every link of theirs holds its bytes, connects go unanswered), then it heals.
+    partition_every: float = 0.0  # mean simulated seconds between partitions (0: never)
+    partition_for: tuple[float, float] = (0.5, 12.0)
+    partition_share: float = 0.5  # share of the clients seen so far that are cut off
 
 
 class Pipe:
@@ -63,7 +69,7 @@ class Pipe:
     def __init__(
         self, rng: random.Random, latency: float, bandwidth: float, capacity: int, max_chunk: int
     ) -> None:
-        self._rng = rng
+        self._randbelow: Callable[[int], int] = rng._randbelow  # type: ignore[attr-defined]
         self._latency = latency
         self._bandwidth = bandwidth
         self.capacity = capacity
@@ -74,35 +80,47 @@ class Pipe:
         self._last_arrival = 0.0
         self._changed = trio.lowlevel.ParkingLot()
         self.stalled_until = 0.0
+        self.cut_until = 0.0  # a partition: bytes and end of file wait till then
         self.eof = False
         self.broken = False
         self.reader_closed = False
+        self.writer_gave_up = False  # a write was cancelled before all of it went out
 
     def wake(self) -> None:
         """Let waiting readers and writers look again."""
-        self._changed.unpark_all()
+        if self._changed:  # most of the time nobody waits
+            self._changed.unpark_all()
 
     async def send(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            if self.broken or self.reader_closed:
-                raise trio.BrokenResourceError("connection reset by peer")
-            room = self.capacity - self._buffered
-            if room <= 0:
-                await self._changed.park()
-                continue
-            piece = bytes(view[:room])
-            view = view[room:]
-            # Putting bytes on the wire takes time: writes overlap with what else happens.
-            await trio.sleep(len(piece) / self._bandwidth)
-            if self.broken or self.reader_closed:
-                raise trio.BrokenResourceError("connection reset by peer")
-            # Segments never overtake each other, whatever the latency.
-            arrival = max(trio.current_time() + self._latency, self._last_arrival)
-            self._last_arrival = arrival
-            self._segments.append((arrival, piece))
-            self._buffered += len(piece)
-            self.wake()
+        try:
+            while view:
+                if self.broken or self._reader_gone():
+                    raise trio.BrokenResourceError("connection reset by peer")
+                room = self.capacity - self._buffered
+                if room <= 0:
+                    await self._changed.park()
+                    continue
+                piece = bytes(view[:room])
+                view = view[room:]
+                # Putting bytes on the wire takes time: writes overlap with what else happens.
+                await trio.sleep(len(piece) / self._bandwidth)
+                if self.broken or self._reader_gone():
+                    raise trio.BrokenResourceError("connection reset by peer")
+                # Segments never overtake each other, whatever the latency.
+                arrival = max(trio.current_time() + self._latency, self._last_arrival)
+                self._last_arrival = arrival
+                self._segments.append((arrival, piece))
+                self._buffered += len(piece)
+                self.wake()
+        except trio.Cancelled:
+            self.writer_gave_up = True  # cut off mid-write: nothing more can follow it
+            raise
+
+    def _reader_gone(self) -> bool:
+        """The reading end has closed, and the writer may know it (across a partition the
+        writer's bytes are taken as if it had not: it learns when the partition heals)."""
+        return self.reader_closed and self.cut_until <= trio.current_time()
 
     def send_nowait(self, data: bytes | memoryview) -> int:
         """Take what fits now, without waiting (the fan-out fast path's write); 0 when full.
@@ -127,10 +145,13 @@ class Pipe:
             if self.reader_closed:
                 raise trio.ClosedResourceError("this end is closed")
             if self._segments:
-                ready = max(self._segments[0][0], self.stalled_until)
+                ready = max(self._segments[0][0], self.stalled_until, self.cut_until)
                 if ready <= trio.current_time():
                     return self._take(max_bytes)
                 with trio.move_on_at(ready):
+                    await self._changed.park()
+            elif self.eof and self.cut_until > trio.current_time():
+                with trio.move_on_at(self.cut_until):  # the FIN waits for the partition too
                     await self._changed.park()
             elif self.eof:
                 return b""
@@ -138,13 +159,21 @@ class Pipe:
                 await self._changed.park()
 
     def _take(self, max_bytes: int) -> bytes:
-        want = min(self._rng.randint(1, self._max_chunk), max_bytes)
-        now = trio.current_time()
+        # `1 + _randbelow(n)` is what `randint(1, n)` computes, without its argument checks.
+        want = min(1 + self._randbelow(self._max_chunk), max_bytes)
         segments = self._segments
-        pieces: list[bytes] = []
-        size = 0
+        data = segments[0][1]
+        start = self._head_taken
         # The first segment is consumed in place (`_head_taken`), never copied for the rest:
         # a link of tiny chunks would otherwise copy a segment once per read.
+        if start + want < len(data):  # the read ends inside the first segment
+            self._head_taken = start + want
+            self._buffered -= want
+            self.wake()
+            return data[start : start + want]
+        now = trio.current_time()
+        pieces: list[bytes] = []
+        size = 0
         while segments and size < want and segments[0][0] <= now:
             data = segments[0][1]
             start = self._head_taken
@@ -257,8 +286,11 @@ class SimStream(trio.abc.HalfCloseableStream):
 class Link:
     """A connection between a client end and a server end."""
 
-    def __init__(self, number: int, rng: random.Random, faults: NetworkFaults) -> None:
+    def __init__(
+        self, number: int, rng: random.Random, faults: NetworkFaults, who: str = ""
+    ) -> None:
         self.number = number
+        self.who = who  # the client at the client end
         latency = rng.uniform(*faults.latency)
         low, high = faults.bandwidth
         bandwidth = math.exp(rng.uniform(math.log(low), math.log(high)))
@@ -281,6 +313,16 @@ class Link:
         """Like a TCP RST: both directions break and lose what is in flight."""
         self.up.reset()
         self.down.reset()
+
+    def cut(self, until: float) -> None:
+        """A partition: nothing crosses before `until`, in either direction, not even the
+        end of a connection (0: heal now); bytes in flight wait, writers block when the
+        link is full."""
+        if until:
+            self.healthy = False
+        for pipe in (self.up, self.down):
+            pipe.cut_until = until
+            pipe.wake()
 
     def stall(self, until: float) -> None:
         """Nothing arrives in either direction before `until` (0: end the stall)."""
@@ -381,6 +423,8 @@ class SimNetwork:
         self._links: dict[int, Link] = {}
         self._numbers = itertools.count(1)
         self.fd_exhausted_until = 0.0
+        self._seen: dict[str, None] = {}  # clients that connected, in order (partitions)
+        self._cut: dict[str, float] = {}  # partitioned clients: until when
 
     def listen(self, port: str) -> SimListener:
         """Open the server's listener on `port` (TCP_PORT or HTTP_PORT)."""
@@ -395,9 +439,18 @@ class SimNetwork:
 
     async def connect(self, who: str, port: str = TCP_PORT) -> Link:
         """Open a connection; OSError(ECONNREFUSED) if the server is not listening."""
-        link = Link(next(self._numbers), random.Random(self._rng.getrandbits(64)), self.faults)
+        link = Link(next(self._numbers), random.Random(self._rng.getrandbits(64)), self.faults, who)
         link.server.peer_address = self._address_of(who)
+        self._seen[who] = None
+        began = trio.current_time()
         await trio.sleep(link.latency)
+        if self._cut.get(who, 0.0) > trio.current_time():
+            # Partitioned: the SYN goes unanswered until the partition heals (retransmits)
+            # or the connect times out.
+            await trio.sleep_until(min(self._cut[who], began + CONNECT_TIMEOUT))
+            if self._cut.get(who, 0.0) > trio.current_time():
+                self._trace.record("connect_timeout", who=who)
+                raise OSError(errno.ETIMEDOUT, "connection timed out")
         listener = self._listeners.get(port)
         if listener is None or not listener.offer(link.server):
             self._trace.record("refused", who=who)
@@ -420,8 +473,10 @@ class SimNetwork:
     def heal(self) -> None:
         """End every stall and descriptor shortage now (the fault-free phase begins)."""
         self.fd_exhausted_until = 0.0
+        self._cut.clear()
         for link in self.live_links():
             link.stall(0.0)
+            link.cut(0.0)
 
     async def run_fd_exhaustion(self, rng: random.Random) -> None:
         """Now and then the server runs out of file descriptors for a while, until cancelled."""
@@ -434,6 +489,39 @@ class SimNetwork:
             self.fd_exhausted_until = trio.current_time() + length
             self._trace.record("fd_exhausted", seconds=round(length, 6))
             await trio.sleep(length)
+
+    async def run_partitions(self, rng: random.Random) -> None:
+        """Now and then cut a share of the clients off the server for a while, then heal,
+        until cancelled (the partition in force then ends with `heal`)."""
+        faults = self.faults
+        if not faults.partition_every:
+            return
+        while True:
+            await trio.sleep(rng.expovariate(1.0 / faults.partition_every))
+            names = [who for who in self._seen if rng.random() < faults.partition_share]
+            if not names:
+                continue
+            length = rng.uniform(*faults.partition_for)
+            until = trio.current_time() + length
+            for who in names:
+                self._cut[who] = until
+            links = [link for link in self.live_links() if link.who in self._cut]
+            for link in links:
+                link.cut(until)
+            self._trace.record(
+                "partition",
+                who=names,
+                links=[link.number for link in links],
+                seconds=round(length, 6),
+            )
+            await trio.sleep(length)
+            for who in names:
+                if self._cut.get(who) == until:
+                    del self._cut[who]
+            for link in self.live_links():
+                if link.who in names and link.up.cut_until == until:
+                    link.cut(0.0)
+            self._trace.record("partition_healed", who=names)
 
     async def run_faults(self) -> None:
         """Stall and reset random links at the configured rates, until cancelled."""

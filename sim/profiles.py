@@ -4,6 +4,8 @@
 
 `shutdown` takes its fsync policy from the seed (always, interval, never in turn).
 
+`partition` cuts clients off the server for a while, then heals (`sim.network`).
+
 `swarm` is not one profile but a family: it draws from the seed which fault families are on
 and at what rates, so a long run of seeds covers combinations nobody thought to write down.
 """
@@ -170,6 +172,22 @@ PROFILES: dict[str, Profile] = {
         network=NetworkFaults(stall_every=10.0, reset_every=8.0),
         shared_store=SharedStore(outage_every=12.0),
     ),
+    # Partitions that heal: now and then some clients and the server, both alive, cannot
+    # talk for up to 12 s (bytes in flight wait, connects go unanswered), then resume.
+    # Members ping (a partition longer than idle_timeout ends their sessions, as one longer
+    # than the WebSocket keepalive ends those); everyone else keeps the latency bound.
+    "partition": Profile(
+        "partition",
+        chatters=4,
+        lurkers=2,
+        papaya_clients=1,
+        ws_clients=2,
+        send_every=0.3,
+        keepalive=True,
+        idle_timeout=8.0,
+        latency_bound=3.0,
+        network=NetworkFaults(partition_every=5.0, partition_for=(0.5, 12.0)),
+    ),
     "script": Profile(
         "script",
         chatters=0,
@@ -193,7 +211,10 @@ def swarm(seed: int) -> Profile:
         return rng.uniform(low, high) if rng.random() < rate else 0.0
 
     crash_every = maybe(0.4, 3.0, 15.0)
-    return Profile(
+    # Families added later draw from streams of their own: the draws above stay as they were.
+    later = random.Random(f"swarm-partitions:{seed}")
+    partition_every = later.uniform(3.0, 20.0) if later.random() < 0.3 else 0.0
+    drawn = Profile(
         "swarm",
         duration=rng.uniform(10.0, 40.0),
         chatters=rng.randint(1, 6),
@@ -225,6 +246,7 @@ def swarm(seed: int) -> Profile:
         max_lag=rng.randint(20, 400),
         cache_records=rng.randint(8, 128),
     )
+    return replace(drawn, network=replace(drawn.network, partition_every=partition_every))
 
 
 def profile_for(name: str, seed: int) -> Profile:

@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 
 import trio
-import trio.testing
 
 from papaya_trio.server import ChatServer
 from sim.actors import (
@@ -34,6 +33,7 @@ from sim.actors import (
     silent_actor,
     slow_actor,
 )
+from sim.clock import JumpClock
 from sim.entropy import seeded_websocket_entropy
 from sim.instrument import TaskCounter
 from sim.invariants import LIVELOCK, LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
@@ -115,6 +115,8 @@ async def _director(world: World, ops: list[Op] | None) -> None:
             async with trio.open_nursery() as chaos:
                 chaos.start_soon(world.network.run_faults)
                 chaos.start_soon(world.network.run_fd_exhaustion, world.rng("descriptors"))
+                if profile.network.partition_every:  # a task more would change the schedule
+                    chaos.start_soon(world.network.run_partitions, world.rng("partitions"))
                 chaos.start_soon(_clock_jumps, world)
                 chaos.start_soon(_restarts, world, nursery)
                 chaos.start_soon(_quiet_windows, world)
@@ -290,7 +292,7 @@ def run_seed(
         world.fail(LIVELOCK, f"{steps} scheduler steps within simulated second {second}")
 
     counter = TaskCounter(runaway)
-    clock = trio.testing.MockClock(autojump_threshold=0)
+    clock = JumpClock()
     scope = trio.CancelScope()
     parts = components or Components()
     if chosen.shared_store is not None:
@@ -314,7 +316,10 @@ def run_seed(
 
     started = time.perf_counter()
     try:
-        with seeded_scheduling(seed), seeded_websocket_entropy(world.rng("wsproto")):
+        with (
+            seeded_scheduling(seed, counter.pace) as counter.order,
+            seeded_websocket_entropy(world.rng("wsproto")),
+        ):
             trio.run(main, clock=clock, instruments=[counter])
     except Exception as exc:  # a crash of the server or of the harness is a failure too
         world.trace.record("exception", error=format_exception(exc))

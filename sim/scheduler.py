@@ -1,4 +1,5 @@
-"""Seeded task scheduling: the one place that touches trio's private scheduler switch.
+"""Seeded task scheduling and the step count: the one place that touches trio's private
+scheduler switch.
 
 Trio shuffles each batch of runnable tasks with a module-level `random.Random`. Its own test
 suite (and its Hypothesis plugin) make that order reproducible by sorting the batch by task
@@ -6,21 +7,61 @@ creation order before shuffling, a mode enabled by the private flag
 `trio._core._run._ALLOW_DETERMINISTIC_SCHEDULING`, and by seeding the private `_r`. Both are
 private, so this module checks the trio version it was written against and `check()` proves,
 like trio's `test_scheduler_determinism`, that the switch still does what we rely on.
+
+Within `seeded_scheduling`, `_r` is a `SeededOrder`: a `random.Random` seeded as before (so it
+shuffles every batch exactly as the seeded original did) that also counts the run's steps.
+trio hands it each batch just before running it and then pops the batch's tasks from that same
+list, one step each, so the steps taken so far are those of the batches before plus what has
+left the current one. Counting there costs one call per batch; a `trio.abc.Instrument`'s
+`before_task_step` costs one per step. `check()` also proves the count equals the
+instrument's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator, MutableSequence
 from contextlib import contextmanager
+from typing import Any
 
 import trio
+import trio.testing
 from trio._core import _run
 
 TESTED_TRIO = ((0, 27), (0, 35))  # oldest and newest minor version checked by `check()`
+CHECK_EVERY = 1_000  # steps between two calls of `on_pace`
 
 
 class SchedulerSwitchMissing(RuntimeError):
     """This trio does not have the private switch that makes scheduling reproducible."""
+
+
+class SeededOrder(random.Random):
+    """trio's batch shuffler, seeded, counting scheduler steps. `on_pace(steps)` is called at
+    the start of the first batch at or past every CHECK_EVERY steps (the livelock watchdog)."""
+
+    def __init__(self, seed: int, on_pace: Callable[[int], None] | None = None) -> None:
+        super().__init__(seed)
+        self._on_pace = on_pace
+        self._done = 0  # steps of the batches before the current one
+        self._size = 0  # tasks in the current batch
+        self._batch: MutableSequence[Any] = []  # the current batch (trio pops from it)
+        self._next_pace = CHECK_EVERY
+
+    @property
+    def steps(self) -> int:
+        """Scheduler steps begun so far (the current one included)."""
+        return self._done + self._size - len(self._batch)
+
+    def shuffle(self, x: MutableSequence[Any]) -> None:
+        self._done += self._size
+        self._size, self._batch = len(x), x
+        if len(x) > 1:  # shuffling fewer draws nothing
+            super().shuffle(x)
+        if self._done >= self._next_pace:
+            self._next_pace = self._done + CHECK_EVERY
+            if self._on_pace is not None:
+                self._on_pace(self._done)
 
 
 def _trio_version() -> tuple[int, int]:
@@ -29,8 +70,11 @@ def _trio_version() -> tuple[int, int]:
 
 
 @contextmanager
-def seeded_scheduling(seed: int) -> Iterator[None]:
-    """Within the block, `trio.run` orders ready tasks as a function of `seed` only."""
+def seeded_scheduling(
+    seed: int, on_pace: Callable[[int], None] | None = None
+) -> Iterator[SeededOrder]:
+    """Within the block, `trio.run` orders ready tasks as a function of `seed` only; the
+    `SeededOrder` yielded counts the steps (see the class for `on_pace`)."""
     if not (TESTED_TRIO[0] <= _trio_version() <= TESTED_TRIO[1]):
         raise SchedulerSwitchMissing(
             f"trio {trio.__version__} is outside the versions whose scheduler switch was "
@@ -38,15 +82,30 @@ def seeded_scheduling(seed: int) -> Iterator[None]:
         )
     if not hasattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING") or not hasattr(_run, "_r"):
         raise SchedulerSwitchMissing("trio no longer has _ALLOW_DETERMINISTIC_SCHEDULING / _r")
-    allowed = _run._ALLOW_DETERMINISTIC_SCHEDULING
-    state = _run._r.getstate()
+    allowed, saved = _run._ALLOW_DETERMINISTIC_SCHEDULING, _run._r
+    order = SeededOrder(seed, on_pace)
     _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
-    _run._r.seed(seed)
+    _run._r = order
     try:
-        yield
+        yield order
     finally:
-        _run._r.setstate(state)
+        _run._r = saved
         _run._ALLOW_DETERMINISTIC_SCHEDULING = allowed  # type: ignore[misc]
+
+
+class _StepInstrument(trio.abc.Instrument):
+    """Counts steps the costly way, and what `SeededOrder` says at each."""
+
+    def __init__(self, order: SeededOrder) -> None:
+        self.steps = 0
+        self.counted: list[tuple[int, int]] = []
+        self._order = order
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps += 1
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.counted.append((self.steps, self._order.steps))
 
 
 async def _interleaving() -> tuple[tuple[int, int], ...]:
@@ -56,6 +115,8 @@ async def _interleaving() -> tuple[tuple[int, int], ...]:
     async def worker(name: int) -> None:
         for step in range(20):
             order.append((name, step))
+            if step % 7 == name:
+                await trio.sleep(0.001 * name)  # batches of changing size
             await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
@@ -65,12 +126,16 @@ async def _interleaving() -> tuple[tuple[int, int], ...]:
 
 
 def check() -> None:
-    """Raise SchedulerSwitchMissing unless equal seeds give equal interleavings and different
-    seeds give different ones."""
+    """Raise SchedulerSwitchMissing unless equal seeds give equal interleavings, different
+    seeds give different ones, and the step count is an instrument's."""
     runs: list[tuple[tuple[int, int], ...]] = []
     for seed in (1, 1, 2):
-        with seeded_scheduling(seed):
-            runs.append(trio.run(_interleaving))
+        with seeded_scheduling(seed) as order:
+            instrument = _StepInstrument(order)
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            runs.append(trio.run(_interleaving, clock=clock, instruments=[instrument]))
+        if any(counted != steps for steps, counted in instrument.counted):
+            raise SchedulerSwitchMissing("the step count of SeededOrder is not trio's")
     if runs[0] != runs[1]:
         raise SchedulerSwitchMissing("the same seed gave two different task orders")
     if runs[0] == runs[2]:

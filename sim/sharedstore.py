@@ -45,7 +45,6 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import trio
-import trio.testing
 
 from papaya_trio.logstore import LogStore
 from papaya_trio.records import Record
@@ -212,7 +211,7 @@ class SharedWorld(World):
         seed: int,
         profile: Profile,
         components: Components,
-        clock: trio.testing.MockClock,
+        clock: trio.abc.Clock,
         counter: TaskCounter,
         cancel_run: Callable[[], None],
     ) -> None:

@@ -47,11 +47,14 @@ class FrameReader:
 
     async def next(self) -> tuple[bytes, int] | None:
         """The next frame and its terminator byte; None at end of stream."""
+        buffer = self._buffer
         while True:
-            ends = [self._buffer.find(t, self._scanned) for t in self._terminators]
-            found = [index for index in ends if index != -1]
-            if found:
-                index = min(found)
+            index = -1
+            for terminator in self._terminators:
+                at = buffer.find(terminator, self._scanned)
+                if at != -1 and (index == -1 or at < index):
+                    index = at
+            if index != -1:
                 frame = bytes(self._buffer[:index])
                 terminator = self._buffer[index]
                 del self._buffer[: index + 1]

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import trio
-import trio.testing
 
 from papaya_trio.admission import AdmissionSettings
 from papaya_trio.chatlog import ChatLog, FsyncPolicy, StorageFailed
@@ -33,7 +32,7 @@ from papaya_trio.transports.static import StaticSite
 from papaya_trio.transports.websocket import WebSocketSettings
 from sim.disk import SimDisk
 from sim.instrument import TaskCounter
-from sim.invariants import DURABLE, SHUTDOWN_DEADLINE, Failure, Oracle, read_log
+from sim.invariants import DURABLE, SHUTDOWN_DEADLINE, Failure, Oracle, read_log, read_more
 from sim.network import HTTP_PORT, TCP_PORT, SimNetwork
 from sim.profiles import Profile
 from sim.trace import Trace
@@ -117,7 +116,7 @@ class World:
         seed: int,
         profile: Profile,
         components: Components,
-        clock: trio.testing.MockClock,
+        clock: trio.abc.Clock,
         counter: TaskCounter,
         cancel_run: Callable[[], None],
     ) -> None:
@@ -155,7 +154,12 @@ class World:
         self.settling = trio.Event()  # faults have stopped: clients must now reach the head
         self.finishing = trio.Event()  # clients must now leave
         self.quiet = 0  # while above 0 (a quiet window, a lull before a restart) nobody sends
-        self._logged: tuple[int, list[Record]] = (-1, [])
+        # The log as the oracle reads it, read on from where it stopped while the disk only
+        # grows (`SimDisk.rewrites` unchanged), else read again.
+        self._logged: list[Record] = []
+        self._logged_end = 0  # the offset where reading stopped
+        self._logged_at = 0  # the disk's `version` then
+        self._logged_rewrites = 0
         self.wall_jump_ms = 0  # how far the wall clock has jumped, in total
 
     def address_of(self, who: str) -> tuple[str, int] | None:
@@ -176,11 +180,16 @@ class World:
         return sim_clock_ms() + self.wall_jump_ms
 
     def logged(self) -> list[Record]:
-        """The records on the disk (synced or not), as the oracle reads them; cached until the
-        disk changes."""
-        if self._logged[0] != self.disk.version:
-            self._logged = (self.disk.version, read_log(bytes(self.disk.data)))
-        return self._logged[1]
+        """The records on the disk (synced or not), as the oracle reads them (kept: the list
+        only grows until the disk is cut short)."""
+        disk = self.disk
+        if self._logged_at != disk.version:
+            if self._logged_rewrites != disk.rewrites:  # not only grown: read it all again
+                self._logged, self._logged_end = [], 0
+                self._logged_rewrites = disk.rewrites
+            self._logged_end = read_more(disk.data, self._logged, self._logged_end)
+            self._logged_at = disk.version
+        return self._logged
 
     def rng(self, name: str) -> random.Random:
         """An independent random stream for one part of the world, from the run's seed."""

@@ -151,6 +151,8 @@ class WsClient(NativeClient):
             # cut off, so the close frame comes without the error object before it, and its
             # code is all the client is told; replies queued behind are not owed.
             conn.end = "dropped"
+            if not conn.shutdown_began:
+                self.check_prompt(conn, "dropped mid-write (1008 alone)")
         expected = CLOSE_AFTER.get(conn.end)
         if expected is not None and code != expected:
             self.world.fail(REPLIES, f"{self.user}: closed with {code} after {conn.end!r}")

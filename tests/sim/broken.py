@@ -28,6 +28,7 @@ from papaya_trio.protocol.events import (
     Presence,
     ServerEvent,
     TypingNotice,
+    Violation,
     Welcome,
 )
 from papaya_trio.protocol.papaya import HISTORY_LINES, history_tail
@@ -424,3 +425,50 @@ class UnreplicatedRedisLog(RedisLog):
     def __init__(self, *args: Any, **options: Any) -> None:
         super().__init__(*args, **options)
         self._replicas = 0
+
+
+# --- 19. a session that gives up a stalled write and goes on (partitions) ------------------------
+class GivesUpStalledWriteSession(Session):
+    """Gives up a write stuck for a second and goes on as if its bytes had gone out (a
+    write timeout that neither drops the client nor writes again): across a partition the
+    client misses what the write held, or gets part of a line."""
+
+    async def _write(self, events: Sequence[ServerEvent]) -> None:
+        with trio.move_on_after(1.0):
+            await super()._write(events)
+
+
+# --- 20. a session closed from outside without the fatal error -----------------------------------
+class UntoldCloseSession(Session):
+    """Closed from outside (shutdown, lagging, a storage failure), ends without writing the
+    fatal error that says why."""
+
+    async def _write(self, events: Sequence[ServerEvent]) -> None:
+        if len(events) == 1 and events[0] is self._closing:
+            return
+        await super()._write(events)
+
+
+# --- 21. an idle timeout counted from the hello --------------------------------------------------
+class IdleSinceHelloSession(Session):
+    """Counts the idle timeout from the hello instead of from the last event received: a
+    member that pings is dropped as idle all the same."""
+
+    async def _receive(self) -> ClientEvent:
+        timeout = self.room.settings.idle_timeout
+        if not timeout or self.identity.user is None:
+            return await self.peer.receive()
+        if not hasattr(self, "_idle_deadline"):
+            self._idle_deadline = trio.current_time() + timeout
+        with trio.move_on_at(self._idle_deadline):
+            return await self.peer.receive()
+        return Violation("idle_timeout", f"nothing received for {timeout:g} s", fatal=True)
+
+
+# --- 22. a lag bound at a tenth of max_lag -------------------------------------------------------
+class TenthLagRoom(Room):
+    """Drops a client as lagging at a tenth of `max_lag` behind."""
+
+    def __init__(self, log: ChatLog, key: str, settings: RoomSettings, **options: Any) -> None:
+        super().__init__(log, key, settings, **options)
+        self.broadcaster.max_lag = max(1, settings.max_lag // 10)

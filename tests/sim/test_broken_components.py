@@ -19,6 +19,9 @@ from sim.invariants import (
     LIVENESS,
     NO_DUPLICATES,
     PRESENCE,
+    PROMPT_KEPT,
+    REPLIES,
+    TOLD_WHY,
 )
 from sim.runner import run_seed
 from sim.world import Components
@@ -111,7 +114,8 @@ CASES = {
     "session closed from outside without waking its send task": Case(
         "shutdown",
         Components(session_class=broken.UnwokenCloseSession),
-        frozenset({ANNOUNCED}),
+        # The shutdown deadline then ends the session with nothing written: told nothing.
+        frozenset({ANNOUNCED, TOLD_WHY}),
         5,
     ),
     "room that forgets to announce a leave": Case(
@@ -142,6 +146,30 @@ CASES = {
         "flood",
         Components(server_class=broken.NoEvictionServer),
         frozenset({ADMITTED}),
+        2,
+    ),
+    "session that gives up a stalled write and goes on": Case(
+        "partition",
+        Components(session_class=broken.GivesUpStalledWriteSession),
+        frozenset({GAP_FREE, REPLIES}),
+        2,
+    ),
+    "session closed from outside without the fatal error": Case(
+        "shutdown",
+        Components(session_class=broken.UntoldCloseSession),
+        frozenset({TOLD_WHY}),
+        2,
+    ),
+    "idle timeout counted from the hello (drops members that ping)": Case(
+        "partition",
+        Components(session_class=broken.IdleSinceHelloSession),
+        frozenset({PROMPT_KEPT}),
+        2,
+    ),
+    "lagging at a tenth of max_lag (drops prompt readers)": Case(
+        "rate-limit",
+        Components(room_class=broken.TenthLagRoom),
+        frozenset({PROMPT_KEPT}),
         2,
     ),
     "session never applies the idle timeout": Case(

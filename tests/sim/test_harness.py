@@ -13,6 +13,7 @@ import pytest
 from sim import invariants
 from sim import sweep as sweep_module
 from sim.__main__ import main, seed_range
+from sim.clock import check as check_clock
 from sim.entropy import check as check_entropy
 from sim.invariants import LIVENESS, SLOW_BOUND, Failure
 from sim.runner import RunResult, run_seed
@@ -26,6 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_scheduler_switch_still_works() -> None:
     check()
+
+
+def test_jump_clock_keeps_mock_clock_time() -> None:
+    check_clock()
 
 
 def test_websocket_entropy_is_seeded() -> None:

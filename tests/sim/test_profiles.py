@@ -14,6 +14,7 @@ from sim.runner import run_seed
 SEEDS = {"smoke": 5, "churn": 3, "slow-consumer": 2, "crash": 6, "shutdown": 5, "swarm": 10}
 SEEDS["rate-limit"] = 2  # members past their rate: the server slows their reads (fakelag)
 SEEDS["flood"] = 2  # keyless flooders against a handshake budget of 16; silent members
+SEEDS["partition"] = 3  # clients cut off for up to 12 s, then healed
 
 
 @pytest.mark.parametrize(
