@@ -152,7 +152,7 @@ CASES = {
         "partition",
         Components(session_class=broken.GivesUpStalledWriteSession),
         frozenset({GAP_FREE, REPLIES}),
-        2,
+        4,  # the fan-out fast path writes most bytes itself: caught on seeds 2, 3, 5, 7 of 0..7
     ),
     "session closed from outside without the fatal error": Case(
         "shutdown",
