@@ -7,13 +7,16 @@ A cgroup holds it anyway: a process stays in its parent's cgroup across ``fork``
 and ``exec``, and only a process with write access to another cgroup's ``cgroup.procs``
 leaves it. So each measured server is started inside a fresh cgroup of its own:
 
-- the command is wrapped in ``sh -c 'echo $$ > …/cgroup.procs && exec "$@"'``: the shell
-  moves itself into the cgroup and then becomes the command, so the command's very first
-  instruction already runs inside it (no fork can slip out before the move);
+- the command is wrapped in ``sh -c 'echo $$ > …/cgroup.procs && exec "$@"'`` (`enter`):
+  the shell moves itself into the cgroup and then becomes the command, so the command's
+  very first instruction already runs inside it (no fork can slip out before the move); a
+  node with a CPU quota (`cpuquota`) enters its quota's cgroup the same way, a child of
+  this one (cgroup v2) or one in the v1 cpu hierarchy;
 - ``cpu.stat``'s ``usage_usec`` is the CPU time of every process that ever ran in the
   cgroup, the ones that exited included (cgroup v2 keeps it whether or not the cpu
   controller is enabled), with the scheduler's precision;
-- ``cgroup.procs`` lists its live processes (for memory and context switches);
+- ``cgroup.procs`` lists its live processes (for memory and context switches), with those of
+  its children (the nodes' quota cgroups, under cgroup v2);
 - stopping: ``cgroup.kill`` (Linux 5.14) kills every process in it at once, else each is
   sent SIGKILL; the empty cgroup is then removed.
 
@@ -27,13 +30,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shlex
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 _MOUNTS = Path("/proc/self/mounts")
 _OWN_CGROUP = Path("/proc/self/cgroup")
-#: Makes the shell move itself into the cgroup named by $0, then run the command.
-_ENTER = 'echo $$ > "$0" && exec "$@"'
 _names = itertools.count()
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _LABEL_CHARS = 64
@@ -52,6 +55,12 @@ def unified_root() -> Path | None:
     if mount is None or path is None:
         return None
     return Path(mount) / path.lstrip("/")
+
+
+def enter(procs: Sequence[Path], argv: list[str]) -> list[str]:
+    """`argv`, run so that it starts inside the cgroups whose ``cgroup.procs`` are `procs`."""
+    moves = "".join(f"echo $$ > {shlex.quote(str(path))} && " for path in procs)
+    return ["/bin/sh", "-c", moves + 'exec "$@"', "papaya-bench", *argv]
 
 
 class Cgroup:
@@ -81,17 +90,20 @@ class Cgroup:
             return None
         return cls(path)
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        """`argv`, run so that it starts inside this cgroup."""
-        return ["/bin/sh", "-c", _ENTER, str(self.path / "cgroup.procs"), *argv]
+    @property
+    def procs(self) -> Path:
+        """The file a process writes its pid to, to enter the cgroup."""
+        return self.path / "cgroup.procs"
 
     def pids(self) -> set[int]:
-        """The live processes in the cgroup."""
-        try:
-            text = (self.path / "cgroup.procs").read_text()
-        except OSError:
-            return set()
-        return {int(word) for word in text.split()}
+        """The live processes in the cgroup and in its children."""
+        pids = set()
+        for procs in (self.procs, *self.path.glob("*/cgroup.procs")):
+            try:
+                pids |= {int(word) for word in procs.read_text().split()}
+            except OSError:
+                continue
+        return pids
 
     def cpu_seconds(self) -> float:
         """CPU time used in the cgroup so far, by live and exited processes alike."""

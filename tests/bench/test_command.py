@@ -102,7 +102,7 @@ def test_bad_combinations_exit_with_2(bad: list[str], capsys: pytest.CaptureFixt
 
 def test_the_cli_has_the_bench_subcommand() -> None:
     args = build_parser().parse_args(["bench", "--profile=chat", "--rate=0"])
-    assert (args.command, args.profile, args.rate) == ("bench", "chat", 0.0)
+    assert (args.command, args.profile, args.rate) == ("bench", "chat", (0.0,))
 
 
 def test_short_real_paper_sweep_writes_json_csv_and_png(
