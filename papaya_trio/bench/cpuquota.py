@@ -23,7 +23,11 @@ enters before it execs, as it enters the server's measuring cgroup (`cgroup`):
   ``cpu.cfs_quota_us``;
 - neither: `QuotaError`, so the bench refuses ``--node-cpu`` rather than run uncapped.
 
-The group is removed once its processes are gone (`QuotaGroup.remove`).
+The quota can be lifted and set again (`QuotaGroup.hold`): the bench lifts it while the
+load generator's clients join (a thousand native joins cost half a million presence
+deliveries, minutes at a fifth of a CPU, and are not what is measured) and sets it again
+once they all have, before the warm-up and the measured window. The group is removed once
+its processes are gone (`QuotaGroup.remove`).
 """
 
 from __future__ import annotations
@@ -126,6 +130,15 @@ class QuotaGroup:
             return [self.path / "cgroup.procs"]
         return [server.procs, self.path / "cgroup.procs"]
 
+    def hold(self, capped: bool) -> None:
+        """Hold the group to its quota, or (`capped` False) let it use a whole CPU again;
+        OSError if the kernel refuses."""
+        if self.interface == V2:
+            limit = str(self.quota.quota_us) if capped else "max"
+            _write(self.path / "cpu.max", f"{limit} {self.quota.period_us}")
+        else:
+            _write(self.path / "cpu.cfs_quota_us", str(self.quota.quota_us) if capped else "-1")
+
     def throttling(self) -> tuple[int, int]:
         """(periods in which the group ran, periods in which it was throttled) so far."""
         values = {}
@@ -169,7 +182,7 @@ def _v2_group(quota: CpuQuota, server: Cgroup, name: str) -> QuotaGroup | None:
         return None
     group = QuotaGroup(server.path / name, quota, V2)
     try:
-        _write(group.path / "cpu.max", f"{quota.quota_us} {quota.period_us}")
+        group.hold(capped=True)
     except OSError:
         group.remove()
         return None
@@ -187,7 +200,7 @@ def _v1_group(quota: CpuQuota, root: Path, name: str) -> QuotaGroup:
     try:
         # The period first: the quota is checked against it.
         _write(path / "cpu.cfs_period_us", str(quota.period_us))
-        _write(path / "cpu.cfs_quota_us", str(quota.quota_us))
+        group.hold(capped=True)
     except OSError as exc:
         group.remove()
         raise QuotaError(f"{root} takes no CPU quota ({exc.strerror})") from None
@@ -197,7 +210,7 @@ def _v1_group(quota: CpuQuota, root: Path, name: str) -> QuotaGroup:
 def node_group(
     quota: CpuQuota, server: Cgroup | None, label: str, v1_root: Path | None
 ) -> QuotaGroup:
-    """A cgroup capped at `quota` for one node of a server: a child of the server's cgroup
+    """A cgroup held to `quota` for one node of a server: a child of the server's cgroup
     `server` where cgroup v2's cpu controller is available to it, else a new group under
     `v1_root` (`v1_cpu_root()` for the real one); QuotaError where neither can be made.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from papaya_trio.bench.paper import PUBLISHED
 from papaya_trio.bench.runner import LOAD_AVERAGE, THROTTLED, Point, SweepResult
 from papaya_trio.bench.steadiness import HOST_CV
+from papaya_trio.bench.workloads import RATE_SUSTAINED_P99_MS
 
 KIB = 1024
 
@@ -105,8 +105,6 @@ REDIS_PER_DELIVERY = "redis_us_per_delivery"
 REDIS_COLUMNS = ("redis CPU %", "redis us/delivery")
 #: Columns added when the nodes ran under a CPU quota: the cap, and how often it bit.
 QUOTA_COLUMNS = ("node CPU cap %", "throttled %")
-#: The p99 within which a rate counts as sustained in the rates summary (issue 15's bound).
-RATE_SUSTAINED_P99_MS = 100.0
 
 
 def format_chat_table(points: Sequence[Point]) -> str:
@@ -173,12 +171,11 @@ def _rate_summary(setup: tuple[str, int], point: Point | None) -> str:
 def highest_rate_sustained(points: Sequence[Point]) -> dict[tuple[str, int], Point | None]:
     """Per (mode, connections), the point of the highest rate whose every repeat delivered
     everything at the rate asked, without error, with a p99 within `RATE_SUSTAINED_P99_MS`
-    (None when no rate was), in the points' order."""
+    (the ``rate_sustained`` figure; None when no rate was), in the points' order."""
     best: dict[tuple[str, int], Point | None] = {(p.mode, p.connections): None for p in points}
     for point in sorted(points, key=lambda p: p.rate or 0.0):
         setup = (point.mode, point.connections)
-        p99 = point.figures.get("latency_p99_ms", math.inf)
-        ok = point.figures.get("sustained") == 1.0 and p99 <= RATE_SUSTAINED_P99_MS
+        ok = point.figures.get("rate_sustained") == 1.0
         best[setup] = point if ok else best.get(setup)
     return best
 

@@ -4,16 +4,19 @@ The same for every profile; the profile's `Workload` says which generator to run
 its result means. For each connection count N and each repeat, the modes run one after the
 other, in an order rotated by the repeat number, so a machine that drifts (thermal, other
 jobs) affects all modes alike. The chat profile may step through several message rates
-(``--rate 10,20,30``): each rate is a sweep of its own, the outermost loop, lowest first.
+(``--rate 10,20,30``): each rate is a sweep of its own, the outermost loop, lowest first,
+and a setup that did not sustain a rate at some N (``rate_sustained``: everything delivered
+at the rate asked, p99 within 100 ms) is not tried at higher rates at that N.
 One trial, in a fresh temporary folder:
 
 1. let the workload prepare the room folder, then start the server (`deployment`: one
    process, or K nodes and their Redis), each in a cgroup of its own where the system
    allows, pinned to the server CPU (node i to its own CPU), each node under the sweep's
-   CPU quota if it has one (``--node-cpu``, `cpuquota`); take a baseline memory reading
-   once it listens;
+   CPU quota if it has one (``--node-cpu``, `cpuquota`), lifted while the clients join;
+   take a baseline memory reading once it listens;
 2. start the load generator (another process) pinned to the remaining CPUs (`Placement`),
    with the port of every node, and wait for its "ready" line (all N connections open);
+   then hold the nodes to their quota again;
 3. let `warmup` seconds pass (forks, first-touch memory), then take a snapshot of the
    server's processes (and of Redis's, apart) every `interval` seconds for `duration`
    seconds (memory in the last one only: reading it for thousands of forked processes
@@ -35,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -58,6 +62,8 @@ LOAD_AVERAGE = "load_average"
 #: Under a CPU quota: the share of the nodes' scheduling periods in the measured window
 #: in which the quota stopped them (near 100: the nodes were saturated).
 THROTTLED = "throttled_percent"
+#: The chat profile's figure: 1 where a trial sustained its message rate (see `workloads`).
+RATE_SUSTAINED = "rate_sustained"
 #: A trial is flagged when other work used more than this on the server's CPU.
 BACKGROUND_LIMIT = 5.0
 _MAX_LINE = 1 << 20
@@ -338,6 +344,7 @@ async def run_trial(
             if deployment.redis is not None:
                 samplers.append(ProcessTreeSampler(deployment.redis, placement.redis_cpus))
             baseline = samplers[0].snapshot(trio.current_time(), memory=True)
+            _hold(deployment.quotas, capped=False)
             argv = workload.generator_argv(
                 deployment.ports, connections, config.load_seconds, workdir / "data"
             )
@@ -410,6 +417,7 @@ async def _sample_during_load(
     event = json.loads(ready or "{}")
     if event.get("event") != "ready":
         raise BenchError(f"load generator did not start: {event.get('reason', ready)!r}")
+    _hold(quotas, capped=True)
     series, throttling = await _sample(
         samplers, quotas, trio.current_time() + config.warmup, config
     )
@@ -419,6 +427,15 @@ async def _sample_during_load(
     if result.pop("event", None) != "result":
         raise BenchError(f"load generator gave no result: {line!r}")
     return series, throttling, result
+
+
+def _hold(quotas: Sequence[QuotaGroup], capped: bool) -> None:
+    """Hold every node to its quota, or lift it; BenchError if the kernel refuses."""
+    for quota in quotas:
+        try:
+            quota.hold(capped)
+        except OSError as exc:
+            raise BenchError(f"cannot set the CPU quota of {quota.path}: {exc}") from None
 
 
 def _throttling(quotas: Sequence[QuotaGroup]) -> tuple[int, int]:
@@ -478,7 +495,8 @@ async def run_sweep(
     """Run every trial of `config`; the runner itself moves to the load CPUs while it samples.
 
     A trial that fails (BenchError) is recorded in `failures`, and its mode is skipped for
-    the rest of the sweep (larger N, higher rates).
+    the rest of the sweep (larger N, higher rates); a setup that did not sustain a rate at
+    some N is not tried at higher rates at that N.
     """
     available = sorted(os.sched_getaffinity(0))
     placement = Placement.choose(
@@ -505,9 +523,12 @@ async def run_sweep(
         },
     )
     failed: set[str] = set()
+    #: The lowest rate each (setup, N) did not sustain.
+    outrun: dict[tuple[str, int], float] = {}
     host: HostCheck | None = None
     for rate, connections, repeat, spec in trial_order(config):
-        if spec.name in failed:
+        setup = (spec.name, connections)
+        if spec.name in failed or (rate is not None and rate > outrun.get(setup, math.inf)):
             continue
         label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
         if rate is not None:
@@ -539,6 +560,8 @@ async def run_sweep(
             figures[HOST_CV] = host.cv
         trial = dataclasses.replace(trial, figures=figures)
         result.trials.append(trial)
+        if rate is not None and trial.figures.get(RATE_SUSTAINED) != 1.0:
+            outrun[setup] = min(rate, outrun.get(setup, math.inf))
         if on_finish:
             on_finish(label, trial)
     return result

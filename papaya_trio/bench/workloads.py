@@ -53,6 +53,8 @@ READY_PER_PAIR = 1e-4
 READY_LIMIT = 600.0
 #: The chat profile calls a point sustained when its p99 delivery latency is within this.
 SUSTAINED_P99_MS = 1000.0
+#: And a message rate sustained (for the rates summary, issue 15's bound) within this.
+RATE_SUSTAINED_P99_MS = 100.0
 #: The most message rates one chat sweep may step through.
 MAX_RATES = 32
 
@@ -175,6 +177,7 @@ class ChatWorkload:
         "lost": _total,
         "errors": _total,
         "sustained": _minimum,
+        "rate_sustained": _minimum,
     }
     rate: float = chatload.DEFAULT_RATE
     senders: int = chatload.DEFAULT_SENDERS
@@ -244,6 +247,7 @@ class ChatWorkload:
         p99 = result.get("latency_p99_ms", 0.0)
         ok = not lost and not errors and not short and p99 <= SUSTAINED_P99_MS
         result["sustained"] = float(ok)
+        result["rate_sustained"] = float(ok and p99 <= RATE_SUSTAINED_P99_MS)
         return result
 
 

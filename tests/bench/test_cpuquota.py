@@ -25,6 +25,8 @@ from papaya_trio.bench.cpuquota import (
 SPIN = "while True: pass"
 #: The spinner's CPU is measured over this fixed window once it runs.
 WINDOW = 1.5
+#: And then over this one, its quota lifted.
+LIFTED_WINDOW = 0.5
 START_DEADLINE = 10.0
 
 
@@ -61,7 +63,7 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def test_a_spinning_process_under_a_fifth_of_a_cpu_gets_no_more(
+def test_a_spinning_process_under_a_fifth_of_a_cpu_gets_no_more_until_lifted(
     capped: tuple[Cgroup | None, QuotaGroup],
 ) -> None:
     server, group = capped
@@ -79,6 +81,9 @@ def test_a_spinning_process_under_a_fifth_of_a_cpu_gets_no_more(
         time.sleep(WINDOW)  # the fixed measuring window
         cpu, wall = cpu_seconds(process) - cpu_before, time.monotonic() - wall_before
         periods_after, throttled_after = group.throttling()
+        group.hold(capped=False)  # lifted (as while the bench's clients join)
+        time.sleep(LIFTED_WINDOW)
+        throttled_lifted = group.throttling()[1] - throttled_after
     finally:
         spinner.kill()
         spinner.wait()
@@ -86,6 +91,7 @@ def test_a_spinning_process_under_a_fifth_of_a_cpu_gets_no_more(
     assert cpu / wall < 0.5, f"{cpu:.2f} s of CPU in {wall:.2f} s under a 20 % quota"
     # The kernel did stop it at its quota, in most periods.
     assert throttled_after - throttled_before > (periods_after - periods_before) / 2 > 0
+    assert throttled_lifted == 0
 
 
 def test_where_no_cgroup_can_be_made_the_quota_is_refused_clearly(tmp_path: Path) -> None:
