@@ -32,17 +32,13 @@ its processes are gone (`QuotaGroup.remove`).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from papaya_trio.bench.cgroup import Cgroup
+from papaya_trio.bench.cgroup import Cgroup, group_name, mounts_and_own, read_stat, remove_group
 
-_MOUNTS = Path("/proc/self/mounts")
-_OWN_CGROUP = Path("/proc/self/cgroup")
 #: The period the quota is counted over, unless the quota would be under the kernel's minimum.
 PERIOD_US = 10_000
 #: The kernel's bounds: a quota of at least 1 ms, a period of at most 1 s.
@@ -53,9 +49,6 @@ MIN_FRACTION = 0.01
 MAX_FRACTION = 1.0
 V2 = "cgroup v2 cpu.max"
 V1 = "cgroup v1 cpu.cfs_quota_us"
-_names = itertools.count()
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-_LABEL_CHARS = 64
 
 
 class QuotaError(Exception):
@@ -84,11 +77,9 @@ class CpuQuota:
 
 def v1_cpu_root() -> Path | None:
     """This process's folder in the cgroup v1 cpu hierarchy, if one is mounted."""
-    try:
-        mounts = _MOUNTS.read_text().splitlines()
-        own = _OWN_CGROUP.read_text().splitlines()
-    except OSError:
+    if (tables := mounts_and_own()) is None:
         return None
+    mounts, own = tables
     for line in mounts:
         fields = line.split()
         if fields[2:3] == ["cgroup"] and "cpu" in fields[3].split(","):
@@ -141,21 +132,12 @@ class QuotaGroup:
 
     def throttling(self) -> tuple[int, int]:
         """(periods in which the group ran, periods in which it was throttled) so far."""
-        values = {}
-        for line in (self.path / "cpu.stat").read_text().splitlines():
-            name, _, value = line.partition(" ")
-            values[name] = int(value)
-        return values["nr_periods"], values["nr_throttled"]
+        stat = read_stat(self.path / "cpu.stat")
+        return stat["nr_periods"], stat["nr_throttled"]
 
     def remove(self) -> bool:
         """Remove the group; False while a process is still in it."""
-        try:
-            self.path.rmdir()
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False
-        return True
+        return remove_group(self.path)
 
     def to_json(self) -> dict[str, object]:
         """The quota, as the trial's JSON records it."""
@@ -214,11 +196,9 @@ def node_group(
     `server` where cgroup v2's cpu controller is available to it, else a new group under
     `v1_root` (`v1_cpu_root()` for the real one); QuotaError where neither can be made.
 
-    `label` only decorates the name: anything but letters, digits, ``.``, ``_`` and ``-``
-    becomes ``_``.
+    `label` decorates the group's name (`cgroup.group_name`).
     """
-    tag = _UNSAFE.sub("_", label)[:_LABEL_CHARS]
-    name = f"papaya-bench-{os.getpid()}-{next(_names)}-{tag}"
+    name = group_name(label)
     if server is not None and (group := _v2_group(quota, server, name)) is not None:
         return group
     if v1_root is None:
