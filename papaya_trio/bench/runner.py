@@ -5,8 +5,9 @@ its result means. For each connection count N and each repeat, the modes run one
 other, in an order rotated by the repeat number, so a machine that drifts (thermal, other
 jobs) affects all modes alike. The chat profile may step through several message rates
 (``--rate 10,20,30``): each rate is a sweep of its own, the outermost loop, lowest first,
-and a setup that did not sustain a rate at some N (``rate_sustained``: everything delivered
-at the rate asked, p99 within 100 ms) is not tried at higher rates at that N.
+and a setup that did not sustain `RATE_MISSES` rates in a row at some N (``rate_sustained``:
+everything delivered at the rate asked, p99 within 100 ms) is not tried at higher rates at
+that N (one miss may be a busy moment of a shared machine; two say it is saturated).
 One trial, in a fresh temporary folder:
 
 1. let the workload prepare the room folder, then start the server (`deployment`: one
@@ -38,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 import subprocess
 import tempfile
@@ -64,6 +64,8 @@ LOAD_AVERAGE = "load_average"
 THROTTLED = "throttled_percent"
 #: The chat profile's figure: 1 where a trial sustained its message rate (see `workloads`).
 RATE_SUSTAINED = "rate_sustained"
+#: A setup is not tried at higher rates once it did not sustain this many in a row.
+RATE_MISSES = 2
 #: A trial is flagged when other work used more than this on the server's CPU.
 BACKGROUND_LIMIT = 5.0
 _MAX_LINE = 1 << 20
@@ -495,8 +497,8 @@ async def run_sweep(
     """Run every trial of `config`; the runner itself moves to the load CPUs while it samples.
 
     A trial that fails (BenchError) is recorded in `failures`, and its mode is skipped for
-    the rest of the sweep (larger N, higher rates); a setup that did not sustain a rate at
-    some N is not tried at higher rates at that N.
+    the rest of the sweep (larger N, higher rates); a setup that did not sustain
+    `RATE_MISSES` rates in a row at some N is not tried at higher rates at that N.
     """
     available = sorted(os.sched_getaffinity(0))
     placement = Placement.choose(
@@ -523,12 +525,12 @@ async def run_sweep(
         },
     )
     failed: set[str] = set()
-    #: The lowest rate each (setup, N) did not sustain.
-    outrun: dict[tuple[str, int], float] = {}
+    #: The rates each (setup, N) did not sustain since the last one it did.
+    missed: dict[tuple[str, int], set[float]] = {}
     host: HostCheck | None = None
     for rate, connections, repeat, spec in trial_order(config):
         setup = (spec.name, connections)
-        if spec.name in failed or (rate is not None and rate > outrun.get(setup, math.inf)):
+        if spec.name in failed or len(missed.get(setup, ())) >= RATE_MISSES:
             continue
         label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
         if rate is not None:
@@ -560,8 +562,10 @@ async def run_sweep(
             figures[HOST_CV] = host.cv
         trial = dataclasses.replace(trial, figures=figures)
         result.trials.append(trial)
-        if rate is not None and trial.figures.get(RATE_SUSTAINED) != 1.0:
-            outrun[setup] = min(rate, outrun.get(setup, math.inf))
+        if rate is not None and trial.figures.get(RATE_SUSTAINED) == 1.0:
+            missed.pop(setup, None)
+        elif rate is not None:
+            missed.setdefault(setup, set()).add(rate)
         if on_finish:
             on_finish(label, trial)
     return result
