@@ -17,9 +17,9 @@ counts every process a command starts and stopping leaves none behind, a daemon 
 detached from the bench's process tree and group included. With a CPU quota
 (``--node-cpu``, `cpuquota`), each node also runs in a quota cgroup of its own, removed
 with the server's; a quota that cannot be set ends the trial with a `BenchError`, never an
-uncapped run. Everything waits under a
-deadline: a server that never announces its port, or a Redis that never answers, ends the
-trial with a `BenchError` instead of hanging the sweep.
+uncapped run. Everything waits under a deadline: a server that never announces its port,
+or a Redis that never answers, ends the trial with a `BenchError` instead of hanging the
+sweep.
 """
 
 from __future__ import annotations
