@@ -135,6 +135,11 @@ PROFILES: dict[str, Profile] = {
         papaya_clients=1,
         ws_clients=1,
         send_every=0.05,
+        # As in slow-consumer: every link carries several times the offered load (about
+        # 10 KB/s in the first seconds, while the chatters spend their bursts); a lurker on a
+        # slower link could not meet the latency bound whatever the server did (seeds 404,
+        # 408 and 419 drew 5.2 to 6.5 KB/s links before this floor).
+        network=NetworkFaults(bandwidth=(50_000.0, 5_000_000.0)),
         latency_bound=3.0,
     ),
     # Keyless connections flood the handshake budget (16) while members chat, reconnect and
