@@ -4,7 +4,8 @@ A client object (`NativeClient`, `PapayaClient`) knows the protocol and checks, 
 arrive, that its own stream keeps the invariants (through the oracle). An actor is the policy
 on top: how often it talks, how it leaves (clean close, reset, half-close, EOF mid-line), how
 it reads (promptly or slowly). Native and WebSocket connections keep a member list, and
-chatters and lurkers page back through history now and then (`sim.presence` checks both).
+chatters and lurkers page back through history now and then (`sim.presence` checks both). In
+a profile with rushes (`Profile.burst_every`) every chatter sends a burst at the same moments.
 Actors run until the world asks them to leave; once faults stop (`world.settling`) they stop
 misbehaving and report whether they have reached the log's head.
 """
