@@ -140,25 +140,32 @@ class Pipe:
             self.wake()
         return len(piece)
 
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What a read gets without waiting (b"" at end of file), or None if it must wait:
+        `receive` without a coroutine, for the common case of bytes already there."""
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset by peer")
+        if self.reader_closed:
+            raise trio.ClosedResourceError("this end is closed")
+        if self._segments:
+            if max(self._segments[0][0], self.stalled_until, self.cut_until) <= self._now():
+                return self._take(max_bytes)
+        elif self.eof and self.cut_until <= self._now():
+            return b""
+        return None
+
     async def receive(self, max_bytes: int) -> bytes:
-        while True:
-            if self.broken:
-                raise trio.BrokenResourceError("connection reset by peer")
-            if self.reader_closed:
-                raise trio.ClosedResourceError("this end is closed")
+        while (data := self.receive_now(max_bytes)) is None:
             if self._segments:
                 ready = max(self._segments[0][0], self.stalled_until, self.cut_until)
-                if ready <= self._now():
-                    return self._take(max_bytes)
                 with trio.move_on_at(ready):
                     await self._changed.park()
-            elif self.eof and self.cut_until > self._now():
+            elif self.eof:
                 with trio.move_on_at(self.cut_until):  # the FIN waits for the partition too
                     await self._changed.park()
-            elif self.eof:
-                return b""
             else:
                 await self._changed.park()
+        return data
 
     def _take(self, max_bytes: int) -> bytes:
         # `1 + _randbelow(n)` is what `randint(1, n)` computes, without its argument checks.
@@ -269,7 +276,10 @@ class SimStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             if self.closed:
                 raise trio.ClosedResourceError(f"{self.name}: this end is closed")
-            return await self._incoming.receive(max_bytes or RECEIVE_DEFAULT)
+            data = self._incoming.receive_now(max_bytes or RECEIVE_DEFAULT)
+            if data is None:
+                data = await self._incoming.receive(max_bytes or RECEIVE_DEFAULT)
+            return data
         finally:
             self._receiving = False
 
