@@ -78,6 +78,7 @@ class Pipe:
         self._head_taken = 0  # bytes of the first segment already read
         self._buffered = 0
         self._last_arrival = 0.0
+        self._wire_free = 0.0  # when the bytes written so far have all gone onto the wire
         self._changed = trio.lowlevel.ParkingLot()
         # The run's clock, read directly: trio.current_time() is a few calls deeper.
         self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
@@ -105,8 +106,11 @@ class Pipe:
                     continue
                 piece = bytes(view[:room])
                 view = view[room:]
-                # Putting bytes on the wire takes time: writes overlap with what else happens.
-                await trio.sleep(len(piece) / self._bandwidth)
+                # Putting bytes on the wire takes time (after what is still going onto it):
+                # writes overlap with what else happens.
+                start = max(self._now(), self._wire_free)
+                await trio.sleep_until(start + len(piece) / self._bandwidth)
+                self._wire_free = self._now()
                 if self.broken or self._reader_gone():
                     raise trio.BrokenResourceError("connection reset by peer")
                 # Segments never overtake each other, whatever the latency.
@@ -126,14 +130,14 @@ class Pipe:
 
     def send_nowait(self, data: bytes | memoryview) -> int:
         """Take what fits now, without waiting (the fan-out fast path's write); 0 when full.
-        No time passes: the bytes arrive after their time on the wire plus the latency."""
+        No time passes for the writer: the bytes go onto the wire after those before them,
+        and arrive after their own time on it plus the latency."""
         if self.broken or self.reader_closed:
             raise trio.BrokenResourceError("connection reset by peer")
         piece = bytes(data[: max(0, self.capacity - self._buffered)])
         if piece:
-            now = self._now()
-            wire = len(piece) / self._bandwidth
-            arrival = max(now + wire + self._latency, self._last_arrival)
+            self._wire_free = max(self._now(), self._wire_free) + len(piece) / self._bandwidth
+            arrival = max(self._wire_free + self._latency, self._last_arrival)
             self._last_arrival = arrival
             self._segments.append((arrival, piece))
             self._buffered += len(piece)

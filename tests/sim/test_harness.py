@@ -209,3 +209,33 @@ def test_flood_links_carry_addresses_so_per_address_limits_apply() -> None:
     joined = " ".join(summaries)
     for limit in ("handshakes per address", "wrong-key limit", "handshake budget", "evicted"):
         assert limit in joined, joined
+
+
+def test_link_bandwidth_holds_for_non_blocking_writes() -> None:
+    """The fan-out fast path's writes (`send_nowait`) queue on the wire like blocking ones:
+    ten 1,000-byte writes at once on a 1,000 B/s link arrive over ten seconds, not together,
+    and a blocking write after them waits its turn."""
+    from sim.network import Pipe
+
+    arrivals: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        import random
+
+        pipe = Pipe(
+            random.Random(0), latency=0.5, bandwidth=1000.0, capacity=64_000, max_chunk=64_000
+        )
+        for _ in range(10):
+            assert pipe.send_nowait(b"x" * 1000) == 1000
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.send, b"y" * 1000)
+            got = 0
+            while got < 11_000:
+                data = await pipe.receive(64_000)
+                got += len(data)
+                arrivals.append((trio.current_time(), got))
+
+    trio.run(main, clock=JumpClock())
+    assert arrivals[0] == (pytest.approx(1.5), 1000)  # one second on the wire, then latency
+    assert arrivals[-1] == (pytest.approx(11.5), 11_000)
+    assert len(arrivals) == 11
