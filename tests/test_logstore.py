@@ -7,6 +7,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import coredis
 import coredis.exceptions
@@ -257,6 +258,38 @@ async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
         with pytest.raises(StorageFailed, match="refuses messages"):
             await store.append("alice", "refused", "a-9")
     assert caplog.text.count("log refuses appends until restart") == 1
+
+
+async def test_the_reader_checks_its_head_without_a_round_trip_for_its_own_messages(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The head check after each read (above) costs an XRANGE unless the read itself holds the
+    # head's entry, as it does for the messages this server stored itself.
+    async with reading_store(redis_server) as store:
+        head_checks: list[tuple[str, str]] = []
+        xrange = store._client.xrange
+
+        async def counted(key: str, start: str, end: str, count: int | None = None) -> Any:
+            head_checks.append((start, end))
+            return await xrange(key, start, end, count=count)
+
+        monkeypatch.setattr(store._client, "xrange", counted)
+        reads = [trio.Event()]  # one per read the reader starts
+        xread = store._client.xread
+
+        async def read(*args: Any, **kwargs: Any) -> Any:
+            reads[-1].set()
+            reads.append(trio.Event())
+            return await xread(*args, **kwargs)
+
+        monkeypatch.setattr(store._client, "xread", read)
+        for i in range(20):
+            read_again = reads[-1]
+            await store.append("alice", f"m{i}")
+            with trio.fail_after(10):
+                await read_again.wait()  # the reader read this message alone, and reads again
+        assert [r.text for r in await read_all(store)] == [f"m{i}" for i in range(20)]
+    assert len(reads) > 20 and len(head_checks) <= 5, head_checks
 
 
 async def test_redis_replicas_waits_for_copies_and_reports_too_few(
