@@ -34,6 +34,11 @@ so WAIT confirms the resend only once the replicas have the original too, whiche
 (connection) stored it.
 With `"interval"` and `"never"` the store does not check Redis's persistence settings.
 
+**Connections.** The scripts (without WAIT) and the reader's XREAD BLOCK each go over a
+connection of the client's pool held for them (`HeldConnection`), sent to directly: about
+half the Python work per command of the client's own path. Everything else, and the scripts
+with WAIT, go through the client.
+
 **Reading.** Every process runs one reader (`run`): a loop of XREAD BLOCK after its head,
 which learns each new entry. This process's own appends are learned as they return. The head
 is the newest number up to which every record has been learned, so it moves densely, and each
@@ -65,6 +70,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -73,6 +79,7 @@ from typing import Any
 import coredis
 import coredis.exceptions
 import trio
+from coredis.response.types import StreamEntry
 from coredis.retry import NoRetryPolicy
 
 from papaya_trio.logstore import AppendResult, FsyncPolicy, StorageFailed
@@ -180,6 +187,33 @@ class RedisStoreError(Exception):
     """The Redis store cannot be opened; the message says why."""
 
 
+class HeldConnection:
+    """One connection of the client's pool, kept for one kind of command and sent to directly:
+    about half the Python work per command of going through the client (its retry policy,
+    pool lease and telemetry on every call). Several tasks may send at once (coredis matches
+    the replies in order). A connection that broke is handed back and the next command takes
+    another from the pool, so a failure is one command's error, as through the client."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+
+    async def send(self, *command: Any, block: bool = False) -> Any:
+        """Send `command` and return its raw reply; `block`: a blocking command, whose
+        connection is closed if the wait for its reply is cancelled."""
+        connection = self._connection
+        if connection is None or not connection.usable:
+            connection = await self._pool.get_connection()
+            if self._connection is not None and self._connection.usable:
+                self._pool.release(connection)  # another task took one meanwhile: use that
+                connection = self._connection
+            else:
+                if self._connection is not None:
+                    self._pool.release(self._connection)
+                self._connection = connection
+        return await connection.create_request(*command, disconnect_on_cancellation=block)
+
+
 class RedisLog:
     """The room's log in a Redis stream. Open it with `open_redis_log(...)`."""
 
@@ -207,6 +241,8 @@ class RedisLog:
         self._dedupe_entries = dedupe_entries
         self._append_script = client.register_script(APPEND_SCRIPT)
         self._restore_script = client.register_script(RESTORE_SCRIPT)
+        self._writes = HeldConnection(client)  # the scripts, without WAIT
+        self._reads = HeldConnection(client)  # the reader's XREAD BLOCK
         self._visible = 0
         self._cache: list[Record] = []  # consecutive records, the newest is the head
         self._pending: dict[int, Record] = {}  # records learned before their predecessors
@@ -284,7 +320,12 @@ class RedisLog:
                 timeout_ms = math.ceil(self._timeout * 500)  # WAIT must end before the reply is due
                 with self._client.ensure_replication(self._replicas, timeout_ms):
                     return await script(keys=keys, args=args)
-            return await script(keys=keys, args=args)
+            command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return await self._writes.send(*command)
+            except coredis.exceptions.NoScriptError:  # a Redis that lost its scripts; not run
+                await self._client.script_load(script.script)
+                return await self._writes.send(*command)
         except coredis.exceptions.ResponseError as exc:
             if str(exc).startswith("PAPAYA_LOST"):
                 self._fail(str(exc).removeprefix("PAPAYA_LOST "))
@@ -366,11 +407,13 @@ class RedisLog:
                     self._unchecked = False
                     if self._broken is not None:
                         continue
-                reply = await self._client.xread(
-                    {self.stream: f"{self._visible}-0"}, count=READ_BATCH, block=block_ms
+                reply = await self._reads.send(
+                    *(b"XREAD", b"COUNT", READ_BATCH, b"BLOCK", block_ms, b"STREAMS"),
+                    *(self.stream, f"{self._visible}-0"),
+                    block=True,
                 )
                 entries = reply.get(self.stream.encode(), ()) if reply else ()
-                records = [_record(entry) for entry in entries]
+                records = [_record(_stream_entry(entry)) for entry in entries]
                 # The client library replaces a lost connection silently between commands, so
                 # a failover may not show as an error: check after every read, before learning.
                 # A read that holds the head's entry is the check itself; when it holds only
@@ -457,6 +500,13 @@ class RedisLog:
 
     async def aclose(self) -> None:
         """Nothing to flush: every acknowledged append is already in Redis."""
+
+
+def _stream_entry(raw: Any) -> StreamEntry:
+    """A stream entry as a raw reply holds it (`[id, [field, value, ...]]`), as the client's
+    commands give it."""
+    identifier, fields = raw
+    return StreamEntry(identifier, OrderedDict(zip(fields[0::2], fields[1::2], strict=False)))
 
 
 def _record(entry: Any) -> Record:

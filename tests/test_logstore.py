@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from papaya_trio.chatlog import ChatLog
-from papaya_trio.logstore import FsyncPolicy, LogStore, StorageFailed
+from papaya_trio.logstore import AppendResult, FsyncPolicy, LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.redislog import RedisLog, RedisStoreError, open_redis_log
 from papaya_trio.storage import FileStorage
@@ -237,6 +237,19 @@ async def test_a_redis_that_lost_entries_is_refused_rather_than_numbers_reused(
     assert caplog.text.count("log refuses appends until restart") == 1
 
 
+async def test_an_append_after_redis_forgot_the_scripts_loads_them_again(
+    redis_server: RedisServer,
+) -> None:
+    # A restarted Redis has no scripts until they are loaded (EVALSHA answers NOSCRIPT).
+    async with reading_store(redis_server) as store:
+        await store.append("alice", "before", "a-1")
+        async with coredis.Redis.from_url(redis_server.url) as other_client:
+            assert await other_client.script_flush()
+        assert await store.append("alice", "after", "a-2") == AppendResult(2, False)
+        assert await store.append("alice", "after", "a-2") == AppendResult(2, True)
+        assert [r.text for r in await read_all(store)] == ["before", "after"]
+
+
 async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -275,14 +288,14 @@ async def test_the_reader_checks_its_head_without_a_round_trip_for_its_own_messa
 
         monkeypatch.setattr(store._client, "xrange", counted)
         reads = [trio.Event()]  # one per read the reader starts
-        xread = store._client.xread
+        xread = store._reads.send
 
-        async def read(*args: Any, **kwargs: Any) -> Any:
+        async def read(*command: Any, block: bool = False) -> Any:
             reads[-1].set()
             reads.append(trio.Event())
-            return await xread(*args, **kwargs)
+            return await xread(*command, block=block)
 
-        monkeypatch.setattr(store._client, "xread", read)
+        monkeypatch.setattr(store._reads, "send", read)
         for i in range(20):
             read_again = reads[-1]
             await store.append("alice", f"m{i}")
@@ -431,15 +444,17 @@ async def test_a_log_that_cannot_be_read_closes_only_that_client(
 
 
 class UnreachableRedis:
-    """Stands in for the coredis client: every XREAD fails at once, as with Redis down."""
+    """Stands in for the coredis client and its pool: every connection for an XREAD fails at
+    once, as with Redis down."""
 
     def __init__(self) -> None:
         self.xreads: list[float] = []
+        self.connection_pool = self
 
     def register_script(self, script: str) -> object:
         return script
 
-    async def xread(self, *args: object, **kwargs: object) -> None:
+    async def get_connection(self) -> None:
         self.xreads.append(trio.current_time())
         await trio.lowlevel.checkpoint()
         raise coredis.exceptions.ConnectionError("connection refused")
