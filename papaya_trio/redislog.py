@@ -362,6 +362,15 @@ class RedisLog:
         elif _record(entries[0]) != held:
             self._fail(f"entry {held.seq} in the stream is not the one this server has seen")
 
+    def _entries(self, reply: Any) -> Any:
+        """The raw entries of the stream in an XREAD reply (RESP3: a map by key; None when
+        the BLOCK ran out); StorageFailed for any other reply."""
+        if reply is None:
+            return ()
+        if not isinstance(reply, dict):
+            raise StorageFailed(f"XREAD answered {reply!r:.80}")
+        return reply.get(self.stream.encode(), ())
+
     def _read_holds_head(self, records: Sequence[Record]) -> bool:
         """Whether a read's `records` (consecutive, oldest first) hold the head's entry exactly
         as this process learned it: then the server that answered the read still has it."""
@@ -412,8 +421,7 @@ class RedisLog:
                     *(self.stream, f"{self._visible}-0"),
                     block=True,
                 )
-                entries = reply.get(self.stream.encode(), ()) if reply else ()
-                records = [_record(_stream_entry(entry)) for entry in entries]
+                records = [_record(_stream_entry(entry)) for entry in self._entries(reply)]
                 # The client library replaces a lost connection silently between commands, so
                 # a failover may not show as an error: check after every read, before learning.
                 # A read that holds the head's entry is the check itself; when it holds only
@@ -504,9 +512,12 @@ class RedisLog:
 
 def _stream_entry(raw: Any) -> StreamEntry:
     """A stream entry as a raw reply holds it (`[id, [field, value, ...]]`), as the client's
-    commands give it."""
-    identifier, fields = raw
-    return StreamEntry(identifier, OrderedDict(zip(fields[0::2], fields[1::2], strict=False)))
+    commands give it; StorageFailed if it is not one."""
+    try:
+        identifier, fields = raw
+        return StreamEntry(identifier, OrderedDict(zip(fields[0::2], fields[1::2], strict=True)))
+    except (TypeError, ValueError) as exc:
+        raise StorageFailed(f"not a stream entry: {raw!r:.80}") from exc
 
 
 def _record(entry: Any) -> Record:
