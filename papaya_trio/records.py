@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 CRC_HEX = 8
+_json_decode = json.JSONDecoder().decode  # json.loads without its per-call checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +122,21 @@ def decode_record(line: bytes) -> Record:
 def parse_record_json(body: bytes | str) -> Record:
     """The record in a JSON body; raise CorruptRecord if it is not one."""
     try:
-        fields = json.loads(body)
+        if type(body) is bytes and body[:1] == b"{" and body[1:2] != b"\x00":
+            # What json.loads does with these bytes (it would detect UTF-8), minus detecting.
+            fields = _json_decode(body.decode("utf-8", "surrogatepass"))
+        else:
+            fields = json.loads(body)
+        # Positional: seq, time_ms, user, text, client_id, action, dialect, verified.
         record = Record(
-            seq=fields["seq"],
-            time_ms=fields["t"],
-            user=fields["user"],
-            text=fields["text"],
-            client_id=fields.get("id"),
-            action=fields.get("a") == 1,
-            dialect=fields.get("d"),
-            verified=fields.get("v") == 1,
+            fields["seq"],
+            fields["t"],
+            fields["user"],
+            fields["text"],
+            fields.get("id"),
+            fields.get("a") == 1,
+            fields.get("d"),
+            fields.get("v") == 1,
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptRecord(f"record body is not valid: {exc}") from None

@@ -4,7 +4,8 @@ A client object (`NativeClient`, `PapayaClient`) knows the protocol and checks, 
 arrive, that its own stream keeps the invariants (through the oracle). An actor is the policy
 on top: how often it talks, how it leaves (clean close, reset, half-close, EOF mid-line), how
 it reads (promptly or slowly). Native and WebSocket connections keep a member list, and
-chatters and lurkers page back through history now and then (`sim.presence` checks both).
+chatters and lurkers page back through history now and then (`sim.presence` checks both). In
+a profile with rushes (`Profile.burst_every`) every chatter sends a burst at the same moments.
 Actors run until the world asks them to leave; once faults stop (`world.settling`) they stop
 misbehaving and report whether they have reached the log's head.
 """
@@ -666,6 +667,8 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
     if profile.flooders:
         await _check_admitted(client, conn)
     resent = False
+    bursting = talks and profile.burst_every
+    rushes = Rushes(world, f"{client.user}:{conn.link.number}") if bursting else None
     while not conn.ended.is_set():
         if world.finishing.is_set():
             await client.leave(conn, "close")
@@ -681,7 +684,10 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
             if pager.random() < PAGE_CHANCE and not world.finishing.is_set():
                 await client.page_back(conn, pager)
             idle = world.settling.is_set() or world.quiet > 0
-            if talks and not idle and len(client.pending) < WINDOW:
+            burst = rushes.due() if rushes is not None else 0  # a rush in a quiet window: none
+            if burst and not idle:
+                await _burst(client, conn, burst)
+            elif talks and not idle and len(client.pending) < WINDOW:
                 await client.send_new()
             elif profile.keepalive:
                 await client.send_obj({"type": "ping", "id": f"{client.user}-ping"})
@@ -690,6 +696,46 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
             pause = min(pause, profile.idle_timeout / 4)
         with trio.move_on_after(pause):
             await conn.ended.wait()
+
+
+class Rushes:
+    """When a chatter's connection sends a burst (`Profile.burst_every`, `burst_size`).
+
+    The moments, `burst_every` apart give or take a half, are one stream of the seed, the
+    same for every chatter and connection, so the bursts come together, as when a room
+    answers one event; each connection draws its own sizes.
+    """
+
+    def __init__(self, world: World, who: str) -> None:
+        self._times = world.rng("rushes")
+        self._sizes = world.rng(f"burst-sizes:{who}")
+        self._every = world.profile.burst_every
+        self._span = world.profile.burst_size
+        self._at = 0.0
+        self._move_on()
+
+    def _move_on(self) -> None:
+        """Skip to the first moment after now."""
+        now = trio.current_time()
+        while self._at <= now:
+            self._at += self._every * self._times.uniform(0.5, 1.5)
+
+    def due(self) -> int:
+        """How many messages to send in a burst now (0: no rush has come since the last)."""
+        if trio.current_time() < self._at:
+            return 0
+        self._move_on()
+        return self._sizes.randint(*self._span)
+
+
+async def _burst(client: NativeClient, conn: Connection, count: int) -> None:
+    """Send `count` new messages back to back, past WINDOW (a paste of many lines), while the
+    connection lasts and the world does not go quiet."""
+    world = client.world
+    for _ in range(count):
+        if conn.ended.is_set() or world.quiet > 0 or world.settling.is_set():
+            return
+        await client.send_new()
 
 
 async def _check_admitted(client: NativeClient, conn: Connection) -> None:

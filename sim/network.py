@@ -79,6 +79,8 @@ class Pipe:
         self._buffered = 0
         self._last_arrival = 0.0
         self._changed = trio.lowlevel.ParkingLot()
+        # The run's clock, read directly: trio.current_time() is a few calls deeper.
+        self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
         self.stalled_until = 0.0
         self.cut_until = 0.0  # a partition: bytes and end of file wait till then
         self.eof = False
@@ -108,7 +110,7 @@ class Pipe:
                 if self.broken or self._reader_gone():
                     raise trio.BrokenResourceError("connection reset by peer")
                 # Segments never overtake each other, whatever the latency.
-                arrival = max(trio.current_time() + self._latency, self._last_arrival)
+                arrival = max(self._now() + self._latency, self._last_arrival)
                 self._last_arrival = arrival
                 self._segments.append((arrival, piece))
                 self._buffered += len(piece)
@@ -120,7 +122,7 @@ class Pipe:
     def _reader_gone(self) -> bool:
         """The reading end has closed, and the writer may know it (across a partition the
         writer's bytes are taken as if it had not: it learns when the partition heals)."""
-        return self.reader_closed and self.cut_until <= trio.current_time()
+        return self.reader_closed and self.cut_until <= self._now()
 
     def send_nowait(self, data: bytes | memoryview) -> int:
         """Take what fits now, without waiting (the fan-out fast path's write); 0 when full.
@@ -129,7 +131,7 @@ class Pipe:
             raise trio.BrokenResourceError("connection reset by peer")
         piece = bytes(data[: max(0, self.capacity - self._buffered)])
         if piece:
-            now = trio.current_time()
+            now = self._now()
             wire = len(piece) / self._bandwidth
             arrival = max(now + wire + self._latency, self._last_arrival)
             self._last_arrival = arrival
@@ -138,25 +140,32 @@ class Pipe:
             self.wake()
         return len(piece)
 
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What a read gets without waiting (b"" at end of file), or None if it must wait:
+        `receive` without a coroutine, for the common case of bytes already there."""
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset by peer")
+        if self.reader_closed:
+            raise trio.ClosedResourceError("this end is closed")
+        if self._segments:
+            if max(self._segments[0][0], self.stalled_until, self.cut_until) <= self._now():
+                return self._take(max_bytes)
+        elif self.eof and self.cut_until <= self._now():
+            return b""
+        return None
+
     async def receive(self, max_bytes: int) -> bytes:
-        while True:
-            if self.broken:
-                raise trio.BrokenResourceError("connection reset by peer")
-            if self.reader_closed:
-                raise trio.ClosedResourceError("this end is closed")
+        while (data := self.receive_now(max_bytes)) is None:
             if self._segments:
                 ready = max(self._segments[0][0], self.stalled_until, self.cut_until)
-                if ready <= trio.current_time():
-                    return self._take(max_bytes)
                 with trio.move_on_at(ready):
                     await self._changed.park()
-            elif self.eof and self.cut_until > trio.current_time():
+            elif self.eof:
                 with trio.move_on_at(self.cut_until):  # the FIN waits for the partition too
                     await self._changed.park()
-            elif self.eof:
-                return b""
             else:
                 await self._changed.park()
+        return data
 
     def _take(self, max_bytes: int) -> bytes:
         # `1 + _randbelow(n)` is what `randint(1, n)` computes, without its argument checks.
@@ -171,7 +180,7 @@ class Pipe:
             self._buffered -= want
             self.wake()
             return data[start : start + want]
-        now = trio.current_time()
+        now = self._now()
         pieces: list[bytes] = []
         size = 0
         while segments and size < want and segments[0][0] <= now:
@@ -267,7 +276,10 @@ class SimStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             if self.closed:
                 raise trio.ClosedResourceError(f"{self.name}: this end is closed")
-            return await self._incoming.receive(max_bytes or RECEIVE_DEFAULT)
+            data = self._incoming.receive_now(max_bytes or RECEIVE_DEFAULT)
+            if data is None:
+                data = await self._incoming.receive(max_bytes or RECEIVE_DEFAULT)
+            return data
         finally:
             self._receiving = False
 

@@ -35,6 +35,10 @@ class Profile:
     ws_clients: int = 0  # chatters over WebSocket
     ws_garbage_senders: int = 0
     send_every: float = 1.0  # mean seconds between one chatter's messages
+    # Rushes: moments (about burst_every seconds apart; 0: none) when every chatter sends a
+    # burst of `burst_size` messages back to back, beyond its window of unconfirmed ones.
+    burst_every: float = 0.0
+    burst_size: tuple[int, int] = (20, 40)
     reconnect_every: float = 0.0  # mean seconds a client stays connected (0: for good)
     crash_every: float = 0.0  # mean seconds between server crashes (0: never)
     shutdown_every: float = 0.0  # mean seconds between graceful restarts (0: never)
@@ -90,7 +94,12 @@ PROFILES: dict[str, Profile] = {
         slow_readers=2,
         papaya_clients=1,
         ws_clients=1,
-        send_every=0.1,
+        # Chatters send 5.9 messages a second and, in a rush (every 4 to 12 s), 20 to 40
+        # back to back: 9.6 a second on average, under the server's rate_messages (10/s),
+        # and each burst within rate_burst (50).
+        send_every=0.17,
+        burst_every=8.0,
+        burst_size=(20, 40),
         max_lag=300,
         # Every link carries several times the offered load (about 7 KB/s): a lurker on a
         # slower link is a slow consumer by its link, and no server could meet the
@@ -98,6 +107,13 @@ PROFILES: dict[str, Profile] = {
         network=NetworkFaults(
             bandwidth=(50_000.0, 5_000_000.0), capacity=(1024, 8192), tiny_chunks=0.0
         ),
+        # A fast disk (an SSD's fsync, 0.1 to 1 ms), so a rush leaves the server as fast as
+        # the chatters send it: with fsync = always a session stores one message per fsync,
+        # and on the default disk (1 to 20 ms) that caps a burst at 50 to 90 messages a
+        # second, which no link here falls behind. A rush puts prompt readers some tens of
+        # messages behind for a moment (never near max_lag): a server that drops them at a
+        # tenth of max_lag is caught (tests/sim/test_broken_components.py).
+        disk=DiskFaults(write_latency=(0.0, 0.0005), sync_latency=(0.0001, 0.001)),
         latency_bound=3.0,
     ),
     "crash": Profile(
@@ -135,6 +151,11 @@ PROFILES: dict[str, Profile] = {
         papaya_clients=1,
         ws_clients=1,
         send_every=0.05,
+        # As in slow-consumer: every link carries several times the offered load (about
+        # 10 KB/s in the first seconds, while the chatters spend their bursts); a lurker on a
+        # slower link could not meet the latency bound whatever the server did (seeds 404,
+        # 408 and 419 drew 5.2 to 6.5 KB/s links before this floor).
+        network=NetworkFaults(bandwidth=(50_000.0, 5_000_000.0)),
         latency_bound=3.0,
     ),
     # Keyless connections flood the handshake budget (16) while members chat, reconnect and

@@ -39,7 +39,7 @@ from sim.instrument import TaskCounter
 from sim.invariants import LIVELOCK, LIVENESS, NO_CRASH, RUN_ENDS, TASKS_GONE, Failure
 from sim.presence import presence_converges
 from sim.profiles import Profile, profile_for
-from sim.scheduler import seeded_scheduling
+from sim.scheduler import seeded_scheduling, sparse_io_polls
 from sim.script import Op, run_script
 from sim.world import Components, World
 from sim.wsclient import WsClient, WsGarbageClient
@@ -318,6 +318,7 @@ def run_seed(
     try:
         with (
             seeded_scheduling(seed, counter.pace) as counter.order,
+            sparse_io_polls(),
             seeded_websocket_entropy(world.rng("wsproto")),
         ):
             trio.run(main, clock=clock, instruments=[counter])

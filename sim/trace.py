@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 TRACE_WINDOW = 50_000
+# json.dumps(..., separators=(",", ":")) builds an encoder per call; this one is built once.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Trace:
@@ -29,12 +31,9 @@ class Trace:
     def record(self, kind: str, **fields: object) -> None:
         """Add one event stamped with the current simulated time and step."""
         t, step = self._now()
-        line = json.dumps(
-            {"t": round(t, 6), "step": step, "kind": kind, **fields}, separators=(",", ":")
-        )
+        line = _encode({"t": round(t, 6), "step": step, "kind": kind, **fields})
         self._events.append(line)
-        self._hash.update(line.encode())
-        self._hash.update(b"\n")
+        self._hash.update((line + "\n").encode())
         self.count += 1
 
     @property

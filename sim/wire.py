@@ -49,11 +49,14 @@ class FrameReader:
         """The next frame and its terminator byte; None at end of stream."""
         buffer = self._buffer
         while True:
-            index = -1
-            for terminator in self._terminators:
-                at = buffer.find(terminator, self._scanned)
-                if at != -1 and (index == -1 or at < index):
-                    index = at
+            if len(self._terminators) == 1:  # the native dialect's lines
+                index = buffer.find(self._terminators, self._scanned)
+            else:
+                index = -1
+                for terminator in self._terminators:
+                    at = buffer.find(terminator, self._scanned)
+                    if at != -1 and (index == -1 or at < index):
+                        index = at
             if index != -1:
                 frame = bytes(self._buffer[:index])
                 terminator = self._buffer[index]

@@ -9,7 +9,10 @@ The CLI wires it with ``add_arguments(subparser)`` and ``run(args)``. Profiles:
   to every client. ``--rate 0`` holds N idle connections (the memory-per-connection check).
   ``--dialect papaya`` loads it in the papayaChat dialect instead (so the original daemon can
   be measured with ``--external``); ``--store redis`` and ``--nodes K`` run it on the Redis
-  store, as K server processes sharing one Redis that each trial starts.
+  store, as K server processes sharing one Redis that each trial starts. ``--rate 10,20,30``
+  steps through several rates, and ``--node-cpu 0.2`` caps each server node at a fifth of
+  a CPU (`cpuquota`), so that on a small machine the nodes saturate before the load
+  generator does.
 
 Both run the same sweep (`runner`) with their own `Workload`, table and figure. The
 modules that need the bench's optional dependencies (psutil, matplotlib) are imported when
@@ -20,6 +23,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,7 +33,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from papaya_trio.bench import chatload, chatwire, servers, workloads
+from papaya_trio.bench import chatload, chatwire, cpuquota, servers, workloads
 from papaya_trio.bench.loadgen import DEFAULT_RATE_BITS, DEFAULT_TICK
 from papaya_trio.bench.steadiness import HOST_CV
 from papaya_trio.bench.system import IDLE_POLL, IDLE_SYSTEM, idle_polling, raise_open_file_limit
@@ -57,6 +61,27 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError("connection counts must be positive")
     return counts
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not rates or not all(0 <= rate < math.inf for rate in rates):  # NaN fails too
+        raise argparse.ArgumentTypeError("message rates must be finite and >= 0")
+    if len(rates) > workloads.MAX_RATES or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(
+            f"at most {workloads.MAX_RATES} message rates, each given once"
+        )
+    return tuple(sorted(rates))
+
+
+def _fraction(text: str) -> float:
+    try:
+        return cpuquota.CpuQuota.of(float(text)).fraction
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -198,9 +223,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chat = parser.add_argument_group("chat profile")
     chat.add_argument(
         "--rate",
-        type=float,
-        default=chatload.DEFAULT_RATE,
-        help="messages per second across the room (default: 20; 0: idle connections)",
+        type=_rates,
+        default=(chatload.DEFAULT_RATE,),
+        help="messages per second across the room; comma-separated to step through several,"
+        " lowest first, each a sweep of its own (default: 20; 0: idle connections)",
     )
     chat.add_argument(
         "--senders",
@@ -238,6 +264,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " the clients spread evenly over them; comma-separated to compare (default: 1)",
     )
     chat.add_argument(
+        "--node-cpu",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="cap each server node (or the one server) at FRACTION of one CPU, e.g. 0.2,"
+        " through a cgroup CPU quota, so it saturates while the load generator and Redis"
+        " keep the rest of a small machine; refused where no quota can be set (default: none)",
+    )
+    chat.add_argument(
         "--fsync",
         choices=[policy.value for policy in FsyncPolicy],
         default=FsyncPolicy.NEVER.value,
@@ -252,13 +287,17 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
     if args.profile == "chat":
         counts = args.connections or workloads.CHAT_CONNECTIONS
         specs = _chat_specs(args, max(counts) + SERVER_CONNECTION_MARGIN)
-        workload = ChatWorkload(args.rate, args.senders, args.message_bytes, dialect=args.dialect)
+        rates = args.rate
+        workload = ChatWorkload(rates[0], args.senders, args.message_bytes, dialect=args.dialect)
         duration = args.duration or workloads.CHAT_DURATION
         # The server and the generator inherit this process's limit.
         raise_open_file_limit(max(counts) + SPARE_FILES)
     else:
-        if args.store or args.nodes or args.dialect != chatload.DEFAULT_DIALECT:
-            raise ValueError("--store, --nodes and --dialect belong to the chat profile")
+        if args.store or args.nodes or args.node_cpu or args.dialect != chatload.DEFAULT_DIALECT:
+            raise ValueError(
+                "--store, --nodes, --node-cpu and --dialect belong to the chat profile"
+            )
+        rates = ()
         modes = args.modes or servers.DEFAULT_PAPER_MODES
         counts = args.connections or workloads.PAPER_CONNECTIONS
         specs = [servers.sink_spec(mode, args.recv_size) for mode in modes]
@@ -275,6 +314,8 @@ def _sweep_config(args: argparse.Namespace) -> SweepConfig:
         repeat=args.repeat,
         pin=not args.no_pin,
         host_check=args.host_check,
+        rates=rates,
+        node_cpu=args.node_cpu,
     )
 
 
@@ -316,7 +357,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the sweep the options describe; print the table; write the files."""
     try:
         config = _sweep_config(args)
-    except (ValueError, OSError) as exc:
+        if config.node_cpu is not None:
+            quota = cpuquota.CpuQuota.of(config.node_cpu)
+            interface = cpuquota.check_available(quota, cpuquota.v1_cpu_root())
+            print(f"papaya-trio bench: node CPU quota: {interface}", file=sys.stderr)
+    except (ValueError, OSError, cpuquota.QuotaError) as exc:
         print(f"papaya-trio bench: {exc}", file=sys.stderr)
         return 2
     try:
@@ -378,7 +423,9 @@ def run(args: argparse.Namespace) -> int:
         f" idle CPUs {cpu_idle.split()[0]})"
     )
     if profile == "chat":
-        title += f", {args.rate:g} msg/s, fsync {args.fsync}"
+        title += f", {','.join(f'{rate:g}' for rate in args.rate)} msg/s, fsync {args.fsync}"
+        if args.node_cpu is not None:
+            title += f", nodes capped at {args.node_cpu:.0%} of a CPU"
         if args.dialect != chatload.DEFAULT_DIALECT:
             title += f", {args.dialect} dialect"
     figure(points, stem.with_suffix(".png"), title)

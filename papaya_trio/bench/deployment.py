@@ -14,9 +14,12 @@
 Each server, and Redis, runs in a cgroup of its own where the system allows it
 (`cgroup.Cgroup`; else `processes` finds them by their listening ports), so the sampler
 counts every process a command starts and stopping leaves none behind, a daemon that
-detached from the bench's process tree and group included. Everything waits under a
-deadline: a server that never announces its port, or a Redis that never answers, ends the
-trial with a `BenchError` instead of hanging the sweep.
+detached from the bench's process tree and group included. With a CPU quota
+(``--node-cpu``, `cpuquota`), each node also runs in a quota cgroup of its own, removed
+with the server's; a quota that cannot be set ends the trial with a `BenchError`, never an
+uncapped run. Everything waits under a deadline: a server that never announces its port,
+or a Redis that never answers, ends the trial with a `BenchError` instead of hanging the
+sweep.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from pathlib import Path
 
 import trio
 
-from papaya_trio.bench.cgroup import Cgroup
+from papaya_trio.bench.cgroup import Cgroup, enter
+from papaya_trio.bench.cpuquota import CpuQuota, QuotaError, QuotaGroup, node_group, v1_cpu_root
 from papaya_trio.bench.processes import ServerProcesses
 from papaya_trio.bench.servers import ServerSpec, free_port
 
@@ -62,6 +66,8 @@ class Deployment:
     #: Redis's, when the nodes share one.
     redis: ServerProcesses | None
     redis_url: str | None
+    #: Each node's CPU quota cgroup, when the nodes run under a quota.
+    quotas: tuple[QuotaGroup, ...] = ()
 
 
 def _log_tail(path: Path) -> str:
@@ -110,12 +116,13 @@ async def _redis_answers(port: int) -> bool:
 
 
 async def _launch(
-    argv: list[str], cpus: frozenset[int], log_path: Path, group: Cgroup | None
+    argv: list[str], cpus: frozenset[int], log_path: Path, procs: Sequence[Path]
 ) -> trio.Process:
-    """Start `argv` in `group`, pinned to `cpus` (its children inherit both), stderr to a file."""
+    """Start `argv` inside the cgroups whose ``cgroup.procs`` are `procs`, pinned to `cpus`
+    (its children inherit both), stderr to a file."""
     with log_path.open("wb") as log:
         process = await trio.lowlevel.open_process(
-            group.wrap(argv) if group else argv,
+            enter(procs, argv) if procs else argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -167,7 +174,8 @@ async def running_redis(
         *("--logfile", str(folder / "redis.log")),
     ]
     async with _running("redis") as (processes, started):
-        process = await _launch(argv, cpus, folder / "stderr.log", processes.group)
+        procs = [processes.group.procs] if processes.group else []
+        process = await _launch(argv, cpus, folder / "stderr.log", procs)
         started.append(process)
         processes.roots.append(process.pid)
         deadline = trio.current_time() + STARTUP_TIMEOUT
@@ -185,10 +193,12 @@ async def deploy(
     node_cpus: Sequence[frozenset[int]],
     redis_cpus: frozenset[int],
     workdir: Path,
+    quota: CpuQuota | None = None,
 ) -> AsyncIterator[Deployment]:
     """Start `spec` for one trial in `workdir` (its room in ``workdir/data``); stop it after.
 
-    Node i runs on ``node_cpus[i]``, Redis (if the spec needs one) on `redis_cpus`.
+    Node i runs on ``node_cpus[i]``, under `quota` if one is given; Redis (if the spec needs
+    one) on `redis_cpus`, without a quota.
     """
     async with AsyncExitStack() as stack:
         redis: ServerProcesses | None = None
@@ -203,7 +213,8 @@ async def deploy(
             port = 0 if spec.announcement else free_port()
             log_path = workdir / (SERVER_LOG if spec.nodes == 1 else f"server-{node}.log")
             argv = spec.argv(port, workdir / "data", redis_url)
-            process = await _launch(argv, node_cpus[node], log_path, processes.group)
+            procs = _node_procs(processes, quota, f"{spec.name}-{node}")
+            process = await _launch(argv, node_cpus[node], log_path, procs)
             started.append(process)
             processes.roots.append(process.pid)
             deadline = trio.current_time() + STARTUP_TIMEOUT
@@ -213,7 +224,21 @@ async def deploy(
                 await _wait_connectable(port, deadline)
             ports.append(port)
         processes.find_listeners(ports)
-        yield Deployment(tuple(ports), processes, redis, redis_url)
+        yield Deployment(tuple(ports), processes, redis, redis_url, tuple(processes.quotas))
+
+
+def _node_procs(processes: ServerProcesses, quota: CpuQuota | None, label: str) -> list[Path]:
+    """The cgroups a node enters: the server's, and a quota cgroup of its own if `quota`
+    (which `processes` removes with the server's)."""
+    group = processes.group
+    if quota is None:
+        return [group.procs] if group else []
+    try:
+        capped = node_group(quota, group, label, v1_cpu_root())
+    except QuotaError as exc:
+        raise BenchError(f"--node-cpu: {exc}") from None
+    processes.quotas.append(capped)
+    return capped.procs_with(group)
 
 
 @asynccontextmanager

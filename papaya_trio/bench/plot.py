@@ -1,4 +1,4 @@
-"""The sweep's figures, one line per mode against the number of connections.
+"""The sweep's figures, one line per mode (and message rate) against the number of connections.
 
 The paper profile uses the paper's layout: (a) Cv, (b) mean CPU %, with the paper's
 published series dashed for reference. The chat profile has four panels: (a) mean CPU %,
@@ -24,9 +24,12 @@ Value = Callable[[Point], float | None]
 
 
 def _by_mode(points: Sequence[Point]) -> dict[str, list[Point]]:
+    """The points of each line: one per mode, or per mode and rate when rates differ."""
+    several = len({p.rate for p in points}) > 1
     series: dict[str, list[Point]] = {}
-    for point in sorted(points, key=lambda p: p.connections):
-        series.setdefault(point.mode, []).append(point)
+    for point in sorted(points, key=lambda p: (p.rate or 0.0, p.connections)):
+        name = f"{point.mode}, {point.rate:g} msg/s" if several else point.mode
+        series.setdefault(name, []).append(point)
     return series
 
 

@@ -16,7 +16,8 @@ where it can, "how much CPU has the server used so far, exited processes include
   samples loses the time it used in that interval.
 
 `stop` ends them all: SIGTERM to every one of them, a grace period, then SIGKILL to whatever
-is left, each wait bounded; `close` then removes the cgroup.
+is left, each wait bounded; `close` then removes the nodes' CPU quota cgroups (`cpuquota`)
+and the cgroup.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import psutil
 import trio
 
 from papaya_trio.bench.cgroup import Cgroup
+from papaya_trio.bench.cpuquota import QuotaGroup
 
 _PROC = Path("/proc")
 _LISTEN = "0A"
@@ -95,6 +97,8 @@ class ServerProcesses:
     def __init__(self, roots: Sequence[int], group: Cgroup | None) -> None:
         self.roots = list(roots)
         self.group = group
+        #: The nodes' CPU quota cgroups, if they run under a quota.
+        self.quotas: list[QuotaGroup] = []
         self._owners: set[int] = set()
         #: Every process seen so far, so that `stop` finds those the lookups lose track of.
         self._seen: dict[int, psutil.Process] = {}
@@ -167,12 +171,12 @@ class ServerProcesses:
                 await self._wait_gone(KILL_TIMEOUT)
 
     async def close(self) -> None:
-        """Remove the cgroup, once the processes the caller started have been reaped (a
-        zombie still counts as a member); shielded from cancellation."""
-        if self.group is None:
-            return
+        """Remove the quota cgroups, then the cgroup, once the processes the caller started
+        have been reaped (a zombie still counts as a member); shielded from cancellation."""
+        groups: list[Cgroup | QuotaGroup] = [*self.quotas, *([self.group] if self.group else [])]
         with trio.CancelScope(shield=True):
             for _ in range(math.ceil(KILL_TIMEOUT / _POLL)):
-                if self.group.remove():
+                groups = [group for group in groups if not group.remove()]
+                if not groups:
                     return
                 await trio.sleep(_POLL)

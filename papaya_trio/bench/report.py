@@ -10,8 +10,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from papaya_trio.bench.paper import PUBLISHED
-from papaya_trio.bench.runner import LOAD_AVERAGE, Point, SweepResult
+from papaya_trio.bench.runner import LOAD_AVERAGE, THROTTLED, Point, SweepResult
 from papaya_trio.bench.steadiness import HOST_CV
+from papaya_trio.bench.workloads import RATE_SUSTAINED_P99_MS
 
 KIB = 1024
 
@@ -80,6 +81,7 @@ def _figure(point: Point, name: str, digits: int) -> str:
 
 CHAT_COLUMNS = (
     "N",
+    "msg/s",
     "mode",
     "CPU %",
     "Cv",
@@ -101,23 +103,33 @@ REDIS_CPU = "redis_cpu_percent"
 REDIS_PER_DELIVERY = "redis_us_per_delivery"
 #: Columns added when some server ran on Redis: Redis's own CPU, apart from the nodes'.
 REDIS_COLUMNS = ("redis CPU %", "redis us/delivery")
+#: Columns added when the nodes ran under a CPU quota: the cap, and how often it bit.
+QUOTA_COLUMNS = ("node CPU cap %", "throttled %")
 
 
 def format_chat_table(points: Sequence[Point]) -> str:
-    """The chat profile: one row per (connections, mode), then the highest N sustained.
+    """The chat profile: one row per (connections, rate, mode), then the highest N sustained
+    and, with several rates, the highest rate each setup sustained.
 
     Latency is from the send to the receipt at each client; "lost" counts deliveries
     (messages x clients) that never arrived; memory is the growth of the server's processes
     per connection from before the clients connected. CPU is every node's together; where
-    servers ran on Redis, Redis's CPU follows in columns of its own.
+    servers ran on Redis, Redis's CPU follows in columns of its own; where the nodes ran
+    under a CPU quota, each node's cap (% of one CPU) and the share of its scheduling
+    periods in which the cap stopped it.
     """
     redis = any(REDIS_CPU in point.figures for point in points)
-    rows = [list(CHAT_COLUMNS) + (list(REDIS_COLUMNS) if redis else [])]
-    for point in sorted(points, key=lambda p: p.connections):
+    quota = any(point.cpu_quota for point in points)
+    header = list(CHAT_COLUMNS) + (list(REDIS_COLUMNS) if redis else [])
+    rows = [header + (list(QUOTA_COLUMNS) if quota else [])]
+    for point in sorted(points, key=lambda p: (p.connections, p.rate or 0.0)):
         extra = [_figure(point, REDIS_CPU, 2), _figure(point, REDIS_PER_DELIVERY, 1)]
+        fraction = point.cpu_quota.get("fraction")
+        cap = f"{100 * fraction:g}" if isinstance(fraction, float) else "-"
         rows.append(
             [
                 str(point.connections),
+                "-" if point.rate is None else f"{point.rate:g}",
                 point.mode,
                 _cpu(point),
                 f"{point.cv:.3f}",
@@ -133,11 +145,39 @@ def format_chat_table(points: Sequence[Point]) -> str:
                 _figure(point, HOST_CV, 3),
                 _figure(point, LOAD_AVERAGE, 1),
                 *(extra if redis else []),
+                *([cap, _figure(point, THROTTLED, 0)] if quota else []),
             ]
         )
     sustained = highest_sustained(points)
     summary = ", ".join(f"{mode} {n if n else 'none'}" for mode, n in sustained.items())
-    return f"{_render(rows)}\n\nhighest N sustained (0 lost, no error, p99 <= 1 s): {summary}"
+    text = f"{_render(rows)}\n\nhighest N sustained (0 lost, no error, p99 <= 1 s): {summary}"
+    if len({point.rate for point in points}) > 1:
+        best = highest_rate_sustained(points)
+        text += (
+            f"\nhighest rate sustained (0 lost, no error, p99 <= {RATE_SUSTAINED_P99_MS:g} ms):"
+            f" {', '.join(_rate_summary(setup, point) for setup, point in best.items())}"
+        )
+    return text
+
+
+def _rate_summary(setup: tuple[str, int], point: Point | None) -> str:
+    mode, connections = setup
+    if point is None:
+        return f"{mode} at N={connections} none"
+    deliveries = point.figures.get("deliveries_per_second", 0.0)
+    return f"{mode} at N={connections} {point.rate:g} msg/s ({deliveries:,.0f} deliveries/s)"
+
+
+def highest_rate_sustained(points: Sequence[Point]) -> dict[tuple[str, int], Point | None]:
+    """Per (mode, connections), the point of the highest rate whose every repeat delivered
+    everything at the rate asked, without error, with a p99 within `RATE_SUSTAINED_P99_MS`
+    (the ``rate_sustained`` figure; None when no rate was), in the points' order."""
+    best: dict[tuple[str, int], Point | None] = {(p.mode, p.connections): None for p in points}
+    for point in sorted(points, key=lambda p: p.rate or 0.0):
+        setup = (point.mode, point.connections)
+        ok = point.figures.get("rate_sustained") == 1.0
+        best[setup] = point if ok else best.get(setup)
+    return best
 
 
 def highest_sustained(points: Sequence[Point]) -> dict[str, int]:

@@ -3,18 +3,25 @@
 The same for every profile; the profile's `Workload` says which generator to run and what
 its result means. For each connection count N and each repeat, the modes run one after the
 other, in an order rotated by the repeat number, so a machine that drifts (thermal, other
-jobs) affects all modes alike. One trial, in a fresh temporary folder:
+jobs) affects all modes alike. The chat profile may step through several message rates
+(``--rate 10,20,30``): each rate is a sweep of its own, the outermost loop, lowest first,
+and a setup that did not sustain `RATE_MISSES` rates in a row at some N (``rate_sustained``:
+everything delivered at the rate asked, p99 within 100 ms) is not tried at higher rates at
+that N (one miss may be a busy moment of a shared machine; two say it is saturated).
+One trial, in a fresh temporary folder:
 
 1. let the workload prepare the room folder, then start the server (`deployment`: one
    process, or K nodes and their Redis), each in a cgroup of its own where the system
-   allows, pinned to the server CPU (node i to its own CPU); take a baseline memory
-   reading once it listens;
+   allows, pinned to the server CPU (node i to its own CPU), each node under the sweep's
+   CPU quota if it has one (``--node-cpu``, `cpuquota`), lifted while the clients join;
+   take a baseline memory reading once it listens;
 2. start the load generator (another process) pinned to the remaining CPUs (`Placement`),
    with the port of every node, and wait for its "ready" line (all N connections open);
+   then hold the nodes to their quota again;
 3. let `warmup` seconds pass (forks, first-touch memory), then take a snapshot of the
    server's processes (and of Redis's, apart) every `interval` seconds for `duration`
    seconds (memory in the last one only: reading it for thousands of forked processes
-   takes longer than an interval);
+   takes longer than an interval), and how often the nodes' quota throttled them;
 4. read the generator's result and stop every process the server started.
 
 Everything waits under a deadline, so a server that never announces its port or a
@@ -43,6 +50,7 @@ from pathlib import Path
 import trio
 
 from papaya_trio.bench import stats
+from papaya_trio.bench.cpuquota import CpuQuota, QuotaGroup
 from papaya_trio.bench.deployment import STARTUP_TIMEOUT, BenchError, deploy
 from papaya_trio.bench.sampler import Interval, ProcessTreeSampler, Snapshot, interval
 from papaya_trio.bench.servers import ServerSpec
@@ -51,6 +59,13 @@ from papaya_trio.bench.workloads import Reducer, SweepConfig, Workload, ready_ti
 
 #: The machine's 1-minute load average at the end of each trial, among its figures.
 LOAD_AVERAGE = "load_average"
+#: Under a CPU quota: the share of the nodes' scheduling periods in the measured window
+#: in which the quota stopped them (near 100: the nodes were saturated).
+THROTTLED = "throttled_percent"
+#: The chat profile's figure: 1 where a trial sustained its message rate (see `workloads`).
+RATE_SUSTAINED = "rate_sustained"
+#: A setup is not tried at higher rates once it did not sustain this many in a row.
+RATE_MISSES = 2
 #: A trial is flagged when other work used more than this on the server's CPU.
 BACKGROUND_LIMIT = 5.0
 _MAX_LINE = 1 << 20
@@ -127,6 +142,10 @@ class Trial:
     flag_reason: str
     #: Where the nodes, Redis and the load ran (see `Placement.to_json`).
     placement: dict[str, object] = field(default_factory=dict)
+    #: The chat profile's message rate, when the sweep steps through several.
+    rate: float | None = None
+    #: Each node's CPU quota (`cpuquota.QuotaGroup.to_json`); empty: none.
+    cpu_quota: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,6 +172,8 @@ class Point:
     flagged: bool
     #: The profile's figures, each aggregated with its workload reducer.
     figures: dict[str, float] = field(default_factory=dict)
+    rate: float | None = None
+    cpu_quota: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,10 +190,10 @@ class SweepResult:
     host_checks: list[HostCheck] = field(default_factory=list)
 
     def points(self) -> list[Point]:
-        """Trials aggregated per (mode, connections), in sweep order."""
-        groups: dict[tuple[str, int], list[Trial]] = {}
+        """Trials aggregated per (mode, connections, rate), in sweep order."""
+        groups: dict[tuple[str, int, float | None], list[Trial]] = {}
         for trial in self.trials:
-            groups.setdefault((trial.mode, trial.connections), []).append(trial)
+            groups.setdefault((trial.mode, trial.connections, trial.rate), []).append(trial)
         return [aggregate(group, self.reducers) for group in groups.values()]
 
     def to_json(self) -> dict[str, object]:
@@ -189,7 +210,7 @@ class SweepResult:
 
 
 def aggregate(trials: Sequence[Trial], reducers: Mapping[str, Reducer]) -> Point:
-    """Aggregate the repeats of one mode at one connection count.
+    """Aggregate the repeats of one mode at one connection count (and rate).
 
     Each figure is reduced over the trials that have it (an idle room has no latency).
     """
@@ -218,6 +239,8 @@ def aggregate(trials: Sequence[Trial], reducers: Mapping[str, Reducer]) -> Point
         background_percent=stats.mean([t.background_percent for t in trials]),
         flagged=any(t.flagged for t in trials),
         figures=figures,
+        rate=trials[0].rate,
+        cpu_quota=trials[0].cpu_quota,
     )
 
 
@@ -236,6 +259,10 @@ class TrialRun:
     #: The sampling intervals of the nodes' Redis, if they had one.
     redis_intervals: Sequence[Interval] = ()
     placement: Placement | None = None
+    rate: float | None = None
+    #: The nodes' quota cgroups, and their (periods, throttled periods) in the window.
+    quotas: Sequence[QuotaGroup] = ()
+    throttling: tuple[int, int] = (0, 0)
 
 
 def summarise(run: TrialRun, workload: Workload) -> Trial:
@@ -252,6 +279,10 @@ def summarise(run: TrialRun, workload: Workload) -> Trial:
     redis_cpu = (
         stats.mean([i.cpu_percent for i in run.redis_intervals]) if run.redis_intervals else None
     )
+    figures = workload.figures(run.load, cpu, redis_cpu)
+    periods, throttled = run.throttling
+    if periods:
+        figures[THROTTLED] = 100 * throttled / periods
     last = run.intervals[-1]
     base_rss = sum(r.rss_bytes for r in run.baseline.processes.values())
     base_pss = sum(r.pss_bytes for r in run.baseline.processes.values())
@@ -271,10 +302,12 @@ def summarise(run: TrialRun, workload: Workload) -> Trial:
         processes=last.processes,
         background_percent=background,
         load=run.load,
-        figures=workload.figures(run.load, cpu, redis_cpu),
+        figures=figures,
         flagged=bool(reasons),
         flag_reason="; ".join(reasons),
         placement=run.placement.to_json() if run.placement else {},
+        rate=run.rate,
+        cpu_quota=run.quotas[0].to_json() if run.quotas else {},
     )
 
 
@@ -297,17 +330,24 @@ async def run_trial(
     repeat: int,
     config: SweepConfig,
     placement: Placement,
+    rate: float | None = None,
 ) -> Trial:
-    """Run one mode at one connection count, in a temporary folder, and summarise it."""
+    """Run one mode at one connection count (and message rate), in a temporary folder, and
+    summarise it."""
+    workload = config.workload_at(rate)
+    quota = CpuQuota.of(config.node_cpu) if config.node_cpu is not None else None
     with tempfile.TemporaryDirectory(prefix="papaya-bench-") as tmp:
         workdir = Path(tmp)
-        config.workload.prepare(workdir / "data")
-        async with deploy(spec, placement.node_cpus, placement.redis_cpus, workdir) as deployment:
+        workload.prepare(workdir / "data")
+        async with deploy(
+            spec, placement.node_cpus, placement.redis_cpus, workdir, quota
+        ) as deployment:
             samplers = [ProcessTreeSampler(deployment.server, placement.server_cpus)]
             if deployment.redis is not None:
                 samplers.append(ProcessTreeSampler(deployment.redis, placement.redis_cpus))
             baseline = samplers[0].snapshot(trio.current_time(), memory=True)
-            argv = config.workload.generator_argv(
+            _hold(deployment.quotas, capped=False)
+            argv = workload.generator_argv(
                 deployment.ports, connections, config.load_seconds, workdir / "data"
             )
             load = await trio.lowlevel.open_process(
@@ -316,11 +356,14 @@ async def run_trial(
             try:
                 os.sched_setaffinity(load.pid, placement.load_cpus)
                 with _runner_on(placement.load_cpus):
-                    series, result = await _sample_during_load(load, samplers, connections, config)
+                    sampling = await _sample_during_load(
+                        load, samplers, deployment.quotas, connections, config
+                    )
             finally:
                 await _stop(load)
                 if load.stdout is not None:
                     await load.stdout.aclose()
+    series, throttling, result = sampling
     server, *redis = [[interval(a, b) for a, b in itertools.pairwise(s)] for s in series]
     run = TrialRun(
         spec,
@@ -331,8 +374,11 @@ async def run_trial(
         result,
         redis_intervals=redis[0] if redis else (),
         placement=placement,
+        rate=rate,
+        quotas=deployment.quotas,
+        throttling=throttling,
     )
-    return summarise(run, config.workload)
+    return summarise(run, workload)
 
 
 @contextmanager
@@ -362,47 +408,78 @@ async def _stop(process: trio.Process) -> None:
 async def _sample_during_load(
     load: trio.Process,
     samplers: Sequence[ProcessTreeSampler],
+    quotas: Sequence[QuotaGroup],
     connections: int,
     config: SweepConfig,
-) -> tuple[list[list[Snapshot]], dict[str, object]]:
-    """Wait for the generator's clients, sample the servers, read the generator's result."""
+) -> tuple[list[list[Snapshot]], tuple[int, int], dict[str, object]]:
+    """Wait for the generator's clients, sample the servers (and the throttling of their
+    quotas, over the same window), read the generator's result."""
     assert load.stdout is not None
     ready = await _read_line(load.stdout, trio.current_time() + ready_timeout(connections))
     event = json.loads(ready or "{}")
     if event.get("event") != "ready":
         raise BenchError(f"load generator did not start: {event.get('reason', ready)!r}")
-    series = await _sample(samplers, trio.current_time() + config.warmup, config)
+    _hold(quotas, capped=True)
+    series, throttling = await _sample(
+        samplers, quotas, trio.current_time() + config.warmup, config
+    )
     done = trio.current_time() + config.load_seconds + config.workload.drain + STARTUP_TIMEOUT
     line = await _read_line(load.stdout, done)
     result = json.loads(line or "{}")
     if result.pop("event", None) != "result":
         raise BenchError(f"load generator gave no result: {line!r}")
-    return series, result
+    return series, throttling, result
+
+
+def _hold(quotas: Sequence[QuotaGroup], capped: bool) -> None:
+    """Hold every node to its quota, or lift it; BenchError if the kernel refuses."""
+    for quota in quotas:
+        try:
+            quota.hold(capped)
+        except OSError as exc:
+            raise BenchError(f"cannot set the CPU quota of {quota.path}: {exc}") from None
+
+
+def _throttling(quotas: Sequence[QuotaGroup]) -> tuple[int, int]:
+    """(periods, throttled periods) so far, every node's together."""
+    counts = [quota.throttling() for quota in quotas]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 async def _sample(
-    samplers: Sequence[ProcessTreeSampler], start: float, config: SweepConfig
-) -> list[list[Snapshot]]:
-    """Snapshots of each sampler every interval; memory in the last ones only."""
+    samplers: Sequence[ProcessTreeSampler],
+    quotas: Sequence[QuotaGroup],
+    start: float,
+    config: SweepConfig,
+) -> tuple[list[list[Snapshot]], tuple[int, int]]:
+    """Snapshots of each sampler every interval (memory in the last ones only), and the
+    quotas' throttling between the first and the last."""
     count = round(config.duration / config.interval) + 1
     series: list[list[Snapshot]] = [[] for _ in samplers]
+    before = after = (0, 0)
     for k in range(count):
         await trio.sleep_until(start + k * config.interval)
         last = k == count - 1
         for sampler, snapshots in zip(samplers, series, strict=True):
             snapshots.append(sampler.snapshot(trio.current_time(), memory=last))
-    return series
+        if k == 0:
+            before = _throttling(quotas)
+        if last:
+            after = _throttling(quotas)
+    return series, (after[0] - before[0], after[1] - before[1])
 
 
-def trial_order(config: SweepConfig) -> list[tuple[int, int, ServerSpec]]:
-    """(connections, repeat, server) in run order: modes rotated on every repeat."""
+def trial_order(config: SweepConfig) -> list[tuple[float | None, int, int, ServerSpec]]:
+    """(rate, connections, repeat, server) in run order: modes rotated on every repeat, the
+    rates (None: the workload's own) outermost."""
     order = []
     servers = list(config.servers)
-    for connections in config.connections:
-        for repeat in range(config.repeat):
-            shift = repeat % len(servers)
-            for spec in servers[shift:] + servers[:shift]:
-                order.append((connections, repeat, spec))
+    for rate in config.rates or (None,):
+        for connections in config.connections:
+            for repeat in range(config.repeat):
+                shift = repeat % len(servers)
+                for spec in servers[shift:] + servers[:shift]:
+                    order.append((rate, connections, repeat, spec))
     return order
 
 
@@ -420,7 +497,8 @@ async def run_sweep(
     """Run every trial of `config`; the runner itself moves to the load CPUs while it samples.
 
     A trial that fails (BenchError) is recorded in `failures`, and its mode is skipped for
-    the rest of the sweep (larger N).
+    the rest of the sweep (larger N, higher rates); a setup that did not sustain
+    `RATE_MISSES` rates in a row at some N is not tried at higher rates at that N.
     """
     available = sorted(os.sched_getaffinity(0))
     placement = Placement.choose(
@@ -439,14 +517,24 @@ async def run_sweep(
             "servers": [{"name": s.name, "command": list(s.command)} for s in config.servers],
         },
         placement=placement.to_json(),
-        reducers={**workload.reducers, HOST_CV: stats.mean, LOAD_AVERAGE: stats.mean},
+        reducers={
+            **workload.reducers,
+            HOST_CV: stats.mean,
+            LOAD_AVERAGE: stats.mean,
+            THROTTLED: stats.mean,
+        },
     )
     failed: set[str] = set()
+    #: The rates each (setup, N) did not sustain since the last one it did.
+    missed: dict[tuple[str, int], set[float]] = {}
     host: HostCheck | None = None
-    for connections, repeat, spec in trial_order(config):
-        if spec.name in failed:
+    for rate, connections, repeat, spec in trial_order(config):
+        setup = (spec.name, connections)
+        if spec.name in failed or len(missed.get(setup, ())) >= RATE_MISSES:
             continue
         label = f"N={connections} {spec.name} repeat {repeat + 1}/{config.repeat}"
+        if rate is not None:
+            label = f"{rate:g} msg/s {label}"
         if config.host_check and not _checks(host, connections, repeat):
             host = await check_host(
                 placement.server_cpus, config.host_check, config.interval, connections, repeat
@@ -458,10 +546,12 @@ async def run_sweep(
             available, config.pin, spec.nodes, redis=spec.redis_appendfsync is not None
         )
         try:
-            trial = await run_trial(spec, connections, repeat, config, own)
+            trial = await run_trial(spec, connections, repeat, config, own, rate)
         except BenchError as exc:
             failed.add(spec.name)
             failure = {"mode": spec.name, "connections": connections, "repeat": repeat}
+            if rate is not None:
+                failure["rate"] = rate
             result.failures.append({**failure, "reason": str(exc)})
             if on_fail:
                 on_fail(label, str(exc))
@@ -472,6 +562,10 @@ async def run_sweep(
             figures[HOST_CV] = host.cv
         trial = dataclasses.replace(trial, figures=figures)
         result.trials.append(trial)
+        if rate is not None and trial.figures.get(RATE_SUSTAINED) == 1.0:
+            missed.pop(setup, None)
+        elif rate is not None:
+            missed.setdefault(setup, set()).add(rate)
         if on_finish:
             on_finish(label, trial)
     return result

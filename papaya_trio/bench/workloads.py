@@ -12,12 +12,14 @@ The runner is the same for every profile (server, generator, sampler, deadlines)
 
 `PaperWorkload` drives `loadgen` (the paper's `message\\n` streams); `ChatWorkload` drives
 `chatload` (a chat room with fan-out). `SweepConfig` is a whole sweep: servers, workload,
-connection counts and timing. This module imports neither psutil nor matplotlib, so the
+connection counts (and, for the chat profile, message rates), timing, and the nodes' CPU
+quota. This module imports neither psutil nor matplotlib, so the
 command line can be built without the bench's optional dependencies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +53,10 @@ READY_PER_PAIR = 1e-4
 READY_LIMIT = 600.0
 #: The chat profile calls a point sustained when its p99 delivery latency is within this.
 SUSTAINED_P99_MS = 1000.0
+#: And a message rate sustained (for the rates summary, issue 15's bound) within this.
+RATE_SUSTAINED_P99_MS = 100.0
+#: The most message rates one chat sweep may step through.
+MAX_RATES = 32
 
 
 class Workload(Protocol):
@@ -171,6 +177,7 @@ class ChatWorkload:
         "lost": _total,
         "errors": _total,
         "sustained": _minimum,
+        "rate_sustained": _minimum,
     }
     rate: float = chatload.DEFAULT_RATE
     senders: int = chatload.DEFAULT_SENDERS
@@ -240,6 +247,7 @@ class ChatWorkload:
         p99 = result.get("latency_p99_ms", 0.0)
         ok = not lost and not errors and not short and p99 <= SUSTAINED_P99_MS
         result["sustained"] = float(ok)
+        result["rate_sustained"] = float(ok and p99 <= RATE_SUSTAINED_P99_MS)
         return result
 
 
@@ -257,6 +265,11 @@ class SweepConfig:
     pin: bool = True
     #: Seconds of host check (see `steadiness`) before each N and repeat; 0: none.
     host_check: float = DEFAULT_HOST_CHECK
+    #: Chat profile: the message rates to step through (the sweep's outermost loop); empty:
+    #: the workload's own.
+    rates: tuple[float, ...] = ()
+    #: Each server node's CPU quota, as a fraction of one CPU (`cpuquota`); None: no quota.
+    node_cpu: float | None = None
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -274,6 +287,17 @@ class SweepConfig:
             raise ValueError("warm-up can't be negative")
         if self.host_check and self.host_check < 2 * self.interval:
             raise ValueError("a host check must cover at least two sampling intervals (or be 0)")
+        if self.rates and not isinstance(self.workload, ChatWorkload):
+            raise ValueError("a list of message rates belongs to the chat profile")
+        if len(self.rates) > MAX_RATES or len(set(self.rates)) != len(self.rates):
+            raise ValueError(f"at most {MAX_RATES} message rates, each given once")
+
+    def workload_at(self, rate: float | None) -> Workload:
+        """The workload of a trial at message rate `rate` (None: the workload as it is)."""
+        if rate is None:
+            return self.workload
+        assert isinstance(self.workload, ChatWorkload)  # __post_init__ says so
+        return dataclasses.replace(self.workload, rate=rate)
 
     @property
     def load_seconds(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ from typing import Any
 import psutil
 import pytest
 
-from papaya_trio.bench import command
-from papaya_trio.bench.cgroup import unified_root
+from papaya_trio.bench import command, cpuquota
+from papaya_trio.bench.cgroup import Cgroup, unified_root
 from papaya_trio.bench.workloads import ChatWorkload, PaperWorkload
 from papaya_trio.cli import build_parser
 
@@ -102,7 +103,7 @@ def test_bad_combinations_exit_with_2(bad: list[str], capsys: pytest.CaptureFixt
 
 def test_the_cli_has_the_bench_subcommand() -> None:
     args = build_parser().parse_args(["bench", "--profile=chat", "--rate=0"])
-    assert (args.command, args.profile, args.rate) == ("bench", "chat", 0.0)
+    assert (args.command, args.profile, args.rate) == ("bench", "chat", (0.0,))
 
 
 def test_short_real_paper_sweep_writes_json_csv_and_png(
@@ -265,3 +266,70 @@ def test_papaya_dialect_measures_both_modes_and_a_daemonized_server(tmp_path: Pa
     for trial in data["trials"]:
         assert trial["load"]["dialect"] == "papaya"
         assert trial["processes"] >= 1 and trial["rss_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--node-cpu", "0"],
+        ["--node-cpu", "1.5"],
+        ["--node-cpu", "nan"],
+        ["--node-cpu", "a fifth"],
+        ["--rate", "10,x"],
+        ["--rate", "-1"],
+        ["--rate", "nan"],
+        ["--rate", "inf"],
+        ["--rate", "10,10"],
+        ["--rate", ",".join(str(r) for r in range(33))],  # bounded
+    ],
+)
+def test_bad_quotas_and_rates_are_refused_by_the_parser(bad: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse("--profile=chat", *bad)
+
+
+def test_rates_are_swept_lowest_first_and_the_quota_is_passed_on() -> None:
+    config = command._sweep_config(parse("--profile=chat", "--rate=30,10,20", "--node-cpu=0.2"))
+    assert config.rates == (10.0, 20.0, 30.0) and config.node_cpu == 0.2
+    assert command.run(parse("--node-cpu=0.2")) == 2  # the paper profile has no nodes
+
+
+def test_a_quota_that_cannot_be_set_is_refused_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No cgroup v2 group, and the v1 cpu hierarchy pointed at a path where none can be made.
+    monkeypatch.setattr(Cgroup, "create", classmethod(lambda cls, label: None))
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(cpuquota, "v1_cpu_root", lambda: tmp_path / "file" / "cpu")
+    args = parse("--profile=chat", "--node-cpu=0.2", f"--output-dir={tmp_path / 'out'}")
+    assert command.run(args) == 2
+    err = capsys.readouterr().err
+    assert "papaya-trio bench: cannot make a cgroup in" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing ran uncapped
+
+
+def test_nodes_under_a_quota_are_capped_recorded_and_their_cgroups_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        cpuquota.check_available(cpuquota.CpuQuota.of(0.2), cpuquota.v1_cpu_root())
+    except cpuquota.QuotaError as exc:
+        pytest.skip(f"no CPU quota on this machine: {exc}")
+    options = ("--store=file,redis", "--modes=trio", "--nodes=1,2", "--node-cpu=0.2")
+    data = chat_sweep(tmp_path, *options, "--rate=10,20")
+    out = capsys.readouterr()
+    assert "node CPU quota: cgroup" in out.err
+    assert "node CPU cap %" in out.out and "highest rate sustained" in out.out
+    trials = {(t["mode"], t["rate"]): t for t in data["trials"]}
+    setups = ("trio", "trio-redis", "trio-redis-x2")
+    assert sorted(trials) == sorted((mode, rate) for mode in setups for rate in (10.0, 20.0))
+    for (mode, _rate), trial in trials.items():
+        quota = trial["cpu_quota"]
+        assert (quota["fraction"], quota["period_us"], quota["quota_us"]) == (0.2, 10_000, 2_000)
+        assert quota["interface"] in (cpuquota.V1, cpuquota.V2)
+        assert "throttled_percent" in trial["figures"]
+        nodes = 2 if mode.endswith("-x2") else 1
+        assert trial["cpu_percent"] <= nodes * 20 * 1.25  # the kernel held each node to 20 %
+    for root in (cpuquota.v1_cpu_root(), unified_root()):
+        if root is not None:  # no quota or server cgroup of this process left behind
+            assert not list(root.glob(f"papaya-bench-{os.getpid()}-*"))

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import trio
 
-from papaya_trio.bench.cgroup import Cgroup, unified_root
+from papaya_trio.bench.cgroup import Cgroup, enter, unified_root
 from papaya_trio.bench.deployment import deploy
 from papaya_trio.bench.processes import listening_inodes, socket_owners
 from papaya_trio.bench.sampler import ProcessTreeSampler, interval
@@ -89,7 +89,7 @@ async def test_a_process_that_exits_keeps_its_cpu_in_the_cgroup(tmp_path: Path) 
         pytest.skip("no writable cgroup v2 hierarchy here")
     try:
         burn = "import time\nend = time.process_time() + 0.2\nwhile time.process_time() < end: pass"
-        process = await trio.run_process(group.wrap([sys.executable, "-c", burn]))
+        process = await trio.run_process(enter([group.procs], [sys.executable, "-c", burn]))
         assert process.returncode == 0
         assert group.pids() == set()
         assert group.cpu_seconds() >= 0.2

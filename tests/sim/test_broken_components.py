@@ -167,10 +167,10 @@ CASES = {
         2,
     ),
     "lagging at a tenth of max_lag (drops prompt readers)": Case(
-        "rate-limit",
+        "slow-consumer",  # its rushes put prompt readers tens of messages behind for a moment
         Components(room_class=broken.TenthLagRoom),
         frozenset({PROMPT_KEPT}),
-        2,
+        2,  # caught on seeds 1..5 and 7 of 0..7
     ),
     "session never applies the idle timeout": Case(
         "flood",

@@ -9,15 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
+from trio._core import _run
 
 from sim import invariants
 from sim import sweep as sweep_module
 from sim.__main__ import main, seed_range
+from sim.clock import JumpClock
 from sim.clock import check as check_clock
 from sim.entropy import check as check_entropy
 from sim.invariants import LIVENESS, SLOW_BOUND, Failure
 from sim.runner import RunResult, run_seed
-from sim.scheduler import check
+from sim.scheduler import check, sparse_io_polls
 from sim.sweep import Job, Sweep, jobs_for
 from sim.world import Components
 from tests.sim.broken import OneReadPerWakeSession, SignalRoom
@@ -31,6 +34,21 @@ def test_scheduler_switch_still_works() -> None:
 
 def test_jump_clock_keeps_mock_clock_time() -> None:
     check_clock()
+
+
+def test_sparse_io_polls_still_hear_the_wakeup_socket() -> None:
+    """A worker thread's result comes through trio's wake-up socket, the one thing the I/O
+    poll is there for in a simulated run: with polls sparse it still arrives (a poll that
+    never came back would hang here), and trio's own poll is back after the block."""
+    trios_poll = _run.TheIOManager.get_events
+
+    async def main() -> int:
+        return await trio.to_thread.run_sync(lambda: 7)
+
+    with sparse_io_polls(every=1000):
+        assert _run.TheIOManager.get_events is not trios_poll
+        assert trio.run(main, clock=JumpClock()) == 7
+    assert _run.TheIOManager.get_events is trios_poll
 
 
 def test_websocket_entropy_is_seeded() -> None:
