@@ -34,6 +34,11 @@ so WAIT confirms the resend only once the replicas have the original too, whiche
 (connection) stored it.
 With `"interval"` and `"never"` the store does not check Redis's persistence settings.
 
+**Connections.** The scripts (without WAIT) and the reader's XREAD BLOCK each go over a
+connection of the client's pool held for them (`HeldConnection`), sent to directly: about
+half the Python work per command of the client's own path. Everything else, and the scripts
+with WAIT, go through the client.
+
 **Reading.** Every process runs one reader (`run`): a loop of XREAD BLOCK after its head,
 which learns each new entry. This process's own appends are learned as they return. The head
 is the newest number up to which every record has been learned, so it moves densely, and each
@@ -50,9 +55,11 @@ twice. A read that Redis cannot serve closes that client's session with a fatal
 exponential backoff on trio time (RETRY_MIN to RETRY_MAX), logs the outage once when it
 starts and once when it ends, and carries on from its last position, so live delivery resumes
 with nothing lost or repeated. After every read, and after a read error before the next one,
-it checks (XRANGE) that the stream still holds the head's entry exactly as this process
-learned it, before learning what it read (the client library replaces a lost connection
-silently between commands, so a failover need not show as an error); on a mismatch the log
+it checks that the stream still holds the head's entry exactly as this process learned it,
+before learning what it read (the client library replaces a lost connection silently between
+commands, so a failover need not show as an error): a read that holds that entry is the check
+itself (the usual case for this process's own messages, whose append reply is let through
+first), otherwise an XRANGE of the head's entry is; on a mismatch the log
 fails as on PAPAYA_LOST and the reader learns nothing more. Until the check passes, where
 Redis can lose what clients were shown (`redis_replicas`, or fsync other than "always"),
 `read_after` refuses rather than serve the cache, which may hold entries Redis lost; with
@@ -63,6 +70,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -71,6 +79,7 @@ from typing import Any
 import coredis
 import coredis.exceptions
 import trio
+from coredis.response.types import StreamEntry
 from coredis.retry import NoRetryPolicy
 
 from papaya_trio.logstore import AppendResult, FsyncPolicy, StorageFailed
@@ -178,6 +187,33 @@ class RedisStoreError(Exception):
     """The Redis store cannot be opened; the message says why."""
 
 
+class HeldConnection:
+    """One connection of the client's pool, kept for one kind of command and sent to directly:
+    about half the Python work per command of going through the client (its retry policy,
+    pool lease and telemetry on every call). Several tasks may send at once (coredis matches
+    the replies in order). A connection that broke is handed back and the next command takes
+    another from the pool, so a failure is one command's error, as through the client."""
+
+    def __init__(self, client: Any) -> None:
+        self._pool = client.connection_pool
+        self._connection: Any = None
+
+    async def send(self, *command: Any, block: bool = False) -> Any:
+        """Send `command` and return its raw reply; `block`: a blocking command, whose
+        connection is closed if the wait for its reply is cancelled."""
+        connection = self._connection
+        if connection is None or not connection.usable:
+            connection = await self._pool.get_connection()
+            if self._connection is not None and self._connection.usable:
+                self._pool.release(connection)  # another task took one meanwhile: use that
+                connection = self._connection
+            else:
+                if self._connection is not None:
+                    self._pool.release(self._connection)
+                self._connection = connection
+        return await connection.create_request(*command, disconnect_on_cancellation=block)
+
+
 class RedisLog:
     """The room's log in a Redis stream. Open it with `open_redis_log(...)`."""
 
@@ -205,6 +241,8 @@ class RedisLog:
         self._dedupe_entries = dedupe_entries
         self._append_script = client.register_script(APPEND_SCRIPT)
         self._restore_script = client.register_script(RESTORE_SCRIPT)
+        self._writes = HeldConnection(client)  # the scripts, without WAIT
+        self._reads = HeldConnection(client)  # the reader's XREAD BLOCK
         self._visible = 0
         self._cache: list[Record] = []  # consecutive records, the newest is the head
         self._pending: dict[int, Record] = {}  # records learned before their predecessors
@@ -282,7 +320,12 @@ class RedisLog:
                 timeout_ms = math.ceil(self._timeout * 500)  # WAIT must end before the reply is due
                 with self._client.ensure_replication(self._replicas, timeout_ms):
                     return await script(keys=keys, args=args)
-            return await script(keys=keys, args=args)
+            command = (b"EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return await self._writes.send(*command)
+            except coredis.exceptions.NoScriptError:  # a Redis that lost its scripts; not run
+                await self._client.script_load(script.script)
+                return await self._writes.send(*command)
         except coredis.exceptions.ResponseError as exc:
             if str(exc).startswith("PAPAYA_LOST"):
                 self._fail(str(exc).removeprefix("PAPAYA_LOST "))
@@ -318,6 +361,22 @@ class RedisLog:
             self._fail(f"the stream no longer holds entry {held.seq}, which this server has seen")
         elif _record(entries[0]) != held:
             self._fail(f"entry {held.seq} in the stream is not the one this server has seen")
+
+    def _entries(self, reply: Any) -> Any:
+        """The raw entries of the stream in an XREAD reply (RESP3: a map by key; None when
+        the BLOCK ran out); StorageFailed for any other reply."""
+        if reply is None:
+            return ()
+        if not isinstance(reply, dict):
+            raise StorageFailed(f"XREAD answered {reply!r:.80}")
+        return reply.get(self.stream.encode(), ())
+
+    def _read_holds_head(self, records: Sequence[Record]) -> bool:
+        """Whether a read's `records` (consecutive, oldest first) hold the head's entry exactly
+        as this process learned it: then the server that answered the read still has it."""
+        held = self._held()
+        at = held.seq - records[0].seq if held is not None and records else -1
+        return 0 <= at < len(records) and records[at] == held
 
     # --- learning what is in the stream -----------------------------------------------------
     def _learn(self, records: Sequence[Record]) -> None:
@@ -357,14 +416,21 @@ class RedisLog:
                     self._unchecked = False
                     if self._broken is not None:
                         continue
-                reply = await self._client.xread(
-                    {self.stream: f"{self._visible}-0"}, count=READ_BATCH, block=block_ms
+                reply = await self._reads.send(
+                    *(b"XREAD", b"COUNT", READ_BATCH, b"BLOCK", block_ms, b"STREAMS"),
+                    *(self.stream, f"{self._visible}-0"),
+                    block=True,
                 )
-                entries = reply.get(self.stream.encode(), ()) if reply else ()
-                records = [_record(entry) for entry in entries]
+                records = [_record(_stream_entry(entry)) for entry in self._entries(reply)]
                 # The client library replaces a lost connection silently between commands, so
                 # a failover may not show as an error: check after every read, before learning.
-                await self._check_head()
+                # A read that holds the head's entry is the check itself; when it holds only
+                # entries after it, this process's own append of them may be answered in the
+                # same moment: let that learn them first (one checkpoint), then look again.
+                if not self._read_holds_head(records):
+                    await trio.lowlevel.checkpoint()
+                    if not self._read_holds_head(records):
+                        await self._check_head()
             except (*REDIS_ERRORS, StorageFailed) as exc:
                 self._unchecked = True
                 if self._down is None:
@@ -442,6 +508,16 @@ class RedisLog:
 
     async def aclose(self) -> None:
         """Nothing to flush: every acknowledged append is already in Redis."""
+
+
+def _stream_entry(raw: Any) -> StreamEntry:
+    """A stream entry as a raw reply holds it (`[id, [field, value, ...]]`), as the client's
+    commands give it; StorageFailed if it is not one."""
+    try:
+        identifier, fields = raw
+        return StreamEntry(identifier, OrderedDict(zip(fields[0::2], fields[1::2], strict=True)))
+    except (TypeError, ValueError) as exc:
+        raise StorageFailed(f"not a stream entry: {raw!r:.80}") from exc
 
 
 def _record(entry: Any) -> Record:

@@ -2,9 +2,12 @@
 
 Theory of operation
 -------------------
-`RedisLog` talks to Redis through six calls of its coredis client: `register_script` (the
-append and import scripts), `ensure_replication` (WAIT), `xread` (BLOCK), `xrange`,
-`xrevrange` and `config_get`. `SimRedisClient` is a fake at exactly that seam, so everything
+`RedisLog` talks to Redis through these calls of its coredis client: `register_script` (the
+append and import scripts, run through the client only with WAIT), `ensure_replication`
+(WAIT), `script_load`, `xrange`, `xrevrange`, `config_get`, and `connection_pool`'s
+`get_connection` and `release`, whose connections' `create_request` sends the scripts'
+EVALSHA and the reader's XREAD BLOCK (`HeldConnection`). `SimRedisClient` (with `SimPool` and
+`SimConnection`) is a fake at exactly that seam, so everything
 above it is the real store: its Lua scripts, its reader loop and backoff, its cache, its
 error handling. The scripts run in a real Lua 5.1 (lupa; Redis embeds Lua 5.1) with a
 `redis.call` that implements the seven commands they use on `SimRedis`'s data, so a bug in a
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import hashlib
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -391,14 +395,62 @@ def _entry(found: tuple[EntryId, list[bytes]]) -> StreamEntry:
 
 
 class SimScript:
-    """What `register_script` returns: awaitable with keys and args, as coredis's Script."""
+    """What `register_script` returns: awaitable with keys and args, as coredis's Script, with
+    its text and SHA1 for EVALSHA."""
 
     def __init__(self, client: SimRedisClient, text: str) -> None:
         self._client = client
-        self._text = text
+        self.script = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: Sequence[object], args: Sequence[object]) -> object:
-        return await self._client.script(self._text, keys, args)
+        return await self._client.script(self.script, keys, args)
+
+
+class SimConnection:
+    """A connection of the pool as `HeldConnection` uses it: `create_request` with EVALSHA or
+    XREAD, replies raw. It never breaks: an outage fails the command (`_command`), as a broken
+    connection does, and the store's next command would get another connection anyway."""
+
+    usable = True
+
+    def __init__(self, client: SimRedisClient) -> None:
+        self._client = client
+
+    async def create_request(self, *command: object, disconnect_on_cancellation: bool) -> object:
+        name, *args = (_as_bytes(part) for part in command)
+        if name == b"EVALSHA":
+            sha, count, *rest = args
+            text = self._client.scripts.get(sha.decode())
+            if text is None:
+                raise coredis.exceptions.NoScriptError("NOSCRIPT No matching script")
+            keys = rest[: int(count)]
+            return await self._client.script(text, keys, rest[int(count) :])
+        if name == b"XREAD" and args[0] == b"COUNT" and args[2] == b"BLOCK":
+            key, last = args[-2:]
+            reply = await self._client.xread(
+                {key.decode(): last.decode()}, count=int(args[1]), block=int(args[3])
+            )
+            if reply is None:
+                return None
+            return {
+                k: [[e.identifier, [x for pair in e.field_values.items() for x in pair]] for e in v]
+                for k, v in reply.items()
+            }
+        raise AssertionError(f"the simulated connection does not know {command!r}")
+
+
+class SimPool:
+    """The client's `connection_pool`: one connection for whoever asks."""
+
+    def __init__(self, client: SimRedisClient) -> None:
+        self._connection = SimConnection(client)
+
+    async def get_connection(self) -> SimConnection:
+        return self._connection
+
+    def release(self, connection: SimConnection) -> None:
+        pass
 
 
 class SimRedisClient:
@@ -410,9 +462,17 @@ class SimRedisClient:
         self._timeout = timeout
         self._wait: tuple[int, int] | None = None  # ensure_replication's (replicas, timeout_ms)
         self._written = 0  # the journal offset of this connection's last write (Redis's woff)
+        self.scripts: dict[str, str] = {}  # by SHA1, for EVALSHA
+        self.connection_pool = SimPool(self)
 
     def register_script(self, text: str) -> SimScript:
-        return SimScript(self, text)
+        script = SimScript(self, text)
+        self.scripts[script.sha] = text  # Redis keeps what it ran; the sim knows them all
+        return script
+
+    async def script_load(self, text: str) -> str:
+        script = self.register_script(text)
+        return script.sha
 
     @contextmanager
     def ensure_replication(self, replicas: int = 1, timeout_ms: int = 100) -> Iterator[Any]:

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import coredis
 import coredis.exceptions
@@ -15,7 +16,7 @@ import trio
 import trio.testing
 
 from papaya_trio.chatlog import ChatLog
-from papaya_trio.logstore import FsyncPolicy, LogStore, StorageFailed
+from papaya_trio.logstore import AppendResult, FsyncPolicy, LogStore, StorageFailed
 from papaya_trio.records import Record
 from papaya_trio.redislog import RedisLog, RedisStoreError, open_redis_log
 from papaya_trio.storage import FileStorage
@@ -236,6 +237,19 @@ async def test_a_redis_that_lost_entries_is_refused_rather_than_numbers_reused(
     assert caplog.text.count("log refuses appends until restart") == 1
 
 
+async def test_an_append_after_redis_forgot_the_scripts_loads_them_again(
+    redis_server: RedisServer,
+) -> None:
+    # A restarted Redis has no scripts until they are loaded (EVALSHA answers NOSCRIPT).
+    async with reading_store(redis_server) as store:
+        await store.append("alice", "before", "a-1")
+        async with coredis.Redis.from_url(redis_server.url) as other_client:
+            assert await other_client.script_flush()
+        assert await store.append("alice", "after", "a-2") == AppendResult(2, False)
+        assert await store.append("alice", "after", "a-2") == AppendResult(2, True)
+        assert [r.text for r in await read_all(store)] == ["before", "after"]
+
+
 async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -257,6 +271,38 @@ async def test_a_reader_that_finds_its_head_gone_after_an_outage_refuses(
         with pytest.raises(StorageFailed, match="refuses messages"):
             await store.append("alice", "refused", "a-9")
     assert caplog.text.count("log refuses appends until restart") == 1
+
+
+async def test_the_reader_checks_its_head_without_a_round_trip_for_its_own_messages(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The head check after each read (above) costs an XRANGE unless the read itself holds the
+    # head's entry, as it does for the messages this server stored itself.
+    async with reading_store(redis_server) as store:
+        head_checks: list[tuple[str, str]] = []
+        xrange = store._client.xrange
+
+        async def counted(key: str, start: str, end: str, count: int | None = None) -> Any:
+            head_checks.append((start, end))
+            return await xrange(key, start, end, count=count)
+
+        monkeypatch.setattr(store._client, "xrange", counted)
+        reads = [trio.Event()]  # one per read the reader starts
+        xread = store._reads.send
+
+        async def read(*command: Any, block: bool = False) -> Any:
+            reads[-1].set()
+            reads.append(trio.Event())
+            return await xread(*command, block=block)
+
+        monkeypatch.setattr(store._reads, "send", read)
+        for i in range(20):
+            read_again = reads[-1]
+            await store.append("alice", f"m{i}")
+            with trio.fail_after(10):
+                await read_again.wait()  # the reader read this message alone, and reads again
+        assert [r.text for r in await read_all(store)] == [f"m{i}" for i in range(20)]
+    assert len(reads) > 20 and len(head_checks) <= 5, head_checks
 
 
 async def test_redis_replicas_waits_for_copies_and_reports_too_few(
@@ -398,15 +444,17 @@ async def test_a_log_that_cannot_be_read_closes_only_that_client(
 
 
 class UnreachableRedis:
-    """Stands in for the coredis client: every XREAD fails at once, as with Redis down."""
+    """Stands in for the coredis client and its pool: every connection for an XREAD fails at
+    once, as with Redis down."""
 
     def __init__(self) -> None:
         self.xreads: list[float] = []
+        self.connection_pool = self
 
     def register_script(self, script: str) -> object:
         return script
 
-    async def xread(self, *args: object, **kwargs: object) -> None:
+    async def get_connection(self) -> None:
         self.xreads.append(trio.current_time())
         await trio.lowlevel.checkpoint()
         raise coredis.exceptions.ConnectionError("connection refused")
