@@ -206,6 +206,10 @@ class Cluster:
 class SharedWorld(World):
     """The world with `profile.hosts` servers on one shared stream store."""
 
+    # An append waits for the store up to its timeout (WAIT for a replica that is not there
+    # takes half of it each time), and a session reads its client's next frame only after.
+    append_bound = STORE_TIMEOUT
+
     def __init__(
         self,
         seed: int,

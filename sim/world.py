@@ -111,6 +111,10 @@ class Client(Protocol):
 class World:
     """What every actor and the director share."""
 
+    #: The longest one append may keep a session from reading its client's next frame: the
+    #: local disk's appends are quick (a fault fails them at once), so nothing beyond slack.
+    append_bound = 0.0
+
     def __init__(
         self,
         seed: int,
