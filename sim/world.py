@@ -104,7 +104,8 @@ class Client(Protocol):
 
     def expect_notice(self, head: int) -> None:
         """A graceful shutdown begins with the log at `head`: a connection that has seen
-        everything up to it on a healthy link is owed the `shutdown` error before it ends."""
+        everything up to it on a healthy link, with no history request out, is owed the
+        `shutdown` error before it ends."""
         ...
 
 
