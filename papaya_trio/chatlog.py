@@ -449,8 +449,19 @@ class ChatLog:
             problem = problem or f"{total - good_end} bytes could not be read"
             await self._refuse_if_damaged_middle(good_end, total, scanner.last_seq, problem)
             lost = await self._cut_tail(good_end, total, problem)
+        else:
+            await self._sync_found()
         self._synced = self._visible = self._written
         return Recovery(scanner.last_seq, total - good_end, problem, lost)
+
+    async def _sync_found(self) -> None:
+        """Sync what the scan found before showing any of it: a process before this one may
+        have written records it never synced (its fsync failed, or it was stopped without its
+        final sync), and a record this start shows must survive a power cut like any other."""
+        try:
+            await self._storage.sync()
+        except OSError as exc:
+            raise StorageFailed(f"could not sync the log it found: {exc.strerror or exc}") from exc
 
     def _first_seq(self, first_chunk: bytes) -> int:
         """The number of the oldest record: 1 for a whole log, more once retention has dropped

@@ -5,7 +5,8 @@ arrive, that its own stream keeps the invariants (through the oracle). An actor 
 on top: how often it talks, how it leaves (clean close, reset, half-close, EOF mid-line), how
 it reads (promptly or slowly). Native and WebSocket connections keep a member list, and
 chatters and lurkers page back through history now and then (`sim.presence` checks both). In
-a profile with rushes (`Profile.burst_every`) every chatter sends a burst at the same moments.
+a profile with rushes (`Profile.burst_every`) every native chatter sends a burst at the same
+moments (WebSocket chatters do not: see `WsClient.rushes`).
 Actors run until the world asks them to leave; once faults stop (`world.settling`) they stop
 misbehaving and report whether they have reached the log's head.
 """
@@ -76,12 +77,14 @@ class Connection:
     paged: trio.Event = field(default_factory=trio.Event)  # set when `page` arrives
     paged_until: float = 0.0  # a history request is out until then (inf) or was answered then
     replayed_at: float = 0.0  # when the replay up to the welcome's head had all arrived
+    stale_pages: int = 0  # history requests given up on, whose replies are still to come
 
 
 class NativeClient:
     """A native-dialect client: hello, send with ids, resend after reconnecting."""
 
     leave_styles = LEAVE_STYLES
+    rushes = True  # joins the profile's rushes (`Profile.burst_every`)
 
     def __init__(self, world: World, user: str, rng: random.Random, *, slow: bool = False) -> None:
         self.world = world
@@ -234,6 +237,9 @@ class NativeClient:
             assert conn.members is not None
             conn.members.event(obj)
         elif kind == "history":
+            if conn.stale_pages:  # replies come in order: this one answers a request given up on
+                conn.stale_pages -= 1
+                return
             conn.page = obj
             conn.paged_until = trio.current_time()
             conn.paged.set()
@@ -342,6 +348,10 @@ class NativeClient:
                 return
             with trio.move_on_after(REPLY_WAIT):
                 await conn.paged.wait()
+            if not conn.paged.is_set():
+                # Given up on (a partition held it, partition seed 149): if its reply still
+                # comes, it must not be taken for the reply to a later request.
+                conn.stale_pages += 1
             page = conn.page
             intact = conn.epoch == self.world.oracle.epoch and self.world.host.up
             if page is None or not conn.paged.is_set() or conn.ended.is_set() or not intact:
@@ -679,7 +689,7 @@ async def _talk(client: NativeClient, conn: Connection, talks: bool) -> None:
     if profile.flooders:
         await _check_admitted(client, conn)
     resent = False
-    bursting = talks and profile.burst_every
+    bursting = talks and profile.burst_every and client.rushes
     rushes = Rushes(world, f"{client.user}:{conn.link.number}") if bursting else None
     while not conn.ended.is_set():
         if world.finishing.is_set():

@@ -35,8 +35,9 @@ class Profile:
     ws_clients: int = 0  # chatters over WebSocket
     ws_garbage_senders: int = 0
     send_every: float = 1.0  # mean seconds between one chatter's messages
-    # Rushes: moments (about burst_every seconds apart; 0: none) when every chatter sends a
-    # burst of `burst_size` messages back to back, beyond its window of unconfirmed ones.
+    # Rushes: moments (about burst_every seconds apart; 0: none) when every native chatter
+    # sends a burst of `burst_size` messages back to back, beyond its window of unconfirmed
+    # ones (WebSocket chatters do not: `sim.wsclient.WsClient.rushes`).
     burst_every: float = 0.0
     burst_size: tuple[int, int] = (20, 40)
     reconnect_every: float = 0.0  # mean seconds a client stays connected (0: for good)

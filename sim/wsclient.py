@@ -63,6 +63,11 @@ class WsClient(NativeClient):
 
     leave_styles = WS_LEAVE_STYLES
     oversize_expected = False
+    # No rushes: trio-websocket's client answers a ping under its send lock, so while a burst
+    # waits on a server that reads slowly (the rate limit), it stops reading too, and with the
+    # server's outbox full behind the unread bytes both sides wait until the keepalive ends
+    # the connection (slow-consumer seed 219). A browser buffers its sends and keeps reading.
+    rushes = False
 
     async def connect(self, since: int | None, nursery: trio.Nursery) -> Connection | None:
         """Connect to the HTTP port, upgrade, and say hello; None if that failed.

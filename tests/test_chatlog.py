@@ -228,6 +228,31 @@ async def test_fsync_failure_makes_the_log_read_only() -> None:
     assert [r.text for r in await log.read_after(0, 10)] == ["one"]
 
 
+async def test_a_restart_syncs_records_a_failed_fsync_left_behind() -> None:
+    """A record whose fsync failed is still in the file; the next start shows it, so it
+    must make it durable first: after a power cut it is still there."""
+    storage = FailingStorage()
+    log = await open_log(storage)
+    await log.append("u", "one")
+    storage.fail_sync = True
+    with pytest.raises(StorageFailed, match="sync"):
+        await log.append("u", "two")
+    storage.fail_sync = False
+    restarted = await open_log(storage)
+    assert restarted.head == 2
+    survivor = await open_log(storage.after_crash())
+    assert [r.text for r in await survivor.read_after(0, 10)] == ["one", "two"]
+
+
+async def test_a_restart_that_cannot_sync_what_it_found_refuses_to_open() -> None:
+    storage = FailingStorage()
+    log = await open_log(storage)
+    await log.append("u", "one")
+    storage.fail_sync = True
+    with pytest.raises(StorageFailed, match="could not sync the log it found"):
+        await open_log(storage)
+
+
 async def test_file_storage_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "chat.log"
     log, _ = await ChatLog.open(FileStorage(path), clock_ms=trio_clock_ms)

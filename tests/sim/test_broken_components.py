@@ -36,6 +36,9 @@ class Case:
     components: Components
     caught_by: frozenset[str]
     within: int  # seeds: measured need, with room to spare (see sim/README.md)
+    # What the component breaks by design rather than by its bug: a seed that fails only so
+    # tells nothing, and the next is tried.
+    by_design: frozenset[str] = frozenset()
 
 
 CASES = {
@@ -56,6 +59,7 @@ CASES = {
         Components(room_class=broken.SignalRoom, session_class=broken.OneReadPerWakeSession),
         frozenset({LIVENESS}),
         10,
+        by_design=frozenset({PRESENCE}),  # papayaChat's SEND has no presence to deliver
     ),
     "log confirms before fsync": Case(
         "crash",
@@ -204,7 +208,7 @@ def test_broken_component_is_caught(name: str) -> None:
     case = CASES[name]
     for seed in range(case.within):
         result, _ = run_seed(seed, case.profile, components=case.components)
-        if result.failure is not None:
+        if result.failure is not None and result.failure.invariant not in case.by_design:
             assert result.failure.invariant in case.caught_by, result.report(None)
             return
     pytest.fail(f"{name}: not caught in {case.within} seeds of {case.profile}")
