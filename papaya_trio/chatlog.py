@@ -449,7 +449,7 @@ class ChatLog:
             problem = problem or f"{total - good_end} bytes could not be read"
             await self._refuse_if_damaged_middle(good_end, total, scanner.last_seq, problem)
             lost = await self._cut_tail(good_end, total, problem)
-        else:
+        elif total:
             await self._sync_found()
         self._synced = self._visible = self._written
         return Recovery(scanner.last_seq, total - good_end, problem, lost)
