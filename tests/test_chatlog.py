@@ -214,7 +214,8 @@ async def test_disk_full_stores_nothing_and_the_log_goes_on(
     assert [r.text for r in await reopened.read_after(0, 10)] == ["one", "three"]
 
 
-async def test_fsync_failure_makes_the_log_read_only() -> None:
+async def failed_second_fsync() -> tuple[FailingStorage, ChatLog]:
+    """A log that stored "one", then failed the fsync of "two" (still in the file)."""
     storage = FailingStorage()
     log = await open_log(storage)
     await log.append("u", "one")
@@ -222,6 +223,11 @@ async def test_fsync_failure_makes_the_log_read_only() -> None:
     with pytest.raises(StorageFailed, match="sync"):
         await log.append("u", "two")
     storage.fail_sync = False
+    return storage, log
+
+
+async def test_fsync_failure_makes_the_log_read_only() -> None:
+    _, log = await failed_second_fsync()
     with pytest.raises(StorageFailed, match="read-only"):
         await log.append("u", "three")
     assert log.head == 1
@@ -231,13 +237,7 @@ async def test_fsync_failure_makes_the_log_read_only() -> None:
 async def test_a_restart_syncs_records_a_failed_fsync_left_behind() -> None:
     """A record whose fsync failed is still in the file; the next start shows it, so it
     must make it durable first: after a power cut it is still there."""
-    storage = FailingStorage()
-    log = await open_log(storage)
-    await log.append("u", "one")
-    storage.fail_sync = True
-    with pytest.raises(StorageFailed, match="sync"):
-        await log.append("u", "two")
-    storage.fail_sync = False
+    storage, _ = await failed_second_fsync()
     restarted = await open_log(storage)
     assert restarted.head == 2
     survivor = await open_log(storage.after_crash())
