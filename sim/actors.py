@@ -262,6 +262,12 @@ class NativeClient:
             conn.end = code
             if conn.link.healthy:
                 self.world.fail(PROMPT_KEPT, f"{self.user}: idle_timeout, yet it pings")
+        elif code == "auth_timeout":
+            # A client says hello as soon as it is connected: only a partition or a stall that
+            # held the hello back past auth_timeout explains this (partition seed 398).
+            conn.end = code
+            if conn.link.healthy:
+                self.world.fail(REPLIES, f"{self.user}: auth_timeout, yet it said hello at once")
         elif code in ("lagging", "shutdown", "name_taken", "storage_failed"):
             # A fatal storage_failed: the log could not be read (a shared store that is
             # down); the client reconnects with `since` and loses nothing.
