@@ -386,6 +386,10 @@ class NativeClient:
             # either (`_check_latency`): on a slow link that carries the live load it may take
             # seconds (partition seed 358: 41 messages behind a 116-message replay, 5.6 KB/s).
             or (conn.view.last or 0) < conn.replay_backlog
+            # Still receiving: bytes are on their way to it (a lost wake-up leaves the link
+            # idle). A link slower than the load, as swarm may draw, can be seconds behind
+            # after a burst (swarm seed 571: 15 KB in 1.3 s at 5 KB/s).
+            or conn.link.down.carrying
             or conn.ended.is_set()
             or not conn.link.healthy
             or conn.epoch != world.oracle.epoch

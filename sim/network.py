@@ -79,6 +79,7 @@ class Pipe:
         self._buffered = 0
         self._last_arrival = 0.0
         self._wire_free = 0.0  # when the bytes written so far have all gone onto the wire
+        self._pacing_until = 0.0  # a blocking write is putting a piece on the wire until then
         self._changed = trio.lowlevel.ParkingLot()
         # The run's clock, read directly: trio.current_time() is a few calls deeper.
         self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
@@ -109,7 +110,8 @@ class Pipe:
                 # Putting bytes on the wire takes time (after what is still going onto it):
                 # writes overlap with what else happens.
                 start = max(self._now(), self._wire_free)
-                await trio.sleep_until(start + len(piece) / self._bandwidth)
+                self._pacing_until = start + len(piece) / self._bandwidth
+                await trio.sleep_until(self._pacing_until)
                 self._wire_free = self._now()
                 if self.broken or self._reader_gone():
                     raise trio.BrokenResourceError("connection reset by peer")
@@ -122,6 +124,11 @@ class Pipe:
         except trio.Cancelled:
             self.writer_gave_up = True  # cut off mid-write: nothing more can follow it
             raise
+
+    @property
+    def carrying(self) -> bool:
+        """Bytes are on their way: going onto the wire, in flight, or arrived and unread."""
+        return self._buffered > 0 or max(self._wire_free, self._pacing_until) > self._now()
 
     def _reader_gone(self) -> bool:
         """The reading end has closed, and the writer may know it (across a partition the
