@@ -12,11 +12,16 @@ from pathlib import Path
 START_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(avoid: int = 0) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, other than `avoid` (the
+    kernel may hand out a port just closed again: two calls once gave tcp and http one port)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != avoid:
+            return port
+    raise RuntimeError(f"the kernel kept handing out port {avoid}")
 
 
 class RedisServer:

@@ -62,6 +62,8 @@ def test_flags_override_the_file_which_overrides_defaults(tmp_path: Path) -> Non
         ("history = 1.5\n", "history must be an integer, not 1.5"),
         ('listen = "::1"\n', 'listen must be a list of strings, not "::1"'),
         ("papaya_port = -2\n", "papaya_port must be at least -1"),
+        ("tcp_port = 8080\n", "tcp_port and http_port are both 8080: give each its own"),
+        ("papaya_port = 7722\n", "tcp_port and papaya_port are both 7722"),
         ("= broken", "not valid TOML"),
     ],
 )

@@ -84,7 +84,8 @@ async def test_clients_spread_over_three_servers_see_one_order(
 async def test_servers_sharing_one_port_spread_the_clients(
     nodes: RedisServers, dial: Dialer
 ) -> None:
-    port, http_port = free_port(), free_port()
+    port = free_port()
+    http_port = free_port(avoid=port)
     flags = ["--store", "redis", "--redis-url", nodes.redis.url, "--reuse-port"]
     shared = [nodes.start(*flags, port=port, http_port=http_port) for _ in range(2)]
     assert [server.port for server in shared] == [port, port]
@@ -121,7 +122,7 @@ async def start_workers(nodes: RedisServers, port: int, http_port: int) -> Runni
 
 async def test_workers_share_the_ports_and_stop_together(nodes: RedisServers, dial: Dialer) -> None:
     port = free_port()
-    group = await start_workers(nodes, port, free_port())
+    group = await start_workers(nodes, port, free_port(avoid=port))
     workers = psutil.Process(group.process.pid).children()
     assert len(workers) == 2
     with trio.fail_after(WAIT):
@@ -137,7 +138,8 @@ async def test_workers_share_the_ports_and_stop_together(nodes: RedisServers, di
 
 
 async def test_a_worker_that_dies_stops_the_group(nodes: RedisServers) -> None:
-    group = await start_workers(nodes, free_port(), free_port())
+    port = free_port()
+    group = await start_workers(nodes, port, free_port(avoid=port))
     workers = psutil.Process(group.process.pid).children()
     workers[0].kill()
     assert group.process.wait(WAIT) == 1
