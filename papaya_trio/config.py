@@ -530,18 +530,16 @@ def check(config: ServerConfig) -> None:
             raise ConfigError(f"{option.name} must be one of {choices}, not {value!r}")
     if not config.listen:
         raise ConfigError("listen needs at least one address")
+    ports: dict[int, str] = {}
     for name in ("tcp_port", "http_port", "papaya_port"):
-        if getattr(config, name) > 65535:
-            raise ConfigError(f"{name} must be at most 65535, not {getattr(config, name)}")
-    if config.mode != "fork":  # fork mode listens on tcp_port alone
-        ports: dict[int, str] = {}
-        for name in ("tcp_port", "http_port", "papaya_port"):
-            port = getattr(config, name)
-            if port > 0 and port in ports:
-                # With reuse_port both would bind, and the kernel would hand each listener
-                # the other's clients; without it, the second bind fails as "in use".
-                raise ConfigError(f"{ports[port]} and {name} are both {port}: give each its own")
-            ports.setdefault(port, name)
+        port = getattr(config, name)
+        if port > 65535:
+            raise ConfigError(f"{name} must be at most 65535, not {port}")
+        # Fork mode listens on tcp_port alone. With reuse_port two listeners on one port would
+        # both bind, and the kernel would hand each the other's clients.
+        if config.mode != "fork" and port > 0 and port in ports:
+            raise ConfigError(f"{ports[port]} and {name} are both {port}: give each its own")
+        ports[port] = name
     retention = config.retention_days > 0 or config.retention_bytes > 0
     if retention and (config.mode == "fork" or config.store != "file"):
         raise ConfigError(
