@@ -239,3 +239,39 @@ def test_link_bandwidth_holds_for_non_blocking_writes() -> None:
     assert arrivals[0] == (pytest.approx(1.5), 1000)  # one second on the wire, then latency
     assert arrivals[-1] == (pytest.approx(11.5), 11_000)
     assert len(arrivals) == 11
+
+
+def test_a_link_is_carrying_until_its_bytes_are_read() -> None:
+    """The quiet window's check spares a client whose link still carries bytes to it, and
+    only then: while a blocking write goes onto the wire, while bytes are in flight or unread,
+    and no longer once the reader has taken them (a lost wake-up leaves the link idle)."""
+    from sim.network import Pipe
+
+    seen: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        import random
+
+        pipe = Pipe(
+            random.Random(0), latency=0.5, bandwidth=1000.0, capacity=64_000, max_chunk=64_000
+        )
+        seen.append(("idle", pipe.carrying))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.send, b"x" * 1000)  # one second on the wire
+            await trio.sleep(0.5)
+            seen.append(("going onto the wire", pipe.carrying))
+            await trio.sleep(0.75)
+            seen.append(("in flight", pipe.carrying))
+            await trio.sleep(1.0)
+            seen.append(("arrived, unread", pipe.carrying))
+            assert len(await pipe.receive(64_000)) == 1000
+            seen.append(("read", pipe.carrying))
+
+    trio.run(main, clock=JumpClock())
+    assert seen == [
+        ("idle", False),
+        ("going onto the wire", True),
+        ("in flight", True),
+        ("arrived, unread", True),
+        ("read", False),
+    ]
